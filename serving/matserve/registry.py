@@ -1,0 +1,191 @@
+"""The model registry: versioned folders ``models/<name>/<version>/`` holding ONNX graphs and a card.
+
+A version folder is valid when its ``card.json`` parses, names itself correctly,
+lists every file it ships with a sha256, and every listed file exists with that
+sha256. Anything else is refused with one clear log line; other models and
+versions keep serving.
+
+The active version of a model is the one named in ``models/<name>/ACTIVE`` when
+that file exists (written atomically by :meth:`Registry.set_active`), otherwise
+the highest valid version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("matserve.registry")
+
+CARD_FILE = "card.json"
+ACTIVE_FILE = "ACTIVE"
+REQUIRED_CARD_FIELDS = (
+    "name", "version", "task", "inputs", "outputs", "files", "data", "split", "metrics", "created", "code_commit",
+)  # fmt: skip
+
+
+class RegistryError(Exception):
+    """A version folder that cannot be served (missing, incomplete or tampered)."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def version_key(version: str) -> tuple:
+    """Sort key for versions like ``1.10.0`` (numeric parts compare as numbers)."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.replace("-", ".").split("."))
+
+
+def write_card(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Write ``card.json`` into a version folder, recording the sha256 of every other file in it.
+
+    Parameters
+    ----------
+    folder : Path
+        ``models/<name>/<version>``; must already hold the model files.
+    card : dict
+        Card content; ``files`` is filled in here.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CARD_FILE)
+    card = {**card, "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return card
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One verified version folder.
+
+    Attributes
+    ----------
+    name, version : str
+        Model name (folder under ``models/``) and version (folder under it).
+    path : Path
+        The version folder.
+    card : dict
+        The parsed ``card.json``.
+    """
+
+    name: str
+    version: str
+    path: Path
+    card: dict[str, Any] = field(repr=False)
+
+    def file(self, key: str = "model.onnx") -> Path:
+        """Path of a file the card lists."""
+        return self.path / key
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` shows for this version."""
+        keys = ("task", "description", "created", "code_commit", "inputs", "outputs", "metrics", "baselines")
+        return {"name": self.name, "version": self.version, **{k: self.card[k] for k in keys if k in self.card}}
+
+
+def verify(path: Path) -> ModelVersion:
+    """Check a version folder and return it, or raise :class:`RegistryError` saying what is wrong."""
+    card_path = path / CARD_FILE
+    if not card_path.is_file():
+        raise RegistryError(f"{path}: no {CARD_FILE}")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RegistryError(f"{path}: {CARD_FILE} is not valid JSON ({error})") from None
+    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
+    if missing:
+        raise RegistryError(f"{path}: card lacks {', '.join(missing)}")
+    if card["name"] != path.parent.name or card["version"] != path.name:
+        raise RegistryError(
+            f"{path}: card names {card['name']}/{card['version']}, folder is {path.parent.name}/{path.name}"
+        )
+    if "model.onnx" not in card["files"]:
+        raise RegistryError(f"{path}: card lists no model.onnx")
+    for name, meta in card["files"].items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise RegistryError(f"{path}: {name} listed in card is missing")
+        actual = sha256_file(file_path)
+        if actual != meta["sha256"]:
+            raise RegistryError(f"{path}: sha256 mismatch for {name} (card {meta['sha256'][:12]}…, file {actual[:12]}…)")
+    return ModelVersion(name=card["name"], version=card["version"], path=path, card=card)
+
+
+class Registry:
+    """Scan ``root/<name>/<version>/`` folders; list, verify and pick versions.
+
+    Parameters
+    ----------
+    root : Path
+        The ``models/`` folder.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._versions: dict[str, dict[str, ModelVersion]] = {}
+        self.refused: dict[str, str] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the folders; invalid versions are logged and left out."""
+        versions: dict[str, dict[str, ModelVersion]] = {}
+        refused: dict[str, str] = {}
+        if self.root.is_dir():
+            for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                for version_dir in sorted((p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)):
+                    try:
+                        found = verify(version_dir)
+                    except RegistryError as error:
+                        refused[f"{model_dir.name}/{version_dir.name}"] = str(error)
+                        logger.error("refusing model version: %s", error)
+                        continue
+                    versions.setdefault(found.name, {})[found.version] = found
+        self._versions, self.refused = versions, refused
+
+    def names(self) -> list[str]:
+        """Model names with at least one valid version."""
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[str]:
+        """Valid versions of a model, oldest first."""
+        return sorted(self._versions.get(name, {}), key=version_key)
+
+    def active_version(self, name: str) -> str:
+        """The version served when a request does not pin one."""
+        valid = self.versions(name)
+        if not valid:
+            raise KeyError(f"no valid version of model {name!r} in {self.root}")
+        pinned = self.root / name / ACTIVE_FILE
+        if pinned.is_file():
+            wanted = pinned.read_text().strip()
+            if wanted in valid:
+                return wanted
+            logger.error("ACTIVE for %s names %r, which is not a valid version; using %s", name, wanted, valid[-1])
+        return valid[-1]
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """A verified version (the active one when ``version`` is None); KeyError if unknown."""
+        if name not in self._versions:
+            raise KeyError(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
+        chosen = version or self.active_version(name)
+        if chosen not in self._versions[name]:
+            raise KeyError(f"model {name!r} has no valid version {chosen!r}; available: {', '.join(self.versions(name))}")
+        return self._versions[name][chosen]
+
+    def set_active(self, name: str, version: str) -> None:
+        """Make ``version`` the active one, atomically (write a temp file, then rename over ``ACTIVE``)."""
+        self.get(name, version)
+        directory = self.root / name
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as handle:
+            handle.write(version + "\n")
+        os.replace(handle.name, directory / ACTIVE_FILE)
