@@ -117,7 +117,9 @@ def verify(path: Path) -> ModelVersion:
             raise RegistryError(f"{path}: {name} listed in card is missing")
         actual = sha256_file(file_path)
         if actual != meta["sha256"]:
-            raise RegistryError(f"{path}: sha256 mismatch for {name} (card {meta['sha256'][:12]}…, file {actual[:12]}…)")
+            raise RegistryError(
+                f"{path}: sha256 mismatch for {name} (card {meta['sha256'][:12]}…, file {actual[:12]}…)"
+            )
     return ModelVersion(name=card["name"], version=card["version"], path=path, card=card)
 
 
@@ -142,7 +144,9 @@ class Registry:
         refused: dict[str, str] = {}
         if self.root.is_dir():
             for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-                for version_dir in sorted((p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)):
+                for version_dir in sorted(
+                    (p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)
+                ):
                     try:
                         found = verify(version_dir)
                     except RegistryError as error:
@@ -179,7 +183,9 @@ class Registry:
             raise KeyError(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
         chosen = version or self.active_version(name)
         if chosen not in self._versions[name]:
-            raise KeyError(f"model {name!r} has no valid version {chosen!r}; available: {', '.join(self.versions(name))}")
+            raise KeyError(
+                f"model {name!r} has no valid version {chosen!r}; available: {', '.join(self.versions(name))}"
+            )
         return self._versions[name][chosen]
 
     def set_active(self, name: str, version: str) -> None:

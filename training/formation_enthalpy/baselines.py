@@ -67,7 +67,9 @@ def run(seed: int, n_estimators: int, max_rows: int | None = None) -> dict:
                 continue
             train = np.setdiff1d(split["train"], np.flatnonzero(held))
             forest = fit_forest(x[train], data.targets[train], seed, n_estimators)
-            results[name][f"holdout_{system}"] = regression_metrics(data.targets[held], forest.predict(x[held]), len(train))
+            results[name][f"holdout_{system}"] = regression_metrics(
+                data.targets[held], forest.predict(x[held]), len(train)
+            )
         results[name]["fit_seconds"] = time.perf_counter() - started
         print(name, json.dumps(results[name]["test"]), flush=True)
     return results

@@ -26,6 +26,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_train: int) -> 
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
         "p90_abs_error_ev_per_atom": float(np.percentile(error, 90)),
         "mean_abs_deviation_ev_per_atom": float(np.mean(np.abs(y_true - y_true.mean()))),
-        "n_test": int(len(y_true)),
+        "n_test": len(y_true),
         "n_train": int(n_train),
     }

@@ -28,14 +28,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from matserve.codecs.formation_enthalpy import ELEMENTS
+from matserve.registry import write_card
 
-from matserve.codecs.formation_enthalpy import ELEMENTS  # noqa: E402
-from matserve.registry import write_card  # noqa: E402
-from training.formation_enthalpy import networks  # noqa: E402
-from training.formation_enthalpy.data import (  # noqa: E402
+from training.formation_enthalpy import networks
+from training.formation_enthalpy.data import (
     DEFAULT_DATA,
     HOLDOUT_SYSTEMS,
     REPO_ROOT,
@@ -43,7 +43,7 @@ from training.formation_enthalpy.data import (  # noqa: E402
     load_clean,
     split_indices,
 )
-from training.formation_enthalpy.evaluation import regression_metrics  # noqa: E402
+from training.formation_enthalpy.evaluation import regression_metrics
 
 RUNS = Path(__file__).resolve().parent / "runs"
 MODEL_NAME = "formation_enthalpy"
@@ -144,7 +144,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def main() -> None:  # noqa: PLR0915 - a linear script reads best as one function
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", required=True, help="registry version to write, e.g. 1.0.0")
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
@@ -245,13 +245,25 @@ def main() -> None:  # noqa: PLR0915 - a linear script reads best as one functio
         "(ElemNet family, seed 004 chapters 3-4); mean = prediction, member std = uncertainty.",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_commit": git_commit(),
-        "inputs": [{"name": "element_fractions", "dtype": "float32", "shape": [-1, len(ELEMENTS)],
-                    "unit": "atomic fraction (rows sum to 1)", "labels": list(ELEMENTS)}],
+        "inputs": [
+            {
+                "name": "element_fractions",
+                "dtype": "float32",
+                "shape": [-1, len(ELEMENTS)],
+                "unit": "atomic fraction (rows sum to 1)",
+                "labels": list(ELEMENTS),
+            }
+        ],
         "outputs": [
             {"name": "formation_enthalpy_ev_per_atom", "dtype": "float32", "shape": [-1, 1], "unit": "eV/atom"},
-            {"name": "uncertainty_ev_per_atom", "dtype": "float32", "shape": [-1, 1], "unit": "eV/atom",
-             "meaning": "standard deviation of the ensemble members' predictions"},
-        ],  # fmt: skip
+            {
+                "name": "uncertainty_ev_per_atom",
+                "dtype": "float32",
+                "shape": [-1, 1],
+                "unit": "eV/atom",
+                "meaning": "standard deviation of the ensemble members' predictions",
+            },
+        ],
         "elements": list(ELEMENTS),
         "architecture": {
             "family": "IRNet-style residual MLP ensemble",
@@ -267,8 +279,11 @@ def main() -> None:  # noqa: PLR0915 - a linear script reads best as one functio
             "fingerprint_of": "cleaned table (reduced formula, eV/atom) as CSV",
             "cleaning": data.report,
         },
-        "split": {"method": "seeded random split over unique reduced compositions (80/10/10)", "seed": args.seed,
-                  "sizes": {k: int(len(v)) for k, v in split.items()}},  # fmt: skip
+        "split": {
+            "method": "seeded random split over unique reduced compositions (80/10/10)",
+            "seed": args.seed,
+            "sizes": {k: len(v) for k, v in split.items()},
+        },
         "metrics": results["served"],
         "baselines": baselines,
         "seed_paper": SEED_PAPER_NUMBERS,

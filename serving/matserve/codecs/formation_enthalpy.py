@@ -102,7 +102,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     except (ValueError, KeyError, TypeError, IndexError) as error:
         unknown = _INVALID_ELEMENT.search(str(error))
         if unknown:
-            raise FormulaError(f"unparseable formula {formula!r}: unknown element symbol {unknown.group(1)!r}") from None
+            raise FormulaError(
+                f"unparseable formula {formula!r}: unknown element symbol {unknown.group(1)!r}"
+            ) from None
         raise FormulaError(
             f"unparseable formula {formula!r}: expected element symbols with optional amounts and brackets, "
             "e.g. 'Fe2O3', 'Ca(OH)2', 'La0.7Sr0.3MnO3'"

@@ -1,0 +1,54 @@
+"""Typed errors that become HTTP responses: ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+
+class MatserveError(Exception):
+    """Base class: ``status`` is the HTTP status, ``error_type`` a stable machine-readable name."""
+
+    status: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        """The JSON body sent to the client."""
+        return {"error": {"type": self.error_type, "message": self.message}}
+
+
+class InvalidInput(MatserveError):
+    """The request is well-formed JSON but its content is not acceptable (422)."""
+
+    status, error_type = 422, "invalid_input"
+
+
+class MalformedRequest(MatserveError):
+    """The body is not valid JSON (400)."""
+
+    status, error_type = 400, "malformed_request"
+
+
+class PayloadTooLarge(MatserveError):
+    """Too many items or too many bytes (413)."""
+
+    status, error_type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(MatserveError):
+    """A content type the endpoint does not read (415)."""
+
+    status, error_type = 415, "unsupported_media_type"
+
+
+class ModelNotFound(MatserveError):
+    """Unknown model or version (404)."""
+
+    status, error_type = 404, "not_found"
+
+
+class Unavailable(MatserveError):
+    """The model cannot answer right now, e.g. its runtime is unreachable (503)."""
+
+    status, error_type = 503, "unavailable"

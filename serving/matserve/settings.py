@@ -1,0 +1,35 @@
+"""Settings read from the environment, with embedded defaults for a local run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings.
+
+    Attributes
+    ----------
+    models_dir : Path
+        The registry root (``MATSERVE_MODELS_DIR``; default: the repository's ``models/``).
+    max_body_bytes : int
+        Largest request body accepted (``MATSERVE_MAX_BODY_BYTES``), else 413.
+    max_formulas : int
+        Most formulas in one request (``MATSERVE_MAX_FORMULAS``), else 413.
+    ort_threads : int
+        ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).
+    """
+
+    models_dir: Path = field(default_factory=lambda: Path(os.environ.get("MATSERVE_MODELS_DIR", REPO_MODELS_DIR)))
+    max_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_BODY_BYTES", 4 * 1024 * 1024))
+    max_formulas: int = field(default_factory=lambda: _int("MATSERVE_MAX_FORMULAS", 10_000))
+    ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
