@@ -1,0 +1,48 @@
+"""Python SDK for matserve: typed, twin blocking (:class:`Client`) and asyncio (:class:`AsyncClient`) clients.
+
+>>> from matserve_client import Client
+>>> with Client("http://127.0.0.1:3000") as client:  # doctest: +SKIP
+...     results = client.formation_enthalpy(["NaCl", "Fe2O3"])
+"""
+
+from ._async import AsyncClient
+from ._base import DEFAULT_BASE_URL, FALLBACK_MAX_BATCH_SIZE, MAX_BACKOFF
+from ._sync import Client
+from ._version import __version__
+from .exceptions import (
+    APIError,
+    ClientRequestError,
+    InvalidInputError,
+    MatserveConnectionError,
+    MatserveError,
+    MatserveTimeoutError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    ServiceUnavailableError,
+    UnexpectedResponseError,
+)
+from .models import FormationEnthalpyResult, ModelInfo, ModelVersionInfo
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "FALLBACK_MAX_BATCH_SIZE",
+    "MAX_BACKOFF",
+    "APIError",
+    "AsyncClient",
+    "Client",
+    "ClientRequestError",
+    "FormationEnthalpyResult",
+    "InvalidInputError",
+    "MatserveConnectionError",
+    "MatserveError",
+    "MatserveTimeoutError",
+    "ModelInfo",
+    "ModelVersionInfo",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "UnexpectedResponseError",
+    "__version__",
+]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from matserve.codecs.formation_enthalpy import encode, parse_formula
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

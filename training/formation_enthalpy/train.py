@@ -31,9 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+
 from matserve.codecs.formation_enthalpy import ELEMENTS
 from matserve.registry import write_card
-
 from training.formation_enthalpy import networks
 from training.formation_enthalpy.data import (
     DEFAULT_DATA,
@@ -91,11 +91,13 @@ def fit(
     }
 
 
-def train_ensemble(x, y, train, val, members: int, epochs: int, seed: int, tag: str) -> tuple[list, list[dict]]:
+def train_ensemble(
+    x, y, train, val, members: int, epochs: int, seed: int, tag: str, runs_dir: Path = RUNS
+) -> tuple[list, list[dict]]:
     """Train ``members`` IRNet networks with different seeds (cached in runs/ by tag)."""
     models, logs = [], []
     for k in range(members):
-        path = RUNS / f"{tag}_irnet_{k}.keras"
+        path = runs_dir / f"{tag}_irnet_{k}.keras"
         if path.exists():
             models.append(keras.models.load_model(path))
             logs.append(json.loads(path.with_suffix(".json").read_text()))
@@ -158,8 +160,9 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, default=RUNS / "baselines.json")
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows (pipeline tests)")
     parser.add_argument("--tag", default="main", help="prefix of cached runs/ files")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS, help="where trained networks are cached")
     args = parser.parse_args()
-    RUNS.mkdir(parents=True, exist_ok=True)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
 
     data = load_clean(args.data, max_rows=args.max_rows)
     split = split_indices(len(data.targets), args.seed)
@@ -167,7 +170,7 @@ def main() -> None:
     train, val, test = split["train"], split["validation"], split["test"]
     results: dict = {}
 
-    members, logs = train_ensemble(x, y, train, val, args.members, args.epochs, args.seed, args.tag)
+    members, logs = train_ensemble(x, y, train, val, args.members, args.epochs, args.seed, args.tag, args.runs_dir)
     served = networks.ensemble(members)
     mean_test, std_test = predict(served, x[test])
     member_metrics = [regression_metrics(y[test], predict(m, x[test]), len(train)) for m in members]
@@ -193,8 +196,9 @@ def main() -> None:
             keep_train = np.setdiff1d(train, np.flatnonzero(held))
             keep_val = np.setdiff1d(val, np.flatnonzero(held))
             tag = f"{args.tag}_holdout_{system}"
-            models, _ = train_ensemble(x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs,
-                                       args.seed, tag)  # fmt: skip
+            models, _ = train_ensemble(
+                x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs, args.seed, tag, args.runs_dir
+            )  # fmt: skip
             mean_held, _ = predict(networks.ensemble(models), x[held])
             results["served"][f"holdout_{system}"] = {
                 **regression_metrics(y[held], mean_held, len(keep_train)),
@@ -203,7 +207,7 @@ def main() -> None:
             print(f"holdout {system}:", results["served"][f"holdout_{system}"], flush=True)
 
     if args.reference_epochs:
-        path = RUNS / f"{args.tag}_elemnet.json"
+        path = args.runs_dir / f"{args.tag}_elemnet.json"
         if path.exists():
             results["elemnet_reference"] = json.loads(path.read_text())
         else:

@@ -1,0 +1,418 @@
+"""Logic shared by :class:`~matserve_client.Client` and :class:`~matserve_client.AsyncClient`.
+
+Every operation is written once, as a *flow*: a generator that performs no I/O itself but yields
+:class:`_Send` (send this request, give me the response) and :class:`_Sleep` (wait this long) actions. The sync
+and async clients each contain one small driver (``_run``) that executes those actions with
+``httpx.Client.send``/``time.sleep`` or their awaitable counterparts. Request building, retries and backoff,
+chunking, version pinning, response parsing and error mapping therefore exist exactly once, here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from ._version import __version__
+from .exceptions import (
+    APIError,
+    ClientRequestError,
+    InvalidInputError,
+    MatserveConnectionError,
+    MatserveTimeoutError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    ServiceUnavailableError,
+    UnexpectedResponseError,
+)
+from .models import FormationEnthalpyResult, ModelInfo, _FormationEnthalpyResponse, _ModelsResponse
+
+logger = logging.getLogger("matserve_client")
+
+DEFAULT_BASE_URL = "http://127.0.0.1:3000"
+DEFAULT_TIMEOUT = 30.0
+"""Default per-request timeout, in seconds."""
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = 0.5
+"""Default base retry delay, in seconds."""
+MAX_BACKOFF = 8.0
+"""Upper bound of a single retry delay, in seconds."""
+FALLBACK_MAX_BATCH_SIZE = 1000
+"""Chunk size used when the server's ``max_batch_size`` cannot be discovered."""
+FORMATION_ENTHALPY_MODEL = "formation_enthalpy"
+
+_MAX_MESSAGE_CHARS = 2000
+# Failures after which the request may simply be sent again: nothing (or nothing complete) came back.
+# Predictions are side-effect free, so re-sending a POST is safe.
+_RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Send:
+    """Action: send ``request`` and resume the flow with the :class:`httpx.Response`.
+
+    If sending raises :class:`httpx.TransportError`, the driver throws it into the flow instead.
+    """
+
+    request: httpx.Request
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    """Action: wait ``seconds`` (s), then resume the flow with ``None``."""
+
+    seconds: float
+
+
+Flow = Generator[_Send | _Sleep, httpx.Response | None, T]
+"""A sans-I/O operation returning ``T``; executed by ``Client._run`` or ``AsyncClient._run``."""
+
+
+def _send(request: httpx.Request) -> Flow[httpx.Response]:
+    response = yield _Send(request)
+    if response is None:  # pragma: no cover - driver bug
+        raise RuntimeError("the client driver resumed a _Send action without a response")
+    return response
+
+
+def _sleep(seconds: float) -> Flow[None]:
+    if seconds > 0:
+        yield _Sleep(seconds)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure helpers: argument normalisation, chunking, error mapping, parsing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def default_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers sent with every request: JSON ``Accept``, a ``User-Agent``, then the caller's (which win)."""
+    return {"Accept": "application/json", "User-Agent": f"matserve-client/{__version__}", **(headers or {})}
+
+
+def retry_delay(backoff: float, attempt: int) -> float:
+    """Delay before retry number ``attempt + 1``, in seconds: ``backoff * 2**attempt`` capped at :data:`MAX_BACKOFF`.
+
+    Parameters
+    ----------
+    backoff : float
+        Base delay, in seconds.
+    attempt : int
+        Zero-based index of the attempt that just failed.
+    """
+    return min(backoff * 2.0**attempt, MAX_BACKOFF)
+
+
+def as_formula_list(formulas: Sequence[str] | str) -> list[str]:
+    """Copy ``formulas`` into a list, treating a single string as one formula; reject non-strings."""
+    if isinstance(formulas, str):
+        return [formulas]
+    items = list(formulas)
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"formulas must be strings; item {index} is {type(item).__name__}: {item!r}")
+    return items
+
+
+def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    """Consecutive slices of ``items`` of at most ``size`` elements, in order."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def open_progress_bar(total: int) -> Any:
+    """A tqdm progress bar over ``total`` formulas; tqdm is imported lazily as it is an optional dependency."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        raise ImportError(
+            "progress=True needs tqdm, which is not installed: pip install 'matserve-client[progress]'"
+        ) from exc
+    return tqdm(total=total, unit="formula", desc="formation_enthalpy", dynamic_ncols=True)
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _detail_message(detail: Any) -> str | None:
+    """Message from a FastAPI/Starlette-style ``detail`` field (a string, or a list of validation errors)."""
+    if isinstance(detail, str):
+        return detail or None
+    if isinstance(detail, list) and detail:
+        parts = []
+        for item in detail:
+            if isinstance(item, Mapping) and "msg" in item:
+                loc = item.get("loc")
+                where = ".".join(str(p) for p in loc) if isinstance(loc, list | tuple) else ""
+                parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    if isinstance(detail, Mapping):
+        for key in ("message", "msg"):
+            if isinstance(detail.get(key), str):
+                return detail[key]
+    return None if detail is None else json.dumps(detail, default=str)
+
+
+def error_details(response: httpx.Response) -> tuple[str | None, str]:
+    """``(error_type, message)`` extracted from an error response, whatever its body looks like.
+
+    Understands ``{"error": {"type": ..., "message": ...}}`` (the matserve contract), ``{"error": "text"}``,
+    ``{"detail": ...}`` and ``{"message": ...}``; otherwise the body text, or the reason phrase if it is empty.
+    """
+    error_type: str | None = None
+    message: str | None = None
+    try:
+        body = response.json()
+    except ValueError:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are both ValueErrors)
+        body = None
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            error_type = error.get("type") if isinstance(error.get("type"), str) else None
+            raw = error.get("message", error.get("detail"))
+            message = raw if isinstance(raw, str) and raw else _detail_message(raw)
+        elif isinstance(error, str) and error:
+            message = error
+        if error_type is None and isinstance(body.get("type"), str):
+            error_type = body["type"]
+        if message is None and "detail" in body:
+            message = _detail_message(body["detail"])
+        if message is None and isinstance(body.get("message"), str) and body["message"]:
+            message = body["message"]
+    if message is None:
+        message = response.text.strip() or response.reason_phrase or "(empty response body)"
+    return error_type, _truncate(message)
+
+
+def error_class(status_code: int) -> type[APIError]:
+    """Exception class for an HTTP error status."""
+    by_status: dict[int, type[APIError]] = {
+        400: InvalidInputError,
+        404: NotFoundError,
+        413: PayloadTooLargeError,
+        422: InvalidInputError,
+        503: ServiceUnavailableError,
+    }
+    if status_code in by_status:
+        return by_status[status_code]
+    if 400 <= status_code < 500:
+        return ClientRequestError
+    if 500 <= status_code < 600:
+        return ServerError
+    return APIError
+
+
+def api_error(response: httpx.Response) -> APIError:
+    """The :class:`APIError` subclass instance describing a non-2xx ``response``."""
+    error_type, message = error_details(response)
+    return error_class(response.status_code)(response.status_code, error_type, message, response=response)
+
+
+def connection_error(exc: httpx.TransportError, attempts: int) -> MatserveConnectionError:
+    """Wrap an httpx transport failure (the caller raises it ``from exc``)."""
+    cls = MatserveTimeoutError if isinstance(exc, httpx.TimeoutException) else MatserveConnectionError
+    try:
+        where = f"{exc.request.method} {exc.request.url}"
+    except RuntimeError:  # httpx raises RuntimeError when the exception has no request attached
+        where = "request"
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    plural = "s" if attempts != 1 else ""
+    return cls(f"{where} failed after {attempts} attempt{plural}: {what}")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_body(response: httpx.Response, model: type[_M]) -> _M:
+    """Validate a 2xx JSON body against ``model``; raise :class:`UnexpectedResponseError` if it does not fit."""
+    where = f"{response.request.method} {response.request.url}"
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise UnexpectedResponseError(
+            f"{where} returned a non-JSON body: {_truncate(response.text)!r}", response=response
+        ) from exc
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise UnexpectedResponseError(f"{where} returned an unexpected body: {exc}", response=response) from exc
+
+
+def parse_formation_enthalpy(
+    response: httpx.Response, sent: Sequence[str], expected_version: str | None
+) -> list[FormationEnthalpyResult]:
+    """Results of one ``POST /v1/formation-enthalpy`` chunk, checked against what was sent.
+
+    Parameters
+    ----------
+    response : httpx.Response
+        A 2xx response.
+    sent : sequence of str
+        The formulas of this chunk; the server must answer with exactly one result per formula.
+    expected_version : str or None
+        Version every result must come from (the pinned one), or ``None`` to accept any.
+    """
+    payload = parse_body(response, _FormationEnthalpyResponse)
+    if len(payload.results) != len(sent):
+        raise UnexpectedResponseError(
+            f"sent {len(sent)} formulas but the server returned {len(payload.results)} results", response=response
+        )
+    if expected_version is not None and payload.version != expected_version:
+        raise UnexpectedResponseError(
+            f"expected model version {expected_version!r} but the server answered with {payload.version!r}",
+            response=response,
+        )
+    return payload.flatten()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Client state and flows
+# --------------------------------------------------------------------------------------------------------------
+
+
+class BaseClient:
+    """Configuration, cached server limits and the I/O-free flows behind every public method.
+
+    Subclasses create ``self._http`` (an :class:`httpx.Client` or :class:`httpx.AsyncClient`) and implement the
+    driver that executes the flows.
+    """
+
+    _http: httpx.Client | httpx.AsyncClient
+
+    def __init__(self, *, retries: int, backoff: float, chunk_size: int | None) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if not (backoff >= 0 and math.isfinite(backoff)):
+            raise ValueError(f"backoff must be a finite number of seconds >= 0, got {backoff}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        self._retries = retries
+        self._backoff = backoff
+        self._chunk_size = chunk_size
+        self._max_batch_size: int | None = None  # discovered from GET /v1/models, cached
+
+    @property
+    def base_url(self) -> httpx.URL:
+        """Root URL of the matserve server."""
+        return self._http.base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={str(self._http.base_url)!r})"
+
+    # -- transport with retries --------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, body: Any = None, retry: bool = True) -> Flow[httpx.Response]:
+        """Send a request, retrying on 503 and connection failures; return the 2xx response or raise."""
+        attempt = 0
+        while True:
+            request = self._http.build_request(method, path, json=body)
+            can_retry = retry and attempt < self._retries
+            try:
+                response = yield from _send(request)
+            except httpx.TransportError as exc:
+                if not (can_retry and isinstance(exc, _RETRYABLE_TRANSPORT_ERRORS)):
+                    raise connection_error(exc, attempts=attempt + 1) from exc
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code != 503 or not can_retry:
+                    if not response.is_success:
+                        raise api_error(response)
+                    return response
+                reason = "HTTP 503: " + error_details(response)[1]
+            delay = retry_delay(self._backoff, attempt)
+            logger.info(
+                "%s %s failed (%s); retry %d/%d in %.2f s",
+                method,
+                request.url,
+                reason,
+                attempt + 1,
+                self._retries,
+                delay,
+            )
+            yield from _sleep(delay)
+            attempt += 1
+
+    # -- operations --------------------------------------------------------------------------------------------
+
+    def _models_flow(self) -> Flow[list[ModelInfo]]:
+        response = yield from self._request("GET", "/v1/models")
+        models = parse_body(response, _ModelsResponse).models
+        for info in models:
+            if info.name == FORMATION_ENTHALPY_MODEL:
+                self._max_batch_size = info.max_batch_size
+        return models
+
+    def _probe_flow(self, path: str) -> Flow[bool]:
+        try:
+            yield from self._request("GET", path, retry=False)
+        except (APIError, MatserveConnectionError) as exc:
+            logger.debug("GET %s: %s", path, exc)
+            return False
+        return True
+
+    def _batch_size_flow(self) -> Flow[int]:
+        """Formulas per request: ``chunk_size``, else the server's ``max_batch_size`` (fetched once, cached).
+
+        Falls back to :data:`FALLBACK_MAX_BATCH_SIZE` when ``/v1/models`` fails or does not list the model;
+        a 5xx fallback is not cached so the next call asks again. Connection errors propagate.
+        """
+        if self._chunk_size is not None:
+            return self._chunk_size
+        if self._max_batch_size is not None:
+            return self._max_batch_size
+        try:
+            yield from self._models_flow()  # caches self._max_batch_size when the model is listed
+        except (APIError, UnexpectedResponseError) as exc:
+            logger.warning(
+                "could not read max_batch_size from /v1/models (%s); sending chunks of %d",
+                exc,
+                FALLBACK_MAX_BATCH_SIZE,
+            )
+            if not isinstance(exc, ServerError):
+                self._max_batch_size = FALLBACK_MAX_BATCH_SIZE
+            return FALLBACK_MAX_BATCH_SIZE
+        if self._max_batch_size is None:
+            logger.warning(
+                "/v1/models does not list %r; sending chunks of %d", FORMATION_ENTHALPY_MODEL, FALLBACK_MAX_BATCH_SIZE
+            )
+            self._max_batch_size = FALLBACK_MAX_BATCH_SIZE
+        return self._max_batch_size
+
+    def _formation_enthalpy_flow(
+        self, formulas: Sequence[str] | str, version: str | None, progress: bool
+    ) -> Flow[list[FormationEnthalpyResult]]:
+        items = as_formula_list(formulas)
+        if not items:
+            return []
+        bar = open_progress_bar(len(items)) if progress else None
+        try:
+            size = yield from self._batch_size_flow()
+            results: list[FormationEnthalpyResult] = []
+            pinned = version
+            for chunk in chunked(items, size):
+                response = yield from self._request(
+                    "POST", "/v1/formation-enthalpy", body={"formulas": list(chunk), "version": pinned}
+                )
+                batch = parse_formation_enthalpy(response, chunk, expected_version=pinned)
+                # Later chunks must be answered by the version that answered the first one, even if the server's
+                # active version changes mid-way.
+                pinned = batch[0].version
+                results.extend(batch)
+                if bar is not None:
+                    bar.update(len(chunk))
+            return results
+        finally:
+            if bar is not None:
+                bar.close()

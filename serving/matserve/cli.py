@@ -1,0 +1,138 @@
+"""The ``matserve`` command line.
+
+::
+
+    matserve serve [--host 127.0.0.1] [--port 3000]          # every registry model on one HTTP server
+    matserve predict formation-enthalpy NaCl Fe2O3 [--json]  # call a server through the SDK
+    matserve models [--json]                                  # what a server serves
+    matserve registry list | activate NAME VERSION            # the local registry folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+DEFAULT_URL = os.environ.get("MATSERVE_URL", "http://127.0.0.1:3000")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    command = [sys.executable, "-m", "bentoml", "serve", "matserve.service:MatServe",
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    os.execv(sys.executable, command)  # replaces this process: signals reach the server directly
+    return 0  # pragma: no cover
+
+
+def _predict_formation_enthalpy(args: argparse.Namespace) -> int:
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            results = client.formation_enthalpy(args.formulas, version=args.version)
+    except MatserveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    failed = sum(1 for r in results if r.error)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in results], indent=2))
+        return 1 if failed else 0
+    if results:
+        print(f"# model {results[0].model} version {results[0].version}")
+    print(f"{'formula':<24} {'normalized':<20} {'eV/atom':>10} {'± eV/atom':>10}")
+    for r in results:
+        if r.error:
+            print(f"{r.formula:<24} error: {r.error}")
+            continue
+        uncertainty = "" if r.uncertainty_ev_per_atom is None else f"{r.uncertainty_ev_per_atom:10.3f}"
+        print(f"{r.formula:<24} {r.normalized_formula or '':<20} {r.formation_enthalpy_ev_per_atom:10.3f} {uncertainty}")
+    return 1 if failed else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            models = client.models()
+    except MatserveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([m.model_dump() for m in models], indent=2))
+        return 0
+    for model in models:
+        versions = ", ".join(v.version for v in model.versions)
+        print(f"{model.name}: active {model.active_version}; versions {versions}; max batch {model.max_batch_size}")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from matserve.registry import Registry
+    from matserve.settings import Settings
+
+    registry = Registry(Settings().models_dir)
+    if args.registry_command == "activate":
+        try:
+            registry.set_active(args.name, args.version)
+        except KeyError as error:
+            print(f"error: {error.args[0]}", file=sys.stderr)
+            return 1
+        print(f"{args.name}: active version is now {args.version}")
+        return 0
+    for name in registry.names():
+        active = registry.active_version(name)
+        for version in registry.versions(name):
+            print(f"{name}/{version}{'  (active)' if version == active else ''}")
+    for key, reason in registry.refused.items():
+        print(f"{key}  REFUSED: {reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="matserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve every registry model over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.set_defaults(handler=_serve)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL (default {DEFAULT_URL}, env MATSERVE_URL)")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    predict = commands.add_parser("predict", help="call a model on a server")
+    targets = predict.add_subparsers(dest="model", required=True)
+    enthalpy = targets.add_parser("formation-enthalpy", help="formation enthalpy (eV/atom) of formulas")
+    enthalpy.add_argument("formulas", nargs="+")
+    enthalpy.add_argument("--version", default=None, help="pin a model version")
+    client_options(enthalpy)
+    enthalpy.set_defaults(handler=_predict_formation_enthalpy)
+
+    models = commands.add_parser("models", help="list the models a server serves")
+    client_options(models)
+    models.set_defaults(handler=_models)
+
+    registry = commands.add_parser("registry", help="inspect the local registry folder (MATSERVE_MODELS_DIR)")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    registry_commands.add_parser("list", help="versions, the active one, and refused folders")
+    activate = registry_commands.add_parser("activate", help="make a version the active one (atomic)")
+    activate.add_argument("name")
+    activate.add_argument("version")
+    registry.set_defaults(handler=_registry)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``matserve`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
