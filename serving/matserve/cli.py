@@ -47,7 +47,9 @@ def _predict_formation_enthalpy(args: argparse.Namespace) -> int:
             print(f"{r.formula:<24} error: {r.error}")
             continue
         uncertainty = "" if r.uncertainty_ev_per_atom is None else f"{r.uncertainty_ev_per_atom:10.3f}"
-        print(f"{r.formula:<24} {r.normalized_formula or '':<20} {r.formation_enthalpy_ev_per_atom:10.3f} {uncertainty}")
+        print(
+            f"{r.formula:<24} {r.normalized_formula or '':<20} {r.formation_enthalpy_ev_per_atom:10.3f} {uncertainty}"
+        )
     return 1 if failed else 0
 
 
@@ -93,7 +95,9 @@ def _registry(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="matserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="matserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve every registry model over HTTP")

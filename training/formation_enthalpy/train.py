@@ -92,7 +92,7 @@ def fit(
 
 
 def train_ensemble(
-    x, y, train, val, members: int, epochs: int, seed: int, tag: str, runs_dir: Path = RUNS
+    x, y, train, val, members: int, epochs: int, seed: int, tag: str, runs_dir: Path = RUNS, jit: bool = True
 ) -> tuple[list, list[dict]]:
     """Train ``members`` IRNet networks with different seeds (cached in runs/ by tag)."""
     models, logs = [], []
@@ -104,7 +104,7 @@ def train_ensemble(
             continue
         keras.utils.set_random_seed(seed + k)
         model = networks.irnet(seed=seed + k, name=f"irnet_member{k}")
-        log = fit(model, (x[train], y[train], x[val], y[val]), epochs, 1e-3, 256, jit_compile=True, cosine=True)
+        log = fit(model, (x[train], y[train], x[val], y[val]), epochs, 1e-3, 256, jit_compile=jit, cosine=True)
         print(f"[{tag}] irnet member {k}: {log}", flush=True)
         model.save(path)
         path.with_suffix(".json").write_text(json.dumps(log))
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, default=RUNS / "baselines.json")
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows (pipeline tests)")
     parser.add_argument("--tag", default="main", help="prefix of cached runs/ files")
+    parser.add_argument("--no-jit", dest="jit", action="store_false", help="skip XLA (faster for tiny runs)")
     parser.add_argument("--runs-dir", type=Path, default=RUNS, help="where trained networks are cached")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,9 @@ def main() -> None:
     train, val, test = split["train"], split["validation"], split["test"]
     results: dict = {}
 
-    members, logs = train_ensemble(x, y, train, val, args.members, args.epochs, args.seed, args.tag, args.runs_dir)
+    members, logs = train_ensemble(
+        x, y, train, val, args.members, args.epochs, args.seed, args.tag, args.runs_dir, args.jit
+    )
     served = networks.ensemble(members)
     mean_test, std_test = predict(served, x[test])
     member_metrics = [regression_metrics(y[test], predict(m, x[test]), len(train)) for m in members]
@@ -197,7 +200,7 @@ def main() -> None:
             keep_val = np.setdiff1d(val, np.flatnonzero(held))
             tag = f"{args.tag}_holdout_{system}"
             models, _ = train_ensemble(
-                x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs, args.seed, tag, args.runs_dir
+                x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs, args.seed, tag, args.runs_dir, args.jit
             )  # fmt: skip
             mean_held, _ = predict(networks.ensemble(models), x[held])
             results["served"][f"holdout_{system}"] = {
