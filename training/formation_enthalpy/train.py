@@ -92,7 +92,17 @@ def fit(
 
 
 def train_ensemble(
-    x, y, train, val, members: int, epochs: int, seed: int, tag: str, runs_dir: Path = RUNS, jit: bool = True
+    x,
+    y,
+    train,
+    val,
+    members: int,
+    epochs: int,
+    seed: int,
+    tag: str,
+    runs_dir: Path = RUNS,
+    jit: bool = True,
+    physics: bool = True,
 ) -> tuple[list, list[dict]]:
     """Train ``members`` IRNet networks with different seeds (cached in runs/ by tag)."""
     models, logs = [], []
@@ -103,7 +113,7 @@ def train_ensemble(
             logs.append(json.loads(path.with_suffix(".json").read_text()))
             continue
         keras.utils.set_random_seed(seed + k)
-        model = networks.irnet(seed=seed + k, name=f"irnet_member{k}")
+        model = networks.irnet(seed=seed + k, name=f"irnet_member{k}", physics=physics)
         log = fit(model, (x[train], y[train], x[val], y[val]), epochs, 1e-3, 256, jit_compile=jit, cosine=True)
         print(f"[{tag}] irnet member {k}: {log}", flush=True)
         model.save(path)
@@ -160,6 +170,12 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, default=RUNS / "baselines.json")
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows (pipeline tests)")
     parser.add_argument("--tag", default="main", help="prefix of cached runs/ files")
+    parser.add_argument(
+        "--no-physics",
+        dest="physics",
+        action="store_false",
+        help="plain IRNet on fractions only (no in-graph element-property statistics)",
+    )
     parser.add_argument("--no-jit", dest="jit", action="store_false", help="skip XLA (faster for tiny runs)")
     parser.add_argument("--runs-dir", type=Path, default=RUNS, help="where trained networks are cached")
     args = parser.parse_args()
@@ -172,7 +188,7 @@ def main() -> None:
     results: dict = {}
 
     members, logs = train_ensemble(
-        x, y, train, val, args.members, args.epochs, args.seed, args.tag, args.runs_dir, args.jit
+        x, y, train, val, args.members, args.epochs, args.seed, args.tag, args.runs_dir, args.jit, args.physics
     )
     served = networks.ensemble(members)
     mean_test, std_test = predict(served, x[test])
@@ -200,7 +216,7 @@ def main() -> None:
             keep_val = np.setdiff1d(val, np.flatnonzero(held))
             tag = f"{args.tag}_holdout_{system}"
             models, _ = train_ensemble(
-                x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs, args.seed, tag, args.runs_dir, args.jit
+                x, y, keep_train, keep_val, args.holdout_members, args.holdout_epochs, args.seed, tag, args.runs_dir, args.jit, args.physics
             )  # fmt: skip
             mean_held, _ = predict(networks.ensemble(models), x[held])
             results["served"][f"holdout_{system}"] = {
@@ -273,7 +289,9 @@ def main() -> None:
         ],
         "elements": list(ELEMENTS),
         "architecture": {
-            "family": "IRNet-style residual MLP ensemble",
+            "family": "IRNet-style residual MLP ensemble"
+            + (" on fractions + in-graph Magpie element-property statistics" if args.physics else ""),
+            "element_properties": list(networks.MAGPIE_PROPERTIES) if args.physics else [],
             "members": len(members),
             "widths": list(networks.IRNET_WIDTHS),
             "parameters_per_member": int(members[0].count_params()),

@@ -18,6 +18,7 @@ Conventions
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -112,7 +113,10 @@ def parse_formula(formula: str) -> ParsedFormula:
     if composition.num_atoms <= 0:
         raise FormulaError(f"formula {formula!r} contains no atoms")
     fractions = {str(el): float(amount) for el, amount in composition.fractional_composition.get_el_amt_dict().items()}
-    parsed = ParsedFormula(formula=formula, normalized_formula=composition.reduced_formula, fractions=fractions)
+    with warnings.catch_warnings():  # pymatgen warns about missing electronegativities of superheavy elements
+        warnings.simplefilter("ignore", UserWarning)
+        normalized = composition.reduced_formula
+    parsed = ParsedFormula(formula=formula, normalized_formula=normalized, fractions=fractions)
     if not parsed.is_element:
         unsupported = sorted(el for el in fractions if el not in ELEMENT_INDEX)
         if unsupported:
