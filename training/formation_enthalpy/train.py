@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="split seed (member k uses seed + k)")
     parser.add_argument("--members", type=int, default=4, help="IRNet ensemble members")
     parser.add_argument("--epochs", type=int, default=25, help="epochs per IRNet member")
-    parser.add_argument("--reference-epochs", type=int, default=12, help="ElemNet reference epochs (0 = skip)")
+    parser.add_argument("--reference-epochs", type=int, default=20, help="ElemNet reference epochs (0 = skip)")
     parser.add_argument("--holdout-members", type=int, default=2, help="members for hold-out tests (0 = skip)")
     parser.add_argument("--holdout-epochs", type=int, default=20)
     parser.add_argument("--baselines", type=Path, default=RUNS / "baselines.json")
@@ -232,11 +232,17 @@ def main() -> None:
         else:
             keras.utils.set_random_seed(args.seed)
             reference = networks.elemnet(seed=args.seed)
-            # The seed used Adam 1e-4 at batch 32-64; at batch 256 (4x fewer steps, CPU budget) lr scales to 4e-4.
-            log = fit(reference, (x[train], y[train], x[val], y[val]), args.reference_epochs, 4e-4, 256, False, False)
+            # The seed used Adam 1e-4 at batch 32-64; at batch 256 (4x fewer steps, CPU budget) lr scales to 4e-4,
+            # with the same cosine decay as the served model (a constant 4e-4 oscillated and early-stopped at epoch 5).
+            log = fit(reference, (x[train], y[train], x[val], y[val]), args.reference_epochs, 4e-4, 256, False, True)
             results["elemnet_reference"] = {
                 "architecture": "ElemNet, seed Table 3.1 (17 layers, 4.63 M parameters)",
-                "training": {**log, "batch_size": 256, "learning_rate": 4e-4, "max_epochs": args.reference_epochs},
+                "training": {
+                    **log,
+                    "batch_size": 256,
+                    "learning_rate": "4e-4 cosine decay",
+                    "max_epochs": args.reference_epochs,
+                },
                 "test": regression_metrics(y[test], predict(reference, x[test]), len(train)),
             }
             path.write_text(json.dumps(results["elemnet_reference"]))
