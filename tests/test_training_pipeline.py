@@ -19,14 +19,19 @@ from tests.conftest import REPO, running_server
 
 @pytest.fixture(scope="module")
 def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Train a 2-member ensemble for 3 epochs on 400 rows into a temporary registry."""
+    """Train a 2-member ensemble for 3 epochs on 400 rows into a temporary registry.
+
+    Six optimizer steps leave the network far from converged: its outputs are O(100-1000) eV/atom, where
+    float32 rounding alone differs by ~1e-4 between runtimes. So parity here is checked relative to the
+    output scale; the production export is held to 1e-4 eV/atom absolute (see its card).
+    """
     root = tmp_path_factory.mktemp("pipeline")
     models, runs = root / "models", root / "runs"
     command = [
         sys.executable, "-m", "training.formation_enthalpy.train", "--version", "0.0.1-test",
         "--models-dir", str(models), "--runs-dir", str(runs), "--max-rows", "400", "--members", "2",
         "--epochs", "3", "--reference-epochs", "0", "--holdout-members", "0", "--no-jit", "--tag", "tiny",
-        "--baselines", str(runs / "none.json"),
+        "--baselines", str(runs / "none.json"), "--parity-tolerance", "1e-3",
     ]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -43,13 +48,16 @@ def test_pipeline_writes_a_verified_version_with_a_complete_card(tiny_registry: 
     )
     assert len(card["data"]["fingerprint_sha256"]) == 64
     assert card["metrics"]["test"]["n_train"] == card["split"]["sizes"]["train"]
-    assert card["onnx"]["parity_max_abs_diff_vs_keras"] <= 1e-4
+    assert card["onnx"]["parity_max_abs_diff_vs_keras"] <= 1e-3
     assert card["elements"][:3] == ["H", "Li", "Be"] and len(card["elements"]) == 86
 
 
 def test_onnx_matches_keras_members(tiny_registry: tuple[Path, Path]) -> None:
     import keras
 
+    from training.formation_enthalpy import networks  # registers the custom ElementStatistics layer
+
+    assert networks.ElementStatistics
     models, runs = tiny_registry
     members = [keras.models.load_model(runs / f"tiny_irnet_{k}.keras") for k in range(2)]
     rng = np.random.default_rng(0)
@@ -58,9 +66,12 @@ def test_onnx_matches_keras_members(tiny_registry: tuple[Path, Path]) -> None:
         picked = rng.choice(86, size=rng.integers(2, 5), replace=False)
         row[picked] = rng.dirichlet(np.ones(len(picked)))
     predictions = np.concatenate([m.predict(x, verbose=0) for m in members], axis=1)
+    tolerance = 1e-4 + 1e-6 * float(np.abs(predictions).max())  # float32 rounding at the members' scale
     onnx_out = OnnxRuntime().run(Registry(models).get("formation_enthalpy"), {"element_fractions": x})
-    np.testing.assert_allclose(onnx_out["formation_enthalpy_ev_per_atom"][:, 0], predictions.mean(1), atol=1e-4)
-    np.testing.assert_allclose(onnx_out["uncertainty_ev_per_atom"][:, 0], predictions.std(1), atol=1e-4)
+    np.testing.assert_allclose(
+        onnx_out["formation_enthalpy_ev_per_atom"][:, 0], predictions.mean(1), rtol=1e-5, atol=1e-4
+    )
+    np.testing.assert_allclose(onnx_out["uncertainty_ev_per_atom"][:, 0], predictions.std(1), atol=tolerance)
 
 
 def test_the_trained_version_serves(tiny_registry: tuple[Path, Path], tmp_path: Path) -> None:
