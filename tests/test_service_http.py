@@ -78,6 +78,12 @@ BAD_REQUESTS = [
     pytest.param({"formulas": ["NaCl"], "verison": "1"}, None, "application/json", 422, "verison: Extra inputs",
                  id="misspelt field"),
     pytest.param(["NaCl"], None, "application/json", 422, "expected a JSON object", id="bare list"),
+    pytest.param(None, b'{"formulas": [NaN]}', "application/json", 422, "formulas[0]: Input should be a valid string",
+                 id="NaN item"),
+    pytest.param({"formulas": "NaCl"}, None, "application/json", 422, "formulas: Input should be a valid list",
+                 id="string instead of list"),
+    pytest.param({"formulas": ["NaCl"], "version": 1.0}, None, "application/json", 422,
+                 "version: Input should be a valid string", id="numeric version"),
 ]  # fmt: skip
 
 
