@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TRITON_VENV := .venv-triton
 UV := $(BIN)/uv pip install --python $(BIN)/python
 HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench train-formation-enthalpy clean
+.PHONY: serve test lint bench triton redis-server train-formation-enthalpy clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +24,26 @@ $(VENV)/.test-installed: $(VENV)/.serve-installed requirements/test.txt requirem
 	$(UV) --quiet -r requirements/test.txt -e clients -e .
 	touch $@
 
+# Local Triton: its own venv (nvidia-pytriton needs numpy < 2), see requirements/triton.txt.
+$(TRITON_VENV)/.installed: $(BIN)/uv requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(UV:$(BIN)/python=$(TRITON_VENV)/bin/python) --quiet -r requirements/triton.txt
+	touch $@
+
+# The test suite starts a real redis-server; install it from Debian when it is missing (needs root).
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
 serve: $(VENV)/.serve-installed
 	$(BIN)/matserve serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(TRITON_VENV)/.installed redis-server
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra
+
+triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
+	$(BIN)/matserve triton serve
 
 bench: $(VENV)/.serve-installed
 	$(BIN)/python bench/bench_formation_enthalpy.py
@@ -41,4 +55,4 @@ train-formation-enthalpy: $(VENV)/.test-installed
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.formation_enthalpy.train --version $(VERSION)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache
