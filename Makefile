@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench triton redis-server train-formation-enthalpy clean
+.PHONY: serve test lint bench triton triton-env redis-server train-formation-enthalpy clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,10 @@ $(VENV)/.test-installed: $(VENV)/.serve-installed requirements/test.txt requirem
 	touch $@
 
 # Local Triton: its own venv (nvidia-pytriton needs numpy < 2), see requirements/triton.txt.
-$(TRITON_VENV)/.installed: $(BIN)/uv requirements/triton.txt
+$(TRITON_VENV)/.installed: $(BIN)/uv requirements/triton.txt pyproject.toml
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(UV:$(BIN)/python=$(TRITON_VENV)/bin/python) --quiet -r requirements/triton.txt
+	$(UV:$(BIN)/python=$(TRITON_VENV)/bin/python) --quiet --no-deps -e .
 	touch $@
 
 # The test suite starts a real redis-server; install it from Debian when it is missing (needs root).
@@ -41,6 +42,8 @@ test: $(VENV)/.test-installed $(TRITON_VENV)/.installed redis-server
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra
+
+triton-env: $(TRITON_VENV)/.installed
 
 triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
 	$(BIN)/matserve triton serve

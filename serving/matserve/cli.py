@@ -6,6 +6,8 @@
     matserve predict formation-enthalpy NaCl Fe2O3 [--json]  # call a server through the SDK
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
+    matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
+    matserve triton serve [--http-port 8000 --grpc-port 8001]  # run it on the local tritonserver
 """
 
 from __future__ import annotations
@@ -93,6 +95,42 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _triton_build_repo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from matserve.registry import Registry
+    from matserve.settings import Settings
+    from matserve.triton.repository import build_repository
+
+    registry = Registry(Settings().models_dir)
+    try:
+        manifest = build_repository(registry, Path(args.out), target=args.target, instances=args.instances)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, entry in manifest["models"].items():
+        versions = ", ".join(f"{n}={v}" for n, v in entry["versions"].items())
+        print(f"{name}: Triton versions {versions}; domain model {entry.get('domain_model', '-')}")
+    print(f"wrote {args.target} repository to {args.out}")
+    return 0
+
+
+def _triton_serve(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from matserve.registry import Registry
+    from matserve.settings import Settings
+    from matserve.triton.repository import build_repository
+    from matserve.triton.server import serve
+
+    if args.repository:
+        return serve(Path(args.repository), args.http_port, args.grpc_port, args.metrics_port, args.host)
+    with tempfile.TemporaryDirectory(prefix="matserve-triton-repo-") as repository:
+        build_repository(Registry(Settings().models_dir), Path(repository), target="cpu")
+        return serve(Path(repository), args.http_port, args.grpc_port, args.metrics_port, args.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -129,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     activate.add_argument("name")
     activate.add_argument("version")
     registry.set_defaults(handler=_registry)
+
+    triton = commands.add_parser("triton", help="Triton Inference Server: model repository and local server")
+    triton_commands = triton.add_subparsers(dest="triton_command", required=True)
+    build_repo = triton_commands.add_parser("build-repo", help="write a Triton model repository from the registry")
+    build_repo.add_argument("out", help="output folder (replaced if it holds an earlier repository)")
+    build_repo.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                            help="gpu: onnxruntime backend on KIND_GPU (official container); "
+                                 "cpu: python backend + ONNX Runtime (default)")  # fmt: skip
+    build_repo.add_argument("--instances", type=int, default=1, help="instances per tensor model")
+    build_repo.set_defaults(handler=_triton_build_repo)
+    triton_serve = triton_commands.add_parser(
+        "serve", help="run the registry (or --repository) on the tritonserver of the nvidia-pytriton wheel"
+    )
+    triton_serve.add_argument("--repository", default=None, help="a repository from build-repo (default: build one)")
+    triton_serve.add_argument("--host", default="127.0.0.1")
+    triton_serve.add_argument("--http-port", type=int, default=8000)
+    triton_serve.add_argument("--grpc-port", type=int, default=8001)
+    triton_serve.add_argument("--metrics-port", type=int, default=8002)
+    triton_serve.set_defaults(handler=_triton_serve)
     return parser
 
 

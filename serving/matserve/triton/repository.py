@@ -1,0 +1,232 @@
+"""Generate a Triton model repository from the registry (never from hand-maintained copies).
+
+Layout written by :func:`build_repository` (``matserve triton build-repo OUT --target cpu|gpu``)::
+
+    OUT/
+      formation_enthalpy/            tensor model: element fractions in, eV/atom out
+        config.pbtxt                 cpu: python backend running model.onnx with ONNX Runtime
+                                     gpu: the official container's onnxruntime backend, KIND_GPU
+        1/model.onnx                 registry version 1.0.0 (card.json and model.py too for cpu)
+      formation_enthalpy_formulas/   domain model (python backend, both targets): formulas in (BYTES)
+        config.pbtxt                 it runs the same codec as the HTTP API, then calls the tensor
+        1/model.py, card.json        model above through BLS, so a gRPC client sends formulas
+      matserve_repository.json       what was generated from which registry files
+
+Triton versions are integers: the registry's versions of a model, oldest first, become Triton
+versions 1, 2, ... . Every config carries the map in its ``matserve_versions`` parameter (Triton
+version -> registry version and model.onnx sha256) and the registry's active version in
+``matserve_active_version``; the Triton runtime and the SDK read these, so a response always names
+the registry version, and a Triton repository built from different files is detected.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from matserve.registry import CARD_FILE, ModelVersion, Registry
+
+Target = Literal["cpu", "gpu"]
+PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"
+MANIFEST = "matserve_repository.json"
+DOMAIN_SUFFIX = "_formulas"
+
+_TRITON_DTYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                  "uint8": "TYPE_UINT8", "bytes": "TYPE_STRING", "bool": "TYPE_BOOL"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DomainModel:
+    """A python-backend model that takes domain inputs and runs a served model's own codec.
+
+    Attributes
+    ----------
+    served_model : str
+        ``module:Class`` of the :class:`~matserve.models.base.ServedModel` whose preprocess /
+        postprocess run inside Triton.
+    input_name : str
+        Name of the 1-D BYTES input tensor (one UTF-8 item per element).
+    outputs : tuple of (str, str)
+        Per-item result fields returned as 1-D tensors, with their dtype (``bytes`` or ``float32``);
+        a missing number is NaN, a missing string is empty.
+    """
+
+    served_model: str
+    input_name: str
+    outputs: tuple[tuple[str, str], ...]
+
+
+DOMAIN_MODELS: dict[str, DomainModel] = {
+    "formation_enthalpy": DomainModel(
+        served_model="matserve.models.formation_enthalpy:FormationEnthalpyModel",
+        input_name="formulas",
+        outputs=(
+            ("normalized_formula", "bytes"),
+            ("formation_enthalpy_ev_per_atom", "float32"),
+            ("uncertainty_ev_per_atom", "float32"),
+            ("error", "bytes"),
+        ),
+    ),
+}
+
+
+def domain_model_name(name: str) -> str:
+    """Triton name of a model's domain-input twin (``formation_enthalpy`` -> ``formation_enthalpy_formulas``)."""
+    return name + DOMAIN_SUFFIX
+
+
+def triton_versions(registry: Registry, name: str) -> dict[str, ModelVersion]:
+    """Triton version number (as a string) -> registry version, oldest registry version first."""
+    return {str(i): registry.get(name, v) for i, v in enumerate(registry.versions(name), start=1)}
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # protobuf text format accepts JSON string escapes
+
+
+def _tensor(spec: dict, batched: bool) -> str:
+    shape = [int(d) for d in spec["shape"]]
+    dims = shape[1:] if batched else shape
+    dtype = _TRITON_DTYPES[spec["dtype"]]
+    return f"  {{ name: {_quote(spec['name'])} data_type: {dtype} dims: {json.dumps(dims)} }}"
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return "\n".join(
+        f"parameters {{ key: {_quote(k)} value {{ string_value: {_quote(v)} }} }}" for k, v in sorted(values.items())
+    )
+
+
+def _version_parameters(registry: Registry, name: str) -> dict[str, str]:
+    versions = triton_versions(registry, name)
+    active = registry.active_version(name)
+    mapping = {
+        n: {"version": mv.version, "sha256": mv.card["files"]["model.onnx"]["sha256"]} for n, mv in versions.items()
+    }
+    active_number = next(n for n, mv in versions.items() if mv.version == active)
+    return {"matserve_versions": json.dumps(mapping, sort_keys=True), "matserve_active_version": active_number}
+
+
+def max_batch_size(model: ModelVersion, default: int = 1024) -> int:
+    """The card's ``serving.max_batch_size`` (the largest batch Triton forms or accepts)."""
+    return int(model.card.get("serving", {}).get("max_batch_size", default))
+
+
+def tensor_config(registry: Registry, name: str, target: Target, instances: int = 1) -> str:
+    """``config.pbtxt`` of the tensor model (onnxruntime backend on GPU, python + ONNX Runtime on CPU)."""
+    versions = triton_versions(registry, name)
+    newest = list(versions.values())[-1]
+    batch = max_batch_size(newest)
+    lines = [f"name: {_quote(name)}"]
+    if target == "gpu":
+        lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
+    else:
+        lines += ['backend: "python"']
+    lines += [
+        f"max_batch_size: {batch}",
+        "input [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.card["inputs"]) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.card["outputs"]) + "\n]",
+        # Small requests are merged for up to 0.5 ms; preferred sizes keep GPU kernels in their fast shapes.
+        "dynamic_batching {\n  max_queue_delay_microseconds: 500\n"
+        + (f"  preferred_batch_size: [ {min(256, batch)}, {batch} ]\n" if target == "gpu" else "")
+        + "}",
+        f"instance_group [ {{ kind: {'KIND_GPU' if target == 'gpu' else 'KIND_CPU'} count: {instances} }} ]",
+        f"version_policy: {{ specific: {{ versions: [{', '.join(versions)}] }} }}",
+    ]
+    parameters = _version_parameters(registry, name)
+    if target == "cpu":
+        parameters["intra_op_threads"] = "0"
+    return "\n".join(lines) + "\n" + _parameters(parameters) + "\n"
+
+
+def domain_config(registry: Registry, name: str, instances: int = 1) -> str:
+    """``config.pbtxt`` of the domain model: one request carries a list of items (no batching axis)."""
+    spec = DOMAIN_MODELS[name]
+    versions = triton_versions(registry, name)
+    outputs = ",\n".join(
+        f"  {{ name: {_quote(field)} data_type: {_TRITON_DTYPES[dtype]} dims: [-1] }}" for field, dtype in spec.outputs
+    )
+    lines = [
+        f"name: {_quote(domain_model_name(name))}",
+        'backend: "python"',
+        "max_batch_size: 0",
+        f"input [\n  {{ name: {_quote(spec.input_name)} data_type: TYPE_STRING dims: [-1] }}\n]",
+        f"output [\n{outputs}\n]",
+        f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]",
+        f"version_policy: {{ specific: {{ versions: [{', '.join(versions)}] }} }}",
+    ]
+    parameters = {
+        **_version_parameters(registry, name),
+        "served_model": spec.served_model,
+        "tensor_model": name,
+        "tensor_max_batch_size": str(max_batch_size(list(versions.values())[-1])),
+    }
+    return "\n".join(lines) + "\n" + _parameters(parameters) + "\n"
+
+
+def _place(source: Path, destination: Path) -> None:
+    """Hard-link when possible (same filesystem, no copy of large graphs), else copy."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        destination.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def build_repository(registry: Registry, out: Path, target: Target = "cpu", instances: int = 1) -> dict:
+    """Write the Triton model repository for every valid model version in ``registry``.
+
+    Parameters
+    ----------
+    registry : Registry
+        The verified registry (refused folders are left out, as in the HTTP API).
+    out : Path
+        Output folder; replaced if it holds a previous repository (refuses a non-empty folder that does not).
+    target : {"cpu", "gpu"}
+        ``gpu``: tensor models use the official container's ``onnxruntime`` backend on KIND_GPU;
+        ``cpu``: tensor models are python-backend models running the same ONNX file with ONNX Runtime.
+        Domain models are python-backend models in both.
+    instances : int
+        Model instances per tensor model.
+
+    Returns
+    -------
+    dict
+        The manifest also written to ``OUT/matserve_repository.json``.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"target": target, "registry": str(registry.root.resolve()), "models": {}}
+    for name in registry.names():
+        versions = triton_versions(registry, name)
+        model_dir = out / name
+        model_dir.mkdir()
+        (model_dir / "config.pbtxt").write_text(tensor_config(registry, name, target, instances))
+        for number, version in versions.items():
+            _place(version.file("model.onnx"), model_dir / number / "model.onnx")
+            if target == "cpu":
+                shutil.copy2(PYTHON_MODELS / "onnx_model.py", model_dir / number / "model.py")
+        entry = {
+            "tensor_model": name,
+            "active_version": registry.active_version(name),
+            "versions": {n: v.version for n, v in versions.items()},
+        }
+        if name in DOMAIN_MODELS:
+            domain_dir = out / domain_model_name(name)
+            domain_dir.mkdir()
+            (domain_dir / "config.pbtxt").write_text(domain_config(registry, name))
+            for number, version in versions.items():
+                (domain_dir / number).mkdir()
+                shutil.copy2(PYTHON_MODELS / "domain_model.py", domain_dir / number / "model.py")
+                shutil.copy2(version.path / CARD_FILE, domain_dir / number / CARD_FILE)
+            entry["domain_model"] = domain_model_name(name)
+        manifest["models"][name] = entry
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
