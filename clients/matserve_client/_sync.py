@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
@@ -21,6 +21,9 @@ from ._base import (
     default_headers,
 )
 from .models import FormationEnthalpyResult, ModelInfo
+
+if TYPE_CHECKING:
+    from .kserve import KServeClient
 
 __all__ = ["Client"]
 
@@ -62,6 +65,17 @@ class Client(BaseClient):
     """
 
     _http: httpx.Client
+
+    @staticmethod
+    def grpc(target: str, timeout: float = 30.0) -> KServeClient:
+        """A client with the same typed methods over Triton's KServe-v2 gRPC protocol (``host:8001``).
+
+        Needs ``pip install 'matserve-client[grpc]'``; see :mod:`matserve_client.kserve`. For Triton's
+        HTTP/REST protocol use ``KServeClient("http://host:8000")``.
+        """
+        from .kserve import KServeClient
+
+        return KServeClient(target, timeout=timeout, protocol="grpc")
 
     def __init__(
         self,

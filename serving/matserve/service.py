@@ -36,7 +36,7 @@ from matserve.errors import (
 from matserve.models.base import ServedModel
 from matserve.models.formation_enthalpy import FormationEnthalpyModel
 from matserve.registry import Registry
-from matserve.runtimes.onnxruntime import OnnxRuntime
+from matserve.runtimes import make_runtime
 from matserve.settings import Settings
 
 logger = logging.getLogger("matserve.service")
@@ -195,7 +195,7 @@ class MatServe:
 
     def __init__(self) -> None:
         self.registry = Registry(SETTINGS.models_dir)
-        self.runtime = OnnxRuntime(intra_op_threads=SETTINGS.ort_threads)
+        self.runtime = make_runtime(SETTINGS)
         self.models: dict[str, ServedModel] = {}
         for model_class in (FormationEnthalpyModel,):
             served = model_class(self.registry, self.runtime)
