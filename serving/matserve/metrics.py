@@ -14,3 +14,21 @@ REQUESTS = Counter(
     "matserve_requests_total", "Prediction requests answered, by outcome.", ["model", "version", "outcome"]
 )
 ITEMS = Counter("matserve_items_total", "Items (e.g. formulas) predicted, by outcome.", ["model", "version", "outcome"])
+CACHE_REQUESTS = Counter(
+    "matserve_cache_requests_total",
+    "Prediction cache look-ups per item, by result (hit or miss); items whose look-up bypassed the cache are not counted.",
+    ["model", "version", "result"],
+)
+CACHE_BYPASS = Counter(
+    "matserve_cache_bypass_total",
+    "Cache operations skipped or failed, by reason: redis_error (a Redis call failed or timed out) or "
+    "circuit_open (Redis skipped for a while after a failure). Predictions go on without the cache.",
+    ["reason"],
+)
+JOBS = Counter("matserve_jobs_total", "Batch job events (submitted, succeeded, failed, cancelled).", ["model", "event"])
+JOB_CHUNKS = Counter(
+    "matserve_job_chunks_total",
+    "Job chunks handled by workers in this process, by outcome (done, skipped, failed).",
+    ["outcome"],
+)
+JOB_ITEMS = Counter("matserve_job_items_total", "Job items predicted by workers in this process.", ["model"])

@@ -6,8 +6,15 @@ service, so that every error, validation and size limit answers with the same
 ``/livez``, ``/metrics`` and the process model):
 
 * ``POST /v1/formation-enthalpy``: ``{"formulas": [...], "version": optional}``
-* ``GET /v1/models``: registry listing with card summaries
+* ``POST /v1/jobs``: ``{"model": ..., "inputs": [...], "version": optional}`` -> 202 and a job to poll
+* ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/results?offset=&limit=``, ``DELETE /v1/jobs/{id}`` (cancel)
+* ``GET /v1/models``: registry listing with card summaries, and how the cache and jobs are backed
 * ``GET /v1/docs``, ``GET /v1/openapi.json``: OpenAPI documentation
+
+Predictions are cached per item (:mod:`matserve.cache`); batch jobs (:mod:`matserve.jobs`) are run by
+worker threads embedded in this process (``MATSERVE_EMBEDDED_WORKERS``, default 1) and/or by separate
+``matserve worker`` processes. Both use Redis when ``REDIS_URL`` is set, else this process's memory (jobs are
+then not durable and run only by the embedded workers).
 
 Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 """
@@ -15,34 +22,38 @@ Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from matserve.codecs.formation_enthalpy import MAX_FORMULA_LENGTH
+from matserve.cache import make_cache
 from matserve.errors import (
     InvalidInput,
     MalformedRequest,
     MatserveError,
+    ModelNotFound,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
 )
+from matserve.jobs import JobInfo, JobNotFound, make_job_store
+from matserve.metrics import JOBS
 from matserve.models.base import ServedModel
-from matserve.models.formation_enthalpy import FormationEnthalpyModel
+from matserve.models.formation_enthalpy import Formula
 from matserve.registry import Registry
 from matserve.runtimes import make_runtime
 from matserve.settings import Settings
+from matserve.worker import MODEL_CLASSES, EmbeddedWorkers, load_models
 
 logger = logging.getLogger("matserve.service")
 SETTINGS = Settings()
-
-Formula = Annotated[str, StringConstraints(strict=True, max_length=MAX_FORMULA_LENGTH)]
+JOBS_PATH = "/jobs"
 
 
 class FormationEnthalpyRequest(BaseModel):
@@ -72,6 +83,58 @@ class FormationEnthalpyResponse(BaseModel):
     results: list[FormationEnthalpyResult]
 
 
+class JobRequest(BaseModel):
+    """A batch job: many inputs for one model, run in chunks by workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(examples=["formation_enthalpy"])
+    inputs: list[Any] = Field(min_length=1, max_length=SETTINGS.max_job_items, examples=[["NaCl", "Fe2O3"]])
+    version: str | None = Field(default=None, examples=[None])
+
+
+class JobResponse(BaseModel):
+    """A job's state and progress (``done`` and ``failed`` count items); times are ISO 8601 UTC."""
+
+    job_id: str
+    model: str
+    version: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    durable: bool
+    total: int
+    done: int
+    failed: int
+    chunk_size: int
+    chunks_total: int
+    chunks_done: int
+    chunk_starts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    status_url: str
+    results_url: str
+
+
+class JobResultsResponse(BaseModel):
+    """Items ``offset`` to ``offset + limit`` of a job's results, in input order.
+
+    Each item has the shape of the model's synchronous results (with a per-item ``error`` for inputs that could
+    not be predicted), or is ``null`` while its chunk has not run (or never will: cancelled or failed job).
+    ``next_offset`` is where the next page starts, ``null`` after the last one.
+    """
+
+    job_id: str
+    model: str
+    version: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    results: list[dict[str, Any] | None]
+
+
 class ErrorDetail(BaseModel):
     type: str
     message: str
@@ -87,11 +150,31 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class RequestLimits:
-    """ASGI middleware: POST bodies must be JSON and at most ``max_body_bytes`` (415 / 413 otherwise)."""
+    """ASGI middleware: POST bodies must be JSON and at most ``max_body_bytes`` (415 / 413 otherwise).
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    Parameters
+    ----------
+    app : ASGIApp
+    max_body_bytes : int
+        Limit of every POST route not in ``route_max_body_bytes``.
+    route_max_body_bytes : mapping of str to int, optional
+        Limits of particular routes, by path inside the app (e.g. ``{"/jobs": 64 * 2**20}``).
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, route_max_body_bytes: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_max_body_bytes = dict(route_max_body_bytes or {})
+
+    def limit(self, scope: Scope) -> int:
+        """The body limit of the request's route, in bytes."""
+        path = scope.get("path", "")
+        root_path = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):  # mounted app (BentoML mounts this one at /v1)
+            path = path[len(root_path) :]
+        return self.route_max_body_bytes.get(path.rstrip("/") or "/", self.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -105,8 +188,9 @@ class RequestLimits:
             )
             await _send_error(error, send)
             return
-        if int(headers.get("content-length", 0) or 0) > self.max_body_bytes:
-            await _send_error(self._too_large(), send)
+        max_body_bytes = self.limit(scope)
+        if int(headers.get("content-length", 0) or 0) > max_body_bytes:
+            await _send_error(self._too_large(max_body_bytes), send)
             return
         received = 0
 
@@ -114,17 +198,18 @@ class RequestLimits:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
+            if received > max_body_bytes:
                 raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await _send_error(self._too_large(), send)
+            await _send_error(self._too_large(max_body_bytes), send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body is larger than the limit of {self.max_body_bytes} bytes")
+    @staticmethod
+    def _too_large(max_body_bytes: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than the limit of {max_body_bytes} bytes")
 
 
 class _BodyTooLarge(Exception):
@@ -159,8 +244,10 @@ def validation_error(exc: RequestValidationError) -> MatserveError:
         if e["type"] == "too_long" and _location(e["loc"]) == "formulas":
             return PayloadTooLarge(
                 f"too many formulas: at most {SETTINGS.max_formulas} per request; split the list "
-                "(the Python SDK does this for you)"
+                "(the Python SDK does this for you), or submit a batch job (POST /v1/jobs)"
             )
+        if e["type"] == "too_long" and _location(e["loc"]) == "inputs":
+            return PayloadTooLarge(f"too many inputs: at most {SETTINGS.max_job_items} per job; split them")
     shown = [f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5]]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     more += '; expected a JSON object like {"formulas": ["NaCl", "Fe2O3"], "version": null}'
@@ -174,7 +261,25 @@ app = FastAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-app.add_middleware(RequestLimits, max_body_bytes=SETTINGS.max_body_bytes)
+app.add_middleware(
+    RequestLimits,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    route_max_body_bytes={JOBS_PATH: SETTINGS.max_job_body_bytes},
+)
+
+
+def item_errors(error: ValidationError, field: str) -> InvalidInput:
+    """Per-item validation errors of ``field`` as one message: ``inputs[3]: Input should be a valid string``."""
+    errors = error.errors()
+    shown = [f"{field}{''.join(f'[{p}]' for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return InvalidInput("; ".join(shown) + more)
+
+
+def job_response(job: JobInfo) -> JobResponse:
+    """The API view of a job, with the URLs to poll it and read its results."""
+    status_url = f"/v1/jobs/{job.job_id}"
+    return JobResponse(**job.to_dict(), status_url=status_url, results_url=f"{status_url}/results")
 
 
 @app.exception_handler(MatserveError)
@@ -191,34 +296,52 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 @bentoml.service(name="matserve", traffic={"timeout": 300}, workers=1)
 @bentoml.asgi_app(app, path="/v1")
 class MatServe:
-    """All registry models in one process: in-process ONNX Runtime by default."""
+    """All registry models in one process: in-process ONNX Runtime by default, plus embedded job workers."""
 
     def __init__(self) -> None:
         self.registry = Registry(SETTINGS.models_dir)
         self.runtime = make_runtime(SETTINGS)
-        self.models: dict[str, ServedModel] = {}
-        for model_class in (FormationEnthalpyModel,):
-            served = model_class(self.registry, self.runtime)
-            if model_class.name not in self.registry.names():
-                logger.error(
-                    "model %s has no valid version in %s; it is not served", model_class.name, SETTINGS.models_dir
-                )
-                continue
-            try:
-                served.load()
-            except Exception:  # a broken graph must not stop the other models
-                logger.exception("model %s failed to load; it is not served", model_class.name)
-                continue
-            self.models[model_class.name] = served
-        logger.info("serving %s from %s", ", ".join(self.models) or "nothing", SETTINGS.models_dir)
+        self.cache = make_cache(SETTINGS)
+        self.models: dict[str, ServedModel] = load_models(self.registry, self.runtime, self.cache,
+                                                          SETTINGS.models_dir)  # fmt: skip
+        self.jobs = make_job_store(SETTINGS)
+        self.item_adapters = {name: TypeAdapter(list[model.item_type]) for name, model in self.models.items()}
+        self.workers = EmbeddedWorkers(self.jobs, self.models, SETTINGS.embedded_workers, SETTINGS.job_chunk_pause_s)
+        if self.models:
+            self.workers.start()
+        logger.info(
+            "serving %s from %s; cache: %s; jobs: %s store, %d embedded worker(s)",
+            ", ".join(self.models) or "nothing",
+            SETTINGS.models_dir,
+            self.cache.backend if self.cache else "off",
+            self.jobs.backend,
+            len(self.workers.threads),
+        )
+
+    @bentoml.on_shutdown
+    def _stop_workers(self) -> None:
+        self.workers.stop()
+        self.jobs.close()
 
     def __is_ready__(self) -> bool:
         return bool(self.models)
 
     def _model(self, name: str) -> ServedModel:
         if name not in self.models:
+            if name not in {model_class.name for model_class in MODEL_CLASSES}:
+                known = ", ".join(model_class.name for model_class in MODEL_CLASSES)
+                raise ModelNotFound(f"unknown model {name!r}; models: {known}")
             raise Unavailable(f"model {name!r} is not loaded on this server; see GET /v1/models")
         return self.models[name]
+
+    def _job(self, job_id: str) -> JobInfo:
+        job = self.jobs.status(job_id)
+        if job is None:
+            raise JobNotFound(
+                f"unknown job {job_id!r}: never submitted, or expired (jobs are kept {SETTINGS.job_ttl_s} s "
+                "after they finish)" + ("" if self.jobs.durable else ", or lost in a server restart (no Redis)")
+            )
+        return job
 
     @app.post(
         "/formation-enthalpy",
@@ -232,9 +355,74 @@ class MatServe:
         return FormationEnthalpyResponse(model=prediction.model, version=prediction.version,
                                          results=prediction.results)  # fmt: skip
 
+    @app.post(
+        JOBS_PATH,
+        status_code=202,
+        response_model=JobResponse,
+        responses=ERROR_RESPONSES,
+        summary="Submit a batch job (up to 10⁶ inputs); poll status_url, then read results_url",
+    )
+    def submit_job(self, request: JobRequest) -> JobResponse:
+        """Queue a job; the model version is pinned now (the active one unless ``version`` is given)."""
+        model = self._model(request.model)
+        version = model.version(request.version).version
+        try:
+            items = self.item_adapters[model.name].validate_python(request.inputs)
+        except ValidationError as error:
+            raise item_errors(error, "inputs") from None
+        if not self.jobs.durable and not self.workers.threads:
+            raise Unavailable(
+                "jobs are not run by this server: without REDIS_URL they need MATSERVE_EMBEDDED_WORKERS >= 1"
+            )
+        job = self.jobs.submit(model.name, version, items, SETTINGS.job_chunk_size)
+        JOBS.labels(model=model.name, event="submitted").inc()
+        logger.info("job %s: %d %s inputs in %d chunk(s)", job.job_id, job.total, model.name, job.chunks_total)
+        return job_response(job)
+
+    @app.get(JOBS_PATH + "/{job_id}", response_model=JobResponse, responses=ERROR_RESPONSES, summary="A job's state")
+    def job_status(self, job_id: str) -> JobResponse:
+        """State, progress (items done and failed), pinned version and timestamps of a job."""
+        return job_response(self._job(job_id))
+
+    @app.get(
+        JOBS_PATH + "/{job_id}/results",
+        response_model=JobResultsResponse,
+        responses=ERROR_RESPONSES,
+        summary="A page of a job's results, in input order",
+    )
+    def job_results(
+        self,
+        job_id: str,
+        offset: int = Query(default=0, ge=0, description="first item (0-based)"),
+        limit: int = Query(default=1000, ge=1, le=SETTINGS.max_formulas, description="most items in the page"),
+    ) -> JobResultsResponse:
+        """Results of items ``offset`` to ``offset + limit``; ``null`` for items whose chunk has not run."""
+        job = self._job(job_id)
+        results = self.jobs.results(job, offset, limit)
+        end = offset + len(results)
+        return JobResultsResponse(
+            job_id=job.job_id, model=job.model, version=job.version, state=job.state, total=job.total,
+            offset=offset, limit=limit, next_offset=end if end < job.total else None, results=results,
+        )  # fmt: skip
+
+    @app.delete(JOBS_PATH + "/{job_id}", response_model=JobResponse, responses=ERROR_RESPONSES, summary="Cancel")
+    def cancel_job(self, job_id: str) -> JobResponse:
+        """Cancel a queued or running job: chunks not yet started are skipped. A finished job is left as it is."""
+        self._job(job_id)
+        job = self.jobs.cancel(job_id)
+        if job is None:  # expired in between
+            return job_response(self._job(job_id))
+        if job.state == "cancelled":
+            JOBS.labels(model=job.model, event="cancelled").inc()
+        return job_response(job)
+
     @app.get("/models", summary="Registry: models, versions, card summaries")
     def list_models(self) -> dict[str, Any]:
-        """Every model with its active version, the most items one request may carry, and card summaries."""
+        """Every model with its active version, the most items one request may carry, and card summaries.
+
+        Also says how predictions are cached (``cache``) and how jobs are stored and run (``jobs``; ``durable``
+        is false without Redis: jobs are then lost when the server restarts).
+        """
         models = []
         for name in self.registry.names():
             models.append({
@@ -244,4 +432,7 @@ class MatServe:
                 "max_batch_size": SETTINGS.max_formulas,
                 "versions": [self.registry.get(name, v).summary() for v in self.registry.versions(name)],
             })  # fmt: skip
-        return {"models": models, "refused": self.registry.refused}
+        jobs = {**self.jobs.describe(), "embedded_workers": len(self.workers.threads),
+                "chunk_size": SETTINGS.job_chunk_size, "max_items": SETTINGS.max_job_items}  # fmt: skip
+        cache = self.cache.describe() if self.cache else {"backend": "off"}
+        return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs}

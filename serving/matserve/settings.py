@@ -8,23 +8,43 @@ from pathlib import Path
 
 REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
+MIB = 1024 * 1024
+DAY_S = 24 * 3600
+
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _optional_str(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Server settings.
+    """Server and worker settings.
 
     Attributes
     ----------
     models_dir : Path
         The registry root (``MATSERVE_MODELS_DIR``; default: the repository's ``models/``).
     max_body_bytes : int
-        Largest request body accepted (``MATSERVE_MAX_BODY_BYTES``), else 413.
+        Largest request body accepted (``MATSERVE_MAX_BODY_BYTES``, 4 MiB), else 413; ``POST /v1/jobs``
+        has its own limit, ``max_job_body_bytes``.
     max_formulas : int
-        Most formulas in one request (``MATSERVE_MAX_FORMULAS``), else 413.
+        Most formulas in one synchronous request and most items in one page of job results
+        (``MATSERVE_MAX_FORMULAS``), else 413.
     ort_threads : int
         ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).
     triton_url : str or None
@@ -33,11 +53,68 @@ class Settings:
     triton_timeout_s : float
         Longest a Triton call may take (``MATSERVE_TRITON_TIMEOUT_S``, default 60 s); an unreachable
         Triton is reported at once (connection refused), well inside 1 s.
+    redis_url : str or None
+        ``REDIS_URL``, e.g. ``redis://localhost:6379/0``. When set, the prediction cache and the batch jobs
+        live in Redis (shared by every replica and worker, jobs survive restarts); when unset, both live in
+        the API process's memory (lost on restart, jobs run only by the embedded worker).
+    cache_enabled : bool
+        ``MATSERVE_CACHE`` (default on; ``0`` turns the prediction cache off).
+    cache_ttl_s : int
+        Lifetime of a cached prediction, in seconds (``MATSERVE_CACHE_TTL_S``, 1 day).
+    cache_max_items : int
+        Most predictions kept by the in-memory cache used without Redis (``MATSERVE_CACHE_MAX_ITEMS``);
+        the least recently used go first.
+    redis_timeout_s : float
+        Connect and read timeout of the cache's Redis calls, in seconds (``MATSERVE_REDIS_TIMEOUT_S``, 0.25):
+        a hung Redis costs a request at most about this long.
+    redis_retry_after_s : float
+        After a failed Redis call the cache is bypassed for this long, in seconds, then one request probes
+        Redis again (``MATSERVE_REDIS_RETRY_AFTER_S``, 5).
+    max_job_body_bytes : int
+        Largest ``POST /v1/jobs`` body (``MATSERVE_MAX_JOB_BODY_BYTES``, 64 MiB).
+    max_job_items : int
+        Most inputs in one job (``MATSERVE_MAX_JOB_ITEMS``, 10⁶).
+    job_chunk_size : int
+        Inputs per chunk, the unit of work a worker takes, finishes and records (``MATSERVE_JOB_CHUNK_SIZE``,
+        1000).
+    job_ttl_s : int
+        How long a job and its results are kept, in seconds (``MATSERVE_JOB_TTL_S``, 7 days); renewed when
+        the job finishes.
+    job_claim_idle_s : float
+        A chunk taken by a worker that has not finished it after this many seconds is handed to another
+        worker (``MATSERVE_JOB_CLAIM_IDLE_S``, 60). Keep it well above the time one chunk takes.
+    job_max_attempts : int
+        A chunk started this many times without finishing (its workers crashed or hung) fails its job
+        (``MATSERVE_JOB_MAX_ATTEMPTS``, 3).
+    job_chunk_pause_s : float
+        Seconds a worker sleeps after each chunk (``MATSERVE_JOB_CHUNK_PAUSE_S``, 0): throttles batch work so
+        that an embedded worker leaves CPU to interactive requests; the tests use it to slow jobs down.
+    embedded_workers : int
+        Job worker threads inside the API server process (``MATSERVE_EMBEDDED_WORKERS``, 1), so that
+        ``matserve serve`` alone completes jobs. Set 0 where separate ``matserve worker`` processes run jobs
+        (Kubernetes); without Redis, 0 means jobs are refused (503).
+    worker_metrics_port : int
+        Port on which ``matserve worker`` exposes Prometheus metrics (``MATSERVE_WORKER_METRICS_PORT``; 0 = off).
     """
 
     models_dir: Path = field(default_factory=lambda: Path(os.environ.get("MATSERVE_MODELS_DIR", REPO_MODELS_DIR)))
-    max_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_BODY_BYTES", 4 * 1024 * 1024))
+    max_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_BODY_BYTES", 4 * MIB))
     max_formulas: int = field(default_factory=lambda: _int("MATSERVE_MAX_FORMULAS", 10_000))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     triton_url: str | None = field(default_factory=lambda: os.environ.get("TRITON_URL") or None)
     triton_timeout_s: float = field(default_factory=lambda: float(os.environ.get("MATSERVE_TRITON_TIMEOUT_S", 60)))
+    redis_url: str | None = field(default_factory=lambda: _optional_str("REDIS_URL"))
+    cache_enabled: bool = field(default_factory=lambda: _bool("MATSERVE_CACHE", True))
+    cache_ttl_s: int = field(default_factory=lambda: _int("MATSERVE_CACHE_TTL_S", DAY_S))
+    cache_max_items: int = field(default_factory=lambda: _int("MATSERVE_CACHE_MAX_ITEMS", 100_000))
+    redis_timeout_s: float = field(default_factory=lambda: _float("MATSERVE_REDIS_TIMEOUT_S", 0.25))
+    redis_retry_after_s: float = field(default_factory=lambda: _float("MATSERVE_REDIS_RETRY_AFTER_S", 5.0))
+    max_job_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_JOB_BODY_BYTES", 64 * MIB))
+    max_job_items: int = field(default_factory=lambda: _int("MATSERVE_MAX_JOB_ITEMS", 1_000_000))
+    job_chunk_size: int = field(default_factory=lambda: _int("MATSERVE_JOB_CHUNK_SIZE", 1000))
+    job_ttl_s: int = field(default_factory=lambda: _int("MATSERVE_JOB_TTL_S", 7 * DAY_S))
+    job_claim_idle_s: float = field(default_factory=lambda: _float("MATSERVE_JOB_CLAIM_IDLE_S", 60.0))
+    job_max_attempts: int = field(default_factory=lambda: _int("MATSERVE_JOB_MAX_ATTEMPTS", 3))
+    job_chunk_pause_s: float = field(default_factory=lambda: _float("MATSERVE_JOB_CHUNK_PAUSE_S", 0.0))
+    embedded_workers: int = field(default_factory=lambda: _int("MATSERVE_EMBEDDED_WORKERS", 1))
+    worker_metrics_port: int = field(default_factory=lambda: _int("MATSERVE_WORKER_METRICS_PORT", 0))

@@ -1,8 +1,13 @@
 """The lifecycle every served model shares (after KServe's ``Model``).
 
-``load -> preprocess -> predict -> postprocess``; each stage is timed into the
-``matserve_stage_duration_seconds`` histogram per model and version. Subclasses
-hold only domain logic (their codec); transport lives in the service.
+``load -> [cache read] -> preprocess -> predict -> postprocess -> [cache write]``; each stage is timed
+into the ``matserve_stage_duration_seconds`` histogram per model and version. Subclasses hold only domain
+logic (their codec); transport lives in the service.
+
+Caching is generic: a subclass that implements :meth:`ServedModel.cache_key` (a cheap, normalised key of one
+input item, e.g. the reduced formula) gets per-item caching of its results for free. Items found in the cache
+skip the lifecycle; the others run through it in one batch and are stored afterwards (per-item errors are not
+stored). Cache failures never fail a prediction (see :mod:`matserve.cache`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from matserve.cache import PredictionCache, cache_key
 from matserve.errors import ModelNotFound
-from matserve.metrics import ITEMS, REQUESTS, STAGE_SECONDS
+from matserve.metrics import CACHE_REQUESTS, ITEMS, REQUESTS, STAGE_SECONDS
 from matserve.registry import ModelVersion, Registry
 
 Prepared = TypeVar("Prepared")
@@ -51,13 +57,24 @@ class ServedModel(ABC, Generic[Prepared]):
         Where versions come from.
     runtime : Runtime
         Who runs the tensors (in-process ONNX Runtime, or Triton).
+    cache : PredictionCache, optional
+        Per-item result cache shared by the models of a process; ``None`` disables caching.
+
+    Attributes
+    ----------
+    name : str
+        Registry name of the model.
+    item_type : Any
+        Type of one input item, as a pydantic-understood annotation; the job API validates inputs with it.
     """
 
     name: str
+    item_type: Any = Any
 
-    def __init__(self, registry: Registry, runtime: Runtime) -> None:
+    def __init__(self, registry: Registry, runtime: Runtime, cache: PredictionCache | None = None) -> None:
         self.registry = registry
         self.runtime = runtime
+        self.cache = cache
 
     def version(self, version: str | None = None) -> ModelVersion:
         """The verified version to use (the active one when ``version`` is None)."""
@@ -88,25 +105,99 @@ class ServedModel(ABC, Generic[Prepared]):
     def postprocess(self, prepared: Prepared, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Tensors -> one result dict per input item, in input order."""
 
+    def cache_key(self, item: Any) -> str | None:
+        """A cheap key of one input item, equal for inputs that get equal results; ``None``: do not cache it.
+
+        The default caches nothing. Keys should be short (hash large inputs); they are combined with the model
+        name and version by :func:`matserve.cache.cache_key`.
+        """
+        return None
+
+    def cache_value(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        """What to store for one result (JSON-serialisable), or ``None`` not to store it.
+
+        The default stores results without an ``error``, as they are.
+        """
+        return None if result.get("error") else result
+
+    def from_cache(self, item: Any, value: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild the result of ``item`` from a stored value (the default returns a copy of the value)."""
+        return dict(value)
+
     def __call__(self, items: list[Any], version: str | None = None) -> Prediction:
-        """Run the whole lifecycle on a batch of items."""
+        """Run the whole lifecycle on a batch of items, answering from the cache where possible."""
         model = self.version(version)
         labels = {"model": model.name, "version": model.version}
         try:
-            with self._timed(labels, "preprocess"):
-                prepared = self.preprocess(items, model)
-            with self._timed(labels, "predict"):
-                outputs = self.predict(prepared, model)
-            with self._timed(labels, "postprocess"):
-                results = self.postprocess(prepared, outputs)
+            keys, cached = self._read_cache(items, model, labels)
+            results: list[dict[str, Any] | None] = [
+                None if value is None else self.from_cache(item, value)
+                for item, value in zip(items, cached, strict=True)
+            ]
+            missing = [i for i, result in enumerate(results) if result is None]
+            if missing:
+                computed = self._run_lifecycle([items[i] for i in missing], model, labels)
+                for i, result in zip(missing, computed, strict=True):
+                    results[i] = result
+                self._write_cache({keys[i]: results[i] for i in missing if keys[i] is not None}, labels)
         except Exception:
             REQUESTS.labels(**labels, outcome="error").inc()
             raise
         REQUESTS.labels(**labels, outcome="ok").inc()
-        failed = sum(1 for r in results if r.get("error"))
-        ITEMS.labels(**labels, outcome="ok").inc(len(results) - failed)
+        answered = [r for r in results if r is not None]
+        if len(answered) != len(items):  # pragma: no cover - a subclass returned too few results
+            raise RuntimeError(f"{self.name}: {len(items)} items but {len(answered)} results")
+        failed = sum(1 for r in answered if r.get("error"))
+        ITEMS.labels(**labels, outcome="ok").inc(len(answered) - failed)
         ITEMS.labels(**labels, outcome="error").inc(failed)
-        return Prediction(model=model.name, version=model.version, results=results)
+        return Prediction(model=model.name, version=model.version, results=answered)
+
+    def _run_lifecycle(self, items: list[Any], model: ModelVersion, labels: dict[str, str]) -> list[dict[str, Any]]:
+        with self._timed(labels, "preprocess"):
+            prepared = self.preprocess(items, model)
+        with self._timed(labels, "predict"):
+            outputs = self.predict(prepared, model)
+        with self._timed(labels, "postprocess"):
+            return self.postprocess(prepared, outputs)
+
+    def _read_cache(
+        self, items: list[Any], model: ModelVersion, labels: dict[str, str]
+    ) -> tuple[list[str | None], list[dict[str, Any] | None]]:
+        """Cache key of each item (``None``: not cacheable) and its stored value (``None``: not found)."""
+        if self.cache is None:
+            return [None] * len(items), [None] * len(items)
+        with self._timed(labels, "cache_read"):
+            keys: list[str | None] = []
+            for item in items:
+                item_key = self.cache_key(item)
+                keys.append(None if item_key is None else cache_key(model.name, model.version, item_key))
+            unique = list(dict.fromkeys(key for key in keys if key is not None))
+            found = self.cache.get_many(unique)
+        values: list[dict[str, Any] | None] = [None] * len(items)
+        if found is None:  # bypassed (Redis down): compute everything
+            return keys, values
+        by_key = dict(zip(unique, found, strict=True))
+        looked_up = hits = 0
+        for i, key in enumerate(keys):
+            if key is not None:
+                values[i] = by_key[key]
+                looked_up += 1
+                hits += values[i] is not None
+        CACHE_REQUESTS.labels(**labels, result="hit").inc(hits)
+        CACHE_REQUESTS.labels(**labels, result="miss").inc(looked_up - hits)
+        return keys, values
+
+    def _write_cache(self, results: dict[str, dict[str, Any] | None], labels: dict[str, str]) -> None:
+        if self.cache is None:
+            return
+        values = {}
+        for key, result in results.items():
+            value = None if result is None else self.cache_value(result)
+            if value is not None:
+                values[key] = value
+        if values:
+            with self._timed(labels, "cache_write"):
+                self.cache.set_many(values)
 
     @staticmethod
     @contextmanager

@@ -1,19 +1,33 @@
-"""Formation enthalpy predictor: formulas in, eV/atom (with uncertainty) out."""
+"""Formation enthalpy predictor: formulas in, eV/atom (with uncertainty) out.
+
+Cached per reduced formula (the codec's ``normalized_formula``), so ``"Fe2O3"``, ``"O3Fe2"`` and ``"Fe4O6"``
+share one cache entry; unparseable formulas are not cached.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import StringConstraints
 
-from matserve.codecs.formation_enthalpy import FormulaError, ParsedFormula, encode, parse_formula
+from matserve.codecs.formation_enthalpy import (
+    MAX_FORMULA_LENGTH,
+    FormulaError,
+    ParsedFormula,
+    encode,
+    parse_formula,
+)
 from matserve.models.base import ServedModel
 from matserve.registry import ModelVersion
 
 INPUT = "element_fractions"
 OUTPUT = "formation_enthalpy_ev_per_atom"
 UNCERTAINTY = "uncertainty_ev_per_atom"
+
+Formula = Annotated[str, StringConstraints(strict=True, max_length=MAX_FORMULA_LENGTH)]
+"""One input item on the wire: a string of at most 256 characters (parsing errors are per-item results)."""
 
 
 @dataclass
@@ -39,6 +53,28 @@ class FormationEnthalpyModel(ServedModel[PreparedFormulas]):
     """ElemNet-family regressor served from ``models/formation_enthalpy/<version>``."""
 
     name = "formation_enthalpy"
+    item_type = Formula
+
+    def cache_key(self, item: Any) -> str | None:
+        """The reduced formula (``parse_formula`` is memoised, so preprocessing a miss does not parse twice)."""
+        if not isinstance(item, str):
+            return None
+        try:
+            return parse_formula(item).normalized_formula
+        except FormulaError:
+            return None
+
+    def cache_value(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Everything but the formula as sent; nothing for per-item errors."""
+        if result["error"] is not None or result[OUTPUT] is None:
+            return None
+        return {"normalized_formula": result["normalized_formula"], OUTPUT: result[OUTPUT],
+                UNCERTAINTY: result[UNCERTAINTY]}  # fmt: skip
+
+    def from_cache(self, item: Any, value: dict[str, Any]) -> dict[str, Any]:
+        """The result as :meth:`postprocess` builds it, with this item's formula."""
+        return {"formula": item, "normalized_formula": value["normalized_formula"], OUTPUT: value[OUTPUT],
+                UNCERTAINTY: value[UNCERTAINTY], "error": None}  # fmt: skip
 
     def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedFormulas:
         results: list[dict[str, Any]] = []
