@@ -22,18 +22,21 @@ from .exceptions import (
     ServiceUnavailableError,
     UnexpectedResponseError,
 )
-from .models import FormationEnthalpyResult, ModelInfo, ModelVersionInfo
+from .models import TERMINAL_JOB_STATES, FormationEnthalpyResult, Job, JobResultsPage, ModelInfo, ModelVersionInfo
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "FALLBACK_MAX_BATCH_SIZE",
     "MAX_BACKOFF",
+    "TERMINAL_JOB_STATES",
     "APIError",
     "AsyncClient",
     "Client",
     "ClientRequestError",
     "FormationEnthalpyResult",
     "InvalidInputError",
+    "Job",
+    "JobResultsPage",
     "MatserveConnectionError",
     "MatserveError",
     "MatserveTimeoutError",

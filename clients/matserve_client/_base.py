@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -32,7 +34,15 @@ from .exceptions import (
     ServiceUnavailableError,
     UnexpectedResponseError,
 )
-from .models import FormationEnthalpyResult, ModelInfo, _FormationEnthalpyResponse, _ModelsResponse
+from .models import (
+    FormationEnthalpyResult,
+    Job,
+    JobResultsPage,
+    ModelInfo,
+    _FormationEnthalpyResponse,
+    _JobResultsResponse,
+    _ModelsResponse,
+)
 
 logger = logging.getLogger("matserve_client")
 
@@ -47,6 +57,10 @@ MAX_BACKOFF = 8.0
 FALLBACK_MAX_BATCH_SIZE = 1000
 """Chunk size used when the server's ``max_batch_size`` cannot be discovered."""
 FORMATION_ENTHALPY_MODEL = "formation_enthalpy"
+DEFAULT_JOB_PAGE_SIZE = 1000
+"""Results per page when reading a job's results."""
+DEFAULT_JOB_POLL_S = 1.0
+"""Default interval between job status polls, in seconds."""
 
 _MAX_MESSAGE_CHARS = 2000
 # Failures after which the request may simply be sent again: nothing (or nothing complete) came back.
@@ -129,7 +143,7 @@ def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def open_progress_bar(total: int) -> Any:
+def open_progress_bar(total: int, unit: str = "formula", desc: str = "formation_enthalpy") -> Any:
     """A tqdm progress bar over ``total`` formulas; tqdm is imported lazily as it is an optional dependency."""
     try:
         from tqdm.auto import tqdm
@@ -137,7 +151,22 @@ def open_progress_bar(total: int) -> Any:
         raise ImportError(
             "progress=True needs tqdm, which is not installed: pip install 'matserve-client[progress]'"
         ) from exc
-    return tqdm(total=total, unit="formula", desc="formation_enthalpy", dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
+
+
+def as_input_list(inputs: Sequence[Any] | str) -> list[Any]:
+    """Copy job ``inputs`` into a non-empty list, treating a single string as one input."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not items:
+        raise ValueError("a job needs at least one input")
+    return items
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    """``/v1/jobs/<job_id><suffix>`` with the id escaped."""
+    if not job_id:
+        raise ValueError("job_id is empty")
+    return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
 
 
 def _truncate(text: str) -> str:
@@ -416,3 +445,61 @@ class BaseClient:
         finally:
             if bar is not None:
                 bar.close()
+
+    # -- batch jobs --------------------------------------------------------------------------------------------
+
+    def _submit_job_flow(self, model: str, inputs: Sequence[Any] | str, version: str | None) -> Flow[Job]:
+        body = {"model": model, "inputs": as_input_list(inputs), "version": version}
+        # Not retried: a retry after a lost response could submit the job twice.
+        response = yield from self._request("POST", "/v1/jobs", body=body, retry=False)
+        return parse_body(response, Job)
+
+    def _job_flow(self, job_id: str) -> Flow[Job]:
+        response = yield from self._request("GET", job_path(job_id))
+        return parse_body(response, Job)
+
+    def _cancel_job_flow(self, job_id: str) -> Flow[Job]:
+        response = yield from self._request("DELETE", job_path(job_id))  # idempotent: safe to retry
+        return parse_body(response, Job)
+
+    def _job_results_page_flow(self, job_id: str, offset: int, limit: int) -> Flow[JobResultsPage]:
+        if offset < 0 or limit < 1:
+            raise ValueError(f"need offset >= 0 and limit >= 1, got offset={offset}, limit={limit}")
+        response = yield from self._request("GET", job_path(job_id, f"/results?offset={offset}&limit={limit}"))
+        return parse_body(response, _JobResultsResponse).typed()
+
+    def _wait_job_flow(self, job_id: str, timeout_s: float | None, poll_s: float, progress: bool) -> Flow[Job]:
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0 seconds, got {poll_s}")
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+        bar = None
+        try:
+            while True:
+                job = yield from self._job_flow(job_id)
+                if progress and bar is None:
+                    bar = _optional_progress_bar(job)
+                if bar is not None:
+                    bar.update(job.done - bar.n)
+                if job.finished:
+                    return job
+                if deadline_s is not None:
+                    remaining_s = deadline_s - time.monotonic()
+                    if remaining_s <= 0:
+                        raise TimeoutError(
+                            f"job {job_id} is still {job.state} after {timeout_s} s ({job.done}/{job.total} done)"
+                        )
+                    yield from _sleep(min(poll_s, remaining_s))
+                else:
+                    yield from _sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _optional_progress_bar(job: Job) -> Any:
+    """A progress bar over a job's items if tqdm is installed, else ``None``."""
+    try:
+        return open_progress_bar(job.total, unit="item", desc=f"job {job.job_id[:8]} {job.model}")
+    except ImportError:
+        logger.debug("tqdm is not installed: no progress bar")
+        return None

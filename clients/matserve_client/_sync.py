@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from ._base import (
     DEFAULT_BACKOFF,
     DEFAULT_BASE_URL,
+    DEFAULT_JOB_PAGE_SIZE,
+    DEFAULT_JOB_POLL_S,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     BaseClient,
@@ -20,7 +22,7 @@ from ._base import (
     _Sleep,
     default_headers,
 )
-from .models import FormationEnthalpyResult, ModelInfo
+from .models import FormationEnthalpyResult, Job, JobResultsPage, ModelInfo
 
 if TYPE_CHECKING:
     from .kserve import KServeClient
@@ -184,6 +186,133 @@ class Client(BaseClient):
     def live(self) -> bool:
         """Whether the server process is up (``GET /livez`` answers 2xx); a single attempt, never raises."""
         return self._run(self._probe_flow("/livez"))
+
+    def submit_job(self, model: str, inputs: Sequence[Any] | str, version: str | None = None) -> Job:
+        """Submit a batch job: many inputs for one model, run in the background by the server's workers.
+
+        Parameters
+        ----------
+        model : str
+            Model name, e.g. ``"formation_enthalpy"``.
+        inputs : sequence, or str
+            The inputs (formulas for formation enthalpy), up to the server's job limit (10⁶ by default); a
+            single string is one input.
+        version : str, optional
+            Model version to pin; default: the server's active version at submission time.
+
+        Returns
+        -------
+        Job
+            The queued job (``state == "queued"``); poll it with :meth:`job` or :meth:`wait_job`.
+
+        Raises
+        ------
+        InvalidInputError
+            Bad inputs (400/422): empty list, wrong item type, ...
+        NotFoundError
+            Unknown model or version (404).
+        PayloadTooLargeError
+            Too many inputs or too large a body (413).
+        ServiceUnavailableError
+            The server cannot take jobs now (503: job store unreachable, or no worker without Redis).
+        MatserveConnectionError
+            No response. Submission is never retried (a retry could submit the job twice).
+        """
+        return self._run(self._submit_job_flow(model, inputs, version))
+
+    def job(self, job_id: str) -> Job:
+        """The current state and progress of a job (``GET /v1/jobs/{id}``).
+
+        Raises
+        ------
+        NotFoundError
+            Unknown or expired job (404).
+        """
+        return self._run(self._job_flow(job_id))
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Cancel a job: chunks not started yet are skipped (``DELETE /v1/jobs/{id}``); a finished job is unchanged.
+
+        Returns
+        -------
+        Job
+            The job after the request (``state == "cancelled"`` unless it had already finished).
+
+        Raises
+        ------
+        NotFoundError
+            Unknown or expired job (404).
+        """
+        return self._run(self._cancel_job_flow(job_id))
+
+    def wait_job(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        progress: bool = True,
+        poll_s: float = DEFAULT_JOB_POLL_S,
+    ) -> Job:
+        """Poll a job until it succeeds, fails or is cancelled.
+
+        Parameters
+        ----------
+        job_id : str
+        timeout_s : float, optional
+            Give up after this many seconds (:class:`TimeoutError`); default: wait as long as it takes.
+        progress : bool, default True
+            Show a tqdm progress bar over the job's items when tqdm is installed (silently none otherwise).
+        poll_s : float, default 1.0
+            Seconds between polls.
+
+        Returns
+        -------
+        Job
+            The finished job; check ``state`` (a failed job is returned, not raised).
+
+        Raises
+        ------
+        TimeoutError
+            Still not finished after ``timeout_s`` seconds (the job goes on).
+        NotFoundError
+            Unknown or expired job (404).
+        """
+        return self._run(self._wait_job_flow(job_id, timeout_s, poll_s, progress))
+
+    def job_results_page(self, job_id: str, offset: int = 0, limit: int = DEFAULT_JOB_PAGE_SIZE) -> JobResultsPage:
+        """One page of a job's results: items ``offset`` to ``offset + limit`` in input order.
+
+        Items not predicted (yet) are ``None``; see :class:`JobResultsPage`. ``limit`` is at most the server's
+        ``max_batch_size`` (10,000 by default).
+
+        Raises
+        ------
+        NotFoundError
+            Unknown or expired job (404).
+        InvalidInputError
+            ``limit`` above the server's maximum (422).
+        """
+        return self._run(self._job_results_page_flow(job_id, offset, limit))
+
+    def job_results(
+        self, job_id: str, page_size: int = DEFAULT_JOB_PAGE_SIZE
+    ) -> Iterator[FormationEnthalpyResult | dict[str, Any] | None]:
+        """Every result of a job, in input order, fetched page by page as the iteration goes.
+
+        Call it once the job has finished (see :meth:`wait_job`): items not predicted are ``None``.
+        Formation enthalpy items are :class:`FormationEnthalpyResult` (with ``model`` and ``version``, and a
+        per-item ``error`` for inputs that could not be predicted); items of other models are dicts.
+
+        Examples
+        --------
+        >>> job = client.submit_job("formation_enthalpy", formulas)  # doctest: +SKIP
+        >>> client.wait_job(job.job_id)  # doctest: +SKIP
+        >>> results = list(client.job_results(job.job_id))  # doctest: +SKIP
+        """
+        offset: int | None = 0
+        while offset is not None:
+            page = self._run(self._job_results_page_flow(job_id, offset, page_size))
+            yield from page.results
+            offset = page.next_offset
 
     def close(self) -> None:
         """Close pooled connections. The client cannot be used afterwards."""

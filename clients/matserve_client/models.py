@@ -6,7 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FormationEnthalpyResult", "ModelInfo", "ModelVersionInfo"]
+__all__ = ["TERMINAL_JOB_STATES", "FormationEnthalpyResult", "Job", "JobResultsPage", "ModelInfo", "ModelVersionInfo"]
+
+TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+"""Job states after which nothing changes any more."""
 
 
 class FormationEnthalpyResult(BaseModel):
@@ -129,3 +132,124 @@ class _ModelsResponse(BaseModel):
 
     models: list[ModelInfo]
     refused: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    """A batch job, as reported by ``POST /v1/jobs``, ``GET /v1/jobs/{id}`` and ``DELETE /v1/jobs/{id}``.
+
+    Fields not listed below (``chunk_size``, ``chunks_total``, ``chunks_done``, ``chunk_starts``, ...) are kept as
+    extra attributes; see ``model_extra``.
+
+    Attributes
+    ----------
+    job_id : str
+        Identifier to poll, read and cancel the job with.
+    model : str
+        Model that runs the job, e.g. ``"formation_enthalpy"``.
+    version : str
+        Model version pinned when the job was submitted; every result comes from it.
+    state : str
+        ``"queued"``, ``"running"``, ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+    durable : bool
+        Whether the job survives a server restart (``False`` when the server runs without Redis).
+    total : int
+        Number of inputs.
+    done : int
+        Inputs predicted so far (including those with a per-item error).
+    failed : int
+        Inputs predicted so far whose result carries a per-item ``error``.
+    created_at, started_at, finished_at : str or None
+        ISO 8601 UTC times of submission, of the first chunk started, and of the end.
+    error : str or None
+        Why the job failed (``state == "failed"``).
+    status_url, results_url : str or None
+        Server paths of the job and of its results.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    job_id: str
+    model: str
+    version: str
+    state: str
+    durable: bool = True
+    total: int
+    done: int = 0
+    failed: int = 0
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    status_url: str | None = None
+    results_url: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a terminal state (succeeded, failed or cancelled)."""
+        return self.state in TERMINAL_JOB_STATES
+
+    @property
+    def fraction_done(self) -> float:
+        """Share of the inputs predicted so far, between 0 and 1."""
+        return self.done / self.total if self.total else 1.0
+
+
+class JobResultsPage(BaseModel):
+    """One page of a job's results (``GET /v1/jobs/{id}/results``).
+
+    Attributes
+    ----------
+    job_id, model, version, state : str
+        The job (``state`` as of this page).
+    total : int
+        Number of inputs in the job.
+    offset : int
+        Position of the first result of this page among the job's inputs (0-based).
+    limit : int
+        Page size asked for.
+    next_offset : int or None
+        Offset of the next page; ``None`` after the last one.
+    results : list
+        One entry per input, in input order: a :class:`FormationEnthalpyResult` for formation enthalpy jobs (a
+        dict for models this client does not know), or ``None`` for an input not predicted (yet: its chunk has
+        not run; or ever: the job was cancelled or failed first).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    model: str
+    version: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    results: list[FormationEnthalpyResult | dict[str, Any] | None]
+
+
+class _JobResultsResponse(BaseModel):
+    """Body of a 200 response to ``GET /v1/jobs/{id}/results`` (items not yet typed)."""
+
+    job_id: str
+    model: str
+    version: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    results: list[dict[str, Any] | None]
+
+    def typed(self) -> JobResultsPage:
+        """The page with each item typed for its model, and ``model``/``version`` copied into it."""
+        items: list[FormationEnthalpyResult | dict[str, Any] | None] = []
+        for item in self.results:
+            if item is None:
+                items.append(None)
+            elif self.model == "formation_enthalpy":
+                fields = _FormationEnthalpyItem.model_validate(item).model_dump()
+                items.append(FormationEnthalpyResult(**fields, model=self.model, version=self.version))
+            else:
+                items.append({**item, "model": self.model, "version": self.version})
+        return JobResultsPage(**self.model_dump(exclude={"results"}), results=items)
