@@ -8,6 +8,9 @@
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
     matserve triton serve [--http-port 8000 --grpc-port 8001]  # run it on the local tritonserver
+    matserve worker                                           # run batch jobs (needs REDIS_URL)
+    matserve jobs submit FILE [--model M] [--wait]            # one input per line ('-': stdin)
+    matserve jobs status | wait | results | cancel JOB_ID      # follow, read, cancel a job
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 DEFAULT_URL = os.environ.get("MATSERVE_URL", "http://127.0.0.1:3000")
 
@@ -43,8 +48,17 @@ def _predict_formation_enthalpy(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if results:
         print(f"# model {results[0].model} version {results[0].version}")
+    _print_formation_enthalpy_table(results)
+    return 1 if failed else 0
+
+
+def _print_formation_enthalpy_table(results: Sequence[Any]) -> None:
+    """One line per :class:`~matserve_client.FormationEnthalpyResult` (``None``: not predicted)."""
     print(f"{'formula':<24} {'normalized':<20} {'eV/atom':>10} {'± eV/atom':>10}")
     for r in results:
+        if r is None:
+            print("(not predicted)")
+            continue
         if r.error:
             print(f"{r.formula:<24} error: {r.error}")
             continue
@@ -52,7 +66,6 @@ def _predict_formation_enthalpy(args: argparse.Namespace) -> int:
         print(
             f"{r.formula:<24} {r.normalized_formula or '':<20} {r.formation_enthalpy_ev_per_atom:10.3f} {uncertainty}"
         )
-    return 1 if failed else 0
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -131,6 +144,60 @@ def _triton_serve(args: argparse.Namespace) -> int:
         return serve(Path(repository), args.http_port, args.grpc_port, args.metrics_port, args.host)
 
 
+def _worker(_args: argparse.Namespace) -> int:
+    from matserve.worker import main as worker_main
+
+    return worker_main()
+
+
+def _read_inputs(path: str) -> list[str]:
+    """Inputs from a file (or ``-``: standard input), one per line; blank lines are skipped."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _print_job(job: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(job.model_dump(), indent=2))
+        return
+    line = f"job {job.job_id}: {job.state}, {job.done}/{job.total} done, {job.failed} failed"
+    line += f" ({job.model} {job.version}{'' if job.durable else ', not durable'})"
+    print(line + (f"; error: {job.error}" if job.error else ""))
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            if args.jobs_command == "submit":
+                job = client.submit_job(args.model, _read_inputs(args.file), version=args.version)
+                if args.wait:
+                    job = client.wait_job(job.job_id, timeout_s=args.wait_timeout, progress=not args.json)
+            elif args.jobs_command == "status":
+                job = client.job(args.job_id)
+            elif args.jobs_command == "wait":
+                job = client.wait_job(args.job_id, timeout_s=args.wait_timeout, progress=not args.json)
+            elif args.jobs_command == "cancel":
+                job = client.cancel_job(args.job_id)
+            else:  # results
+                results = list(client.job_results(args.job_id))
+                if args.json:
+                    for item in results:
+                        print(json.dumps(item if item is None or isinstance(item, dict) else item.model_dump()))
+                elif results and results[0] is not None and not isinstance(results[0], dict):
+                    _print_formation_enthalpy_table(results)
+                else:
+                    for item in results:
+                        print(json.dumps(item))
+                return 0
+    except (MatserveError, TimeoutError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    _print_job(job, args.json)
+    return 1 if job.state == "failed" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -186,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     triton_serve.add_argument("--grpc-port", type=int, default=8001)
     triton_serve.add_argument("--metrics-port", type=int, default=8002)
     triton_serve.set_defaults(handler=_triton_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run batch jobs from Redis (REDIS_URL) with the registry models loaded in-process"
+    )
+    worker.set_defaults(handler=_worker)
+
+    jobs = commands.add_parser("jobs", help="batch jobs on a server: submit, status, wait, results, cancel")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = jobs_commands.add_parser("submit", help="submit a file of inputs, one per line ('-': stdin)")
+    submit.add_argument("file")
+    submit.add_argument("--model", default="formation_enthalpy")
+    submit.add_argument("--version", default=None, help="pin a model version")
+    submit.add_argument("--wait", action="store_true", help="wait until the job finishes (progress bar)")
+    for name, help_text in (("status", "state and progress"), ("wait", "wait until it finishes"),
+                            ("results", "every result, in input order"), ("cancel", "cancel it")):  # fmt: skip
+        command = jobs_commands.add_parser(name, help=help_text)
+        command.add_argument("job_id")
+    for command in jobs_commands.choices.values():
+        client_options(command)
+        command.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait at most")
+    jobs.set_defaults(handler=_jobs)
     return parser
 
 
