@@ -1,0 +1,310 @@
+"""Triton path, with the real ``tritonserver`` of the nvidia-pytriton wheel started by these tests.
+
+Covers the repository generated from the registry, the local server command, identical answers from
+every path (in-process ORT, Triton HTTP, Triton gRPC, BentoML -> Triton), the SDK's gRPC transport,
+and Triton going away and coming back under a running API server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from matserve.codecs.formation_enthalpy import encode, parse_formula
+from matserve.errors import Unavailable
+from matserve.registry import ModelVersion, Registry, write_card
+from matserve.runtimes.onnxruntime import OnnxRuntime
+from matserve.runtimes.triton import TritonRuntime
+from matserve.triton.repository import build_repository
+from matserve.triton.server import TritonEndpoints, running_triton, stop, wait_ready
+from matserve_client import Client, NotFoundError, ServiceUnavailableError
+from matserve_client.kserve import KServeClient, KServeTransport
+from tests.conftest import MATSERVE, MODELS_DIR, free_port, running_server
+
+MODEL = "formation_enthalpy"
+OUTPUTS = ["formation_enthalpy_ev_per_atom", "uncertainty_ev_per_atom"]
+ELEMENTS = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ti", "Fe", "Ni", "Cu", "Zn", "La", "O", "S", "N", "Cl", "F", "Si"]
+FORMULAS = [f"{a}{i}{b}{j}" for (a, b), i, j in itertools.product(itertools.combinations(ELEMENTS, 2), (1, 2), (1, 3))][
+    :300
+]
+MIXED = ["NaCl", "Fe2O3", "Xx2", "O", "", "LiFePO4", "H2O1.5", "Na(Cl"]
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    """Parse ``config.pbtxt`` with Triton's own protobuf schema (a syntax or field error fails here)."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    build_repository(Registry(MODELS_DIR), out, target="cpu")
+    for config in out.glob("*/config.pbtxt"):  # one ORT thread per model: the machine has 2 cores
+        config.write_text(config.read_text().replace('"intra_op_threads" value { string_value: "0" }',
+                                                     '"intra_op_threads" value { string_value: "1" }'))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonEndpoints]:
+    log = tmp_path_factory.mktemp("triton-log") / "triton.log"
+    with running_triton(repository, log) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="module")
+def api_on_triton(triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A matserve server delegating tensor work to the Triton above over gRPC."""
+    log = tmp_path_factory.mktemp("api-triton") / "server.log"
+    with running_server(MODELS_DIR, log, {"TRITON_URL": f"grpc://{triton.grpc_target}"}) as url:
+        yield url
+
+
+# -- repository generation ----------------------------------------------------------------------------------
+
+
+def _two_version_registry(root: Path) -> Registry:
+    """A registry with 1.0.0 (the committed model) and 1.1.0 (same graph), 1.0.0 active, plus a refused folder."""
+    source = MODELS_DIR / MODEL / "1.0.0"
+    for version in ("1.0.0", "1.1.0"):
+        folder = root / MODEL / version
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").hardlink_to(source / "model.onnx")
+        card = json.loads((source / "card.json").read_text())
+        write_card(folder, {**card, "version": version})
+    broken = root / MODEL / "2.0.0"
+    broken.mkdir()
+    (broken / "card.json").write_text("{not json")
+    (root / MODEL / "ACTIVE").write_text("1.0.0\n")
+    return Registry(root)
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_repository_configs_come_from_the_registry(tmp_path: Path, target: str) -> None:
+    registry = _two_version_registry(tmp_path / "models")
+    out = tmp_path / "repo"
+    manifest = build_repository(registry, out, target=target)
+    assert manifest["models"][MODEL]["versions"] == {"1": "1.0.0", "2": "1.1.0"}
+
+    tensor = parse_config(out / MODEL / "config.pbtxt")
+    card = registry.get(MODEL, "1.1.0").card
+    assert tensor.max_batch_size == card["serving"]["max_batch_size"]
+    assert tensor.HasField("dynamic_batching")
+    assert list(tensor.version_policy.specific.versions) == [1, 2]
+    assert [i.name for i in tensor.input] == [t["name"] for t in card["inputs"]]
+    assert list(tensor.input[0].dims) == [86]
+    assert [o.name for o in tensor.output] == OUTPUTS
+    if target == "gpu":
+        assert tensor.backend == "onnxruntime"
+        assert tensor.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert not (out / MODEL / "1" / "model.py").exists()
+    else:
+        assert tensor.backend == "python"
+        assert tensor.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+        assert (out / MODEL / "1" / "model.py").is_file()
+    versions = json.loads(tensor.parameters["matserve_versions"].string_value)
+    assert {n: e["version"] for n, e in versions.items()} == {"1": "1.0.0", "2": "1.1.0"}
+    for number, entry in versions.items():
+        assert entry["sha256"] == registry.get(MODEL, entry["version"]).card["files"]["model.onnx"]["sha256"]
+        assert (out / MODEL / number / "model.onnx").read_bytes() == registry.get(MODEL, entry["version"]).file(
+            "model.onnx"
+        ).read_bytes()
+    assert tensor.parameters["matserve_active_version"].string_value == "1"  # ACTIVE says 1.0.0
+
+    domain = parse_config(out / f"{MODEL}_formulas" / "config.pbtxt")
+    assert domain.backend == "python"
+    assert domain.input[0].data_type == model_config_pb2.TYPE_STRING
+    assert domain.parameters["tensor_model"].string_value == MODEL
+    assert json.loads((out / f"{MODEL}_formulas" / "2" / "card.json").read_text())["version"] == "1.1.0"
+    assert not any("2.0.0" in v for v in manifest["models"][MODEL]["versions"].values())  # refused folder left out
+
+
+def test_build_repo_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = subprocess.run([str(MATSERVE), "triton", "build-repo", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "refusing to overwrite" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_build_repo_cli_rebuilds_its_own_output(tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    for _ in range(2):  # the second run replaces the first repository
+        result = subprocess.run(
+            [str(MATSERVE), "triton", "build-repo", str(out), "--target", "gpu"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+    assert "formation_enthalpy: Triton versions 1=1.0.0" in result.stdout
+    assert parse_config(out / MODEL / "config.pbtxt").backend == "onnxruntime"
+
+
+# -- one answer, every path ---------------------------------------------------------------------------------
+
+
+def test_identical_answers_from_every_path(triton: TritonEndpoints, api_on_triton: str, server_url: str) -> None:
+    registry = Registry(MODELS_DIR)
+    model = registry.get(MODEL)
+    features = encode([parse_formula(f) for f in FORMULAS])
+    reference = OnnxRuntime(intra_op_threads=1).run(model, {"element_fractions": features})
+    expected = reference[OUTPUTS[0]].reshape(-1)
+
+    answers: dict[str, np.ndarray] = {}
+    for name, url in (("triton-http", triton.http_url), ("triton-grpc", f"grpc://{triton.grpc_target}")):
+        transport = KServeTransport(url)
+        outputs, answered = transport.infer(MODEL, {"element_fractions": features}, OUTPUTS, version="1")
+        assert answered == "1"
+        answers[name] = outputs[OUTPUTS[0]].reshape(-1)
+        np.testing.assert_allclose(outputs[OUTPUTS[1]], reference[OUTPUTS[1]], atol=1e-5, rtol=0)
+        transport.close()
+    with Client.grpc(triton.grpc_target) as client:
+        answers["sdk-grpc-domain"] = np.array(
+            [r.formation_enthalpy_ev_per_atom for r in client.formation_enthalpy(FORMULAS)]
+        )
+    with KServeClient(triton.http_url) as client:
+        answers["sdk-triton-http-domain"] = np.array(
+            [r.formation_enthalpy_ev_per_atom for r in client.formation_enthalpy(FORMULAS)]
+        )
+    for name, url in (("bentoml-triton", api_on_triton), ("bentoml-in-process", server_url)):
+        with Client(url) as client:
+            answers[name] = np.array([r.formation_enthalpy_ev_per_atom for r in client.formation_enthalpy(FORMULAS)])
+    for name, values in answers.items():
+        np.testing.assert_allclose(values, expected, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_grpc_sdk_matches_http_api_item_by_item(triton: TritonEndpoints, server_url: str) -> None:
+    with Client(server_url) as http_client, Client.grpc(triton.grpc_target) as grpc_client:
+        over_http = http_client.formation_enthalpy(MIXED)
+        over_grpc = grpc_client.formation_enthalpy(MIXED)
+    assert [r.error for r in over_grpc] == [r.error for r in over_http]
+    assert [r.normalized_formula for r in over_grpc] == [r.normalized_formula for r in over_http]
+    assert [(r.model, r.version) for r in over_grpc] == [(MODEL, "1.0.0")] * len(MIXED)
+    assert over_grpc[2].error and "Xx" in over_grpc[2].error
+    for a, b in zip(over_http, over_grpc, strict=True):
+        if a.formation_enthalpy_ev_per_atom is None:
+            assert b.formation_enthalpy_ev_per_atom is None
+        else:
+            assert abs(a.formation_enthalpy_ev_per_atom - b.formation_enthalpy_ev_per_atom) <= 1e-5
+
+
+def test_grpc_sdk_pins_registry_versions(triton: TritonEndpoints) -> None:
+    with Client.grpc(triton.grpc_target) as client:
+        assert client.formation_enthalpy(["NaCl"], version="1.0.0")[0].version == "1.0.0"
+        with pytest.raises(NotFoundError, match=r"no version '9\.9\.9'"):
+            client.formation_enthalpy(["NaCl"], version="9.9.9")
+
+
+def test_api_on_triton_names_model_and_version(api_on_triton: str) -> None:
+    response = httpx.post(f"{api_on_triton}/v1/formation-enthalpy", json={"formulas": ["NaCl", "Xx"]})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["version"]) == (MODEL, "1.0.0")
+    assert body["results"][1]["error"]
+
+
+def test_runtime_refuses_a_different_build_of_the_same_version(triton: TritonEndpoints) -> None:
+    model = Registry(MODELS_DIR).get(MODEL)
+    card = json.loads(json.dumps(model.card))
+    card["files"]["model.onnx"]["sha256"] = "0" * 64
+    impostor = ModelVersion(name=model.name, version=model.version, path=model.path, card=card)
+    runtime = TritonRuntime(f"grpc://{triton.grpc_target}")
+    with pytest.raises(Unavailable, match="different build"):
+        runtime.run(impostor, {"element_fractions": np.zeros((1, 86), np.float32)})
+
+
+# -- Triton away and back -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_unreachable_triton_is_a_fast_503_and_the_api_keeps_serving(tmp_path: Path, scheme: str) -> None:
+    dead = f"{scheme}://127.0.0.1:{free_port()}"
+    with running_server(MODELS_DIR, tmp_path / "server.log", {"TRITON_URL": dead}) as url:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "unavailable"
+        assert "Triton" in response.json()["error"]["message"] and "unreachable" in response.json()["error"]["message"]
+        assert elapsed < 1.0, elapsed
+        # Per-item answers that need no tensors, and validation, still work.
+        assert httpx.get(f"{url}/v1/models").status_code == 200
+        assert httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": "NaCl"}).status_code == 422
+        with Client(url, retries=0) as client, pytest.raises(ServiceUnavailableError):
+            client.formation_enthalpy(["NaCl"])
+
+
+def test_triton_killed_and_restarted_under_a_running_api(repository: Path, tmp_path: Path) -> None:
+    ports = (free_port(), free_port(), free_port())
+    log = tmp_path / "triton.log"
+    # gRPC is the case that needs care (channel reconnect backoff); HTTP opens connections per request.
+    for protocol in ("grpc",):
+        with running_triton(repository, log, ports=ports) as first:
+            url = f"grpc://127.0.0.1:{ports[1]}" if protocol == "grpc" else first.http_url
+            env = {"TRITON_URL": url, "MATSERVE_CACHE": "0"}  # every request must reach Triton
+            with running_server(MODELS_DIR, tmp_path / f"server-{protocol}.log", env) as api:
+                ok = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]})
+                assert ok.status_code == 200
+                before = ok.json()["results"][0]["formation_enthalpy_ev_per_atom"]
+
+                first.process.send_signal(signal.SIGKILL)  # not a clean stop
+                first.process.wait()
+                started = time.perf_counter()
+                down = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
+                assert down.status_code == 503, down.text
+                assert time.perf_counter() - started < 1.0
+                assert "unreachable" in down.json()["error"]["message"]
+
+                with running_triton(repository, log, ports=ports):
+                    deadline = time.monotonic() + 20
+                    while True:  # the API recovers by itself, no restart
+                        again = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
+                        if again.status_code == 200 or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.2)
+                    assert again.status_code == 200, again.text
+                    assert again.json()["results"][0]["formation_enthalpy_ev_per_atom"] == before
+
+
+def test_triton_serve_command_builds_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [
+                str(MATSERVE),
+                "triton",
+                "serve",
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--metrics-port",
+                str(metrics_port),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MATSERVE_MODELS_DIR": str(MODELS_DIR)},
+            start_new_session=True,
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}", process, timeout_s=120, log_path=log)
+        with Client.grpc(f"127.0.0.1:{grpc_port}") as client:
+            assert client.formation_enthalpy(["NaCl"])[0].ok
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'nv_inference_request_success{model="formation_enthalpy_formulas"' in metrics
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert "Triton ready" in log.read_text()
+    finally:
+        stop(process)
