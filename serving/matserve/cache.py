@@ -120,7 +120,9 @@ class MemoryCache(PredictionCache):
                 self._values.popitem(last=False)
         return True
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Values held now (expired ones included until they are looked up or evicted)."""
         return len(self._values)
 
 

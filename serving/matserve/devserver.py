@@ -1,4 +1,4 @@
-"""Start a real ``matserve serve`` subprocess on a free loopback port (used by tests and benchmarks)."""
+"""Start real ``matserve serve`` and ``matserve worker`` subprocesses on loopback (used by tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,11 +25,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class ServerProcess:
+    """A running ``matserve serve``: its base URL and process (the leader of its own process group)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (a crash: no graceful shutdown) and wait for it."""
+        _signal_group(self.process, signal.SIGKILL)
+        self.process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:  # already gone
+        pass
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout_s`` seconds."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
 @contextmanager
-def running_server(
+def server_process(
     models_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 90
-) -> Iterator[str]:
-    """Run ``matserve serve`` until the block ends; yields the base URL once ``/readyz`` answers 200."""
+) -> Iterator[ServerProcess]:
+    """Run ``matserve serve`` until the block ends; yields it once ``/readyz`` answers 200."""
     port = free_port()
     env = {**os.environ, "MATSERVE_MODELS_DIR": str(models_dir), **(extra_env or {})}
     with open(log_path, "wb") as log:
@@ -53,11 +84,45 @@ def running_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield url
+        yield ServerProcess(url=url, process=process)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process)
+
+
+@contextmanager
+def running_server(
+    models_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 90
+) -> Iterator[str]:
+    """Run ``matserve serve`` until the block ends; yields the base URL once ``/readyz`` answers 200."""
+    with server_process(models_dir, log_path, extra_env, ready_timeout_s) as server:
+        yield server.url
+
+
+WORKER_READY_LINE = "serving jobs for"
+"""What ``matserve worker`` logs once its models are loaded."""
+
+
+@contextmanager
+def running_worker(
+    models_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 60
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``matserve worker`` (needs ``REDIS_URL`` in the environment or ``extra_env``) until the block ends.
+
+    Yields the process once it has loaded its models; the block may kill it (``process.kill()``).
+    """
+    env = {**os.environ, "MATSERVE_MODELS_DIR": str(models_dir), **(extra_env or {})}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(MATSERVE), "worker"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while WORKER_READY_LINE not in log_path.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready in {ready_timeout_s} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        _stop(process)

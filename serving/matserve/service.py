@@ -313,7 +313,7 @@ class MatServe:
             "serving %s from %s; cache: %s; jobs: %s store, %d embedded worker(s)",
             ", ".join(self.models) or "nothing",
             SETTINGS.models_dir,
-            self.cache.backend if self.cache else "off",
+            self.cache.backend if self.cache is not None else "off",
             self.jobs.backend,
             len(self.workers.threads),
         )
@@ -434,5 +434,5 @@ class MatServe:
             })  # fmt: skip
         jobs = {**self.jobs.describe(), "embedded_workers": len(self.workers.threads),
                 "chunk_size": SETTINGS.job_chunk_size, "max_items": SETTINGS.max_job_items}  # fmt: skip
-        cache = self.cache.describe() if self.cache else {"backend": "off"}
+        cache = self.cache.describe() if self.cache is not None else {"backend": "off"}
         return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs}
