@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench triton triton-env redis-server train-formation-enthalpy clean
+.PHONY: serve test lint bench bench-serving triton triton-env redis-server train-formation-enthalpy clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
 
 bench: $(VENV)/.serve-installed
 	$(BIN)/python bench/bench_formation_enthalpy.py
+
+# Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
+bench-serving: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
+	$(BIN)/python bench/bench_serving_paths.py
 
 # Offline training (never run by CI): RF baselines, then ElemNet reference + served IRNet ensemble + export.
 train-formation-enthalpy: $(VENV)/.test-installed
