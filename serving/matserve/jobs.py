@@ -461,7 +461,7 @@ class RedisJobStore(JobStore):
             "start a chunk", self._start, keys=_keys(task.job_id), args=[task.chunk, utc_now(), self.max_attempts]
         )
         if _text(reply[0]) != "running":
-            logger.info("skipping chunk %d of job %s: %s", task.chunk, task.job_id, _text(reply[0]))
+            logger.debug("skipping chunk %d of job %s: %s", task.chunk, task.job_id, _text(reply[0]))
             return None
         inputs, model, version, chunk_size = json.loads(reply[1]), _text(reply[2]), _text(reply[3]), int(reply[4])
         return StartedChunk(task=task, model=model or "", version=version or "", offset=task.chunk * chunk_size,
