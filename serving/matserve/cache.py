@@ -44,6 +44,15 @@ def cache_key(model: str, version: str, item_key: str) -> str:
     return f"{KEY_PREFIX}:{model}:{version}:{item_key}"
 
 
+def _decode(raw: bytes | str) -> dict[str, Any] | None:
+    """A stored value, or ``None`` (a miss) if it is not a JSON object."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class PredictionCache(ABC):
     """Per-item prediction results with a time to live.
 
@@ -105,7 +114,7 @@ class MemoryCache(PredictionCache):
                 else:
                     self._values.move_to_end(key)
                     found.append(entry[1])
-        return [None if text is None else json.loads(text) for text in found]
+        return [None if text is None else _decode(text) for text in found]
 
     def set_many(self, values: Mapping[str, dict[str, Any]]) -> bool:
         if self.max_items <= 0:
@@ -243,7 +252,7 @@ class RedisCache(PredictionCache):
             self._failed(error)
             return None
         self.breaker.record_success()
-        return [None if raw is None else json.loads(raw) for raw in found]
+        return [None if raw is None else _decode(raw) for raw in found]
 
     def set_many(self, values: Mapping[str, dict[str, Any]]) -> bool:
         if not values:

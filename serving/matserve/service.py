@@ -14,7 +14,8 @@ service, so that every error, validation and size limit answers with the same
 Predictions are cached per item (:mod:`matserve.cache`); batch jobs (:mod:`matserve.jobs`) are run by
 worker threads embedded in this process (``MATSERVE_EMBEDDED_WORKERS``, default 1) and/or by separate
 ``matserve worker`` processes. Both use Redis when ``REDIS_URL`` is set, else this process's memory (jobs are
-then not durable and run only by the embedded workers).
+then not durable and run only by the embedded workers; this needs the single API worker process configured
+below, as each process would have its own jobs).
 
 Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 """

@@ -130,10 +130,7 @@ class ServedModel(ABC, Generic[Prepared]):
         labels = {"model": model.name, "version": model.version}
         try:
             keys, cached = self._read_cache(items, model, labels)
-            results: list[dict[str, Any] | None] = [
-                None if value is None else self.from_cache(item, value)
-                for item, value in zip(items, cached, strict=True)
-            ]
+            results = [self._from_cache(item, value) for item, value in zip(items, cached, strict=True)]
             missing = [i for i, result in enumerate(results) if result is None]
             if missing:
                 computed = self._run_lifecycle([items[i] for i in missing], model, labels)
@@ -151,6 +148,15 @@ class ServedModel(ABC, Generic[Prepared]):
         ITEMS.labels(**labels, outcome="ok").inc(len(answered) - failed)
         ITEMS.labels(**labels, outcome="error").inc(failed)
         return Prediction(model=model.name, version=model.version, results=answered)
+
+    def _from_cache(self, item: Any, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The result rebuilt from a stored value; ``None`` (recompute) if there is none or it does not fit."""
+        if value is None:
+            return None
+        try:
+            return self.from_cache(item, value)
+        except (KeyError, TypeError, ValueError):  # stored by an incompatible release: treat as a miss
+            return None
 
     def _run_lifecycle(self, items: list[Any], model: ModelVersion, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._timed(labels, "preprocess"):
