@@ -223,6 +223,12 @@ def test_a_killed_workers_chunk_is_taken_over_by_another_worker(tmp_path: Path, 
         assert client.xpending(STREAM, GROUP)["pending"] == 1  # the chunk of the dead worker
         with running_worker(MODELS_DIR, tmp_path / "second.log", env):
             wait_until(lambda: store.status(job.job_id).finished, 90, "the job to finish", poll_s=0.2)
+            # A chunk that raises fails its job, with the reason (here: a version this worker does not have).
+            doomed = store.submit(MODEL, "0.0.0-gone", ["NaCl"], chunk_size=500)
+            wait_until(lambda: store.status(doomed.job_id).finished, 30, "the doomed job", poll_s=0.1)
+            failed = store.status(doomed.job_id)
+            assert failed.state == "failed" and "chunk 0 (items 0-0) failed" in failed.error
+            assert "0.0.0-gone" in failed.error
         finished = store.status(job.job_id)
         assert finished.state == "succeeded" and finished.done == 3000
         # No finished chunk was run again; the dead worker's chunk was (unless it died before starting it).

@@ -8,6 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from matserve.cache import MemoryCache
 from tests.conftest import RedisStack
 
 ENDPOINT = "/v1/formation-enthalpy"
@@ -140,3 +141,13 @@ def test_without_redis_an_in_memory_cache_answers(server_url: str) -> None:
     second, _ = predict(server_url, ["O3Al2", "Xx2"])
     assert cache_counts(server_url)[0] - hits_before == 1
     assert values(second) == values(first) and second["results"][0]["formula"] == "O3Al2"
+
+
+def test_the_in_memory_cache_is_bounded_and_expires() -> None:
+    cache = MemoryCache(ttl_s=1, max_items=3)
+    cache.set_many({k: {"v": i} for i, k in enumerate("abcd")})  # "a" is evicted: least recently used
+    assert cache.size == 3 and cache.get_many(["a", "b", "d"]) == [None, {"v": 1}, {"v": 3}]
+    cache.set_many({"e": {"v": 4}})  # "c" is now the least recently used ("b" and "d" were just read)
+    assert cache.get_many(["c", "b"]) == [None, {"v": 1}]
+    time.sleep(1.1)
+    assert cache.get_many(["b", "d", "e"]) == [None, None, None]
