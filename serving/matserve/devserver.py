@@ -59,9 +59,16 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
 def server_process(
     models_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 90
 ) -> Iterator[ServerProcess]:
-    """Run ``matserve serve`` until the block ends; yields it once ``/readyz`` answers 200."""
+    """Run ``matserve serve`` until the block ends; yields it once ``/readyz`` answers 200.
+
+    Each server gets its own ``BENTOML_HOME`` (next to ``log_path``) unless ``extra_env`` sets one: BentoML
+    empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when a server starts, which would otherwise wipe the
+    metrics of every other server running on the machine.
+    """
     port = free_port()
-    env = {**os.environ, "MATSERVE_MODELS_DIR": str(models_dir), **(extra_env or {})}
+    bentoml_home = log_path.parent / f"bentoml-home-{port}"
+    env = {**os.environ, "MATSERVE_MODELS_DIR": str(models_dir), "BENTOML_HOME": str(bentoml_home),
+           **(extra_env or {})}  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(MATSERVE), "serve", "--host", "127.0.0.1", "--port", str(port)],
