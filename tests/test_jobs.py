@@ -16,7 +16,7 @@ import pytest
 
 from matserve.devserver import running_worker, server_process
 from matserve.jobs import GROUP, STREAM, RedisJobStore
-from matserve_client import AsyncClient, Client, NotFoundError
+from matserve_client import AsyncClient, Client, NotFoundError, ServiceUnavailableError
 from tests.conftest import MATSERVE, MODELS_DIR, REDIS_STACK_ENV, RedisStack
 from tests.redis_server import RedisServer
 
@@ -279,3 +279,25 @@ def test_cli_submits_waits_and_reads_a_job(server_url: str, tmp_path: Path) -> N
     )
     missing = cli("cancel", "nope")
     assert missing.returncode == 1 and "unknown job" in missing.stderr
+
+
+def test_sdk_wait_job_times_out_and_never_resubmits_a_job() -> None:
+    """Client-side behaviour over a scripted transport: submission is sent once, waiting gives up on time."""
+    requests: list[httpx.Request] = []
+    job = {"job_id": "abc", "model": MODEL, "version": "1.0.0", "state": "running", "total": 10, "done": 4}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.method == "POST":
+            return httpx.Response(503, json={"error": {"type": "unavailable", "message": "job store down"}})
+        return httpx.Response(200, json=job)
+
+    with Client("http://matserve.test", transport=httpx.MockTransport(handler), backoff=0) as client:
+        with pytest.raises(ServiceUnavailableError, match="job store down"):
+            client.submit_job(MODEL, ["NaCl"])
+        assert [r.method for r in requests] == ["POST"]  # not retried: it could create the job twice
+        started_s = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"still running after 0\.3 s \(4/10 done\)"):
+            client.wait_job("abc", timeout_s=0.3, poll_s=0.05, progress=False)
+        assert time.monotonic() - started_s < 2
+        assert requests[-1].url.path == "/v1/jobs/abc"
