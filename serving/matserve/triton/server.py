@@ -210,7 +210,11 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
         command, env = triton_command(install, repository, Path(work), http_port, grpc_port, metrics_port, host)
         process = subprocess.Popen(command, env=env)
 
+        stopping = False
+
         def forward(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
 
@@ -219,6 +223,8 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
         try:
             wait_ready(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{http_port}", process, timeout_s=300)
         except RuntimeError as error:
+            if stopping:  # asked to stop before readiness was seen: a clean stop, not a failure
+                return stop(process)
             print(f"error: {error}", file=sys.stderr)
             stop(process)
             return 1
