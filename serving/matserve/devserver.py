@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 MATSERVE = Path(sys.executable).parent / "matserve"
 
@@ -39,10 +40,21 @@ class ServerProcess:
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal the process group and every descendant (BentoML's workers may leave the group: after a
+    SIGKILL of the arbiter they would otherwise live on as orphans, holding CPU and ports)."""
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     try:
         os.killpg(process.pid, signum)
     except ProcessLookupError:  # already gone
         pass
+    for child in descendants:
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
