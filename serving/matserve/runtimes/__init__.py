@@ -17,4 +17,4 @@ def make_runtime(settings: Settings) -> Runtime:
         return TritonRuntime(settings.triton_url, timeout_s=settings.triton_timeout_s)
     from matserve.runtimes.onnxruntime import OnnxRuntime
 
-    return OnnxRuntime(intra_op_threads=settings.ort_threads)
+    return OnnxRuntime(intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning)
