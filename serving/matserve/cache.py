@@ -80,6 +80,24 @@ class PredictionCache(ABC):
         """What ``GET /v1/models`` says about the cache."""
         return {"backend": self.backend, "ttl_s": self.ttl_s, "shared": self.durable}
 
+    @abstractmethod
+    def clear(self, model: str | None = None, version: str | None = None) -> int:
+        """Delete stored predictions (all, one model's, or one model version's); returns how many.
+
+        Raises
+        ------
+        ConnectionError
+            The backing store could not be reached (nothing, or only part, was deleted).
+        """
+
+
+def key_pattern(model: str | None, version: str | None) -> str:
+    """Prefix of the keys :meth:`PredictionCache.clear` deletes (``model`` must be set if ``version`` is)."""
+    if version is not None and model is None:
+        raise ValueError("a version needs a model")
+    parts = [KEY_PREFIX] + ([model] if model else []) + ([version] if version else [])
+    return ":".join(parts) + ":"
+
 
 class MemoryCache(PredictionCache):
     """In-process LRU with a TTL: used without Redis; thread-safe.
@@ -128,6 +146,14 @@ class MemoryCache(PredictionCache):
             while len(self._values) > self.max_items:
                 self._values.popitem(last=False)
         return True
+
+    def clear(self, model: str | None = None, version: str | None = None) -> int:
+        prefix = key_pattern(model, version)
+        with self._lock:
+            doomed = [key for key in self._values if key.startswith(prefix)]
+            for key in doomed:
+                del self._values[key]
+        return len(doomed)
 
     @property
     def size(self) -> int:
@@ -274,12 +300,33 @@ class RedisCache(PredictionCache):
         self.breaker.record_success()
         return True
 
+    def clear(self, model: str | None = None, version: str | None = None) -> int:
+        pattern = _glob_escape(key_pattern(model, version)) + "*"
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            for key in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += self.client.unlink(*batch)
+        except (redis.RedisError, OSError) as error:
+            raise ConnectionError(f"Redis cache unreachable after deleting {deleted} predictions: {error}") from None
+        return deleted
+
     def _failed(self, error: BaseException) -> None:
         CACHE_BYPASS.labels(reason="redis_error").inc()
         self.breaker.record_failure(error)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "available": not self.breaker.failing}
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob metacharacters so that a model or version name matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def make_cache(settings: Settings) -> PredictionCache | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class MatserveError(Exception):
     """Base class: ``status`` is the HTTP status, ``error_type`` a stable machine-readable name."""
 
     status: int = 500
     error_type: str = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,3 +55,16 @@ class Unavailable(MatserveError):
     """The model cannot answer right now, e.g. its runtime is unreachable (503)."""
 
     status, error_type = 503, "unavailable"
+
+
+class Unauthorized(MatserveError):
+    """Missing or wrong credentials for an admin route (401)."""
+
+    status, error_type = 401, "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="matserve-admin"'}
+
+
+class Forbidden(MatserveError):
+    """The route is switched off on this server (403), e.g. the admin API without ``MATSERVE_ADMIN_TOKEN``."""
+
+    status, error_type = 403, "forbidden"

@@ -22,13 +22,14 @@ Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import bentoml
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -36,11 +37,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from matserve.cache import make_cache
 from matserve.errors import (
+    Forbidden,
     InvalidInput,
     MalformedRequest,
     MatserveError,
     ModelNotFound,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -150,6 +153,7 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)
 }
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 422, 503)}
 
 
 class RequestLimits:
@@ -185,7 +189,8 @@ class RequestLimits:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
+        empty = headers.get("content-length") == "0" and "transfer-encoding" not in headers
+        if media_type != "application/json" and not empty:  # a body-less POST (admin actions) has no type
             error: MatserveError = UnsupportedMediaType(
                 f"content type {media_type or '(none)'!r} is not accepted; send JSON with 'Content-Type: application/json'"
             )
@@ -287,7 +292,7 @@ def job_response(job: JobInfo) -> JobResponse:
 
 @app.exception_handler(MatserveError)
 async def _matserve_error(_: Request, exc: MatserveError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status)
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers or None)
 
 
 @app.exception_handler(RequestValidationError)
@@ -432,6 +437,50 @@ class MatServe:
             JOBS.labels(model=job.model, event="cancelled").inc()
         return job_response(job)
 
+    def _require_admin(self, authorization: str | None) -> None:
+        """Admin routes need ``Authorization: Bearer <MATSERVE_ADMIN_TOKEN>``; without the setting they are off."""
+        if not SETTINGS.admin_token:
+            raise Forbidden("the admin API is off on this server; set MATSERVE_ADMIN_TOKEN to enable it")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), SETTINGS.admin_token.encode()):
+            raise Unauthorized("admin routes need the header 'Authorization: Bearer <MATSERVE_ADMIN_TOKEN>'")
+
+    @app.post("/admin/registry/reload", responses=ADMIN_RESPONSES, summary="Admin: re-read the registry folder")
+    def reload_registry(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Re-verify ``models/`` on this replica: new versions and ``ACTIVE`` changes take effect, tampered
+        folders are refused. A model that had no valid version at start-up needs a restart."""
+        self._require_admin(authorization)
+        self.registry.refresh()
+        for name, model in self.models.items():
+            if name in self.registry.names():
+                model.load()  # the new active version's session, before the first request needs it
+        logger.info("registry reloaded by an admin request: %s", {n: self.registry.versions(n) for n in self.models})
+        return {
+            "models": {n: {"active_version": self.registry.active_version(n), "versions": self.registry.versions(n)}
+                       for n in self.registry.names()},
+            "refused": self.registry.refused,
+        }  # fmt: skip
+
+    @app.delete("/admin/cache", responses=ADMIN_RESPONSES, summary="Admin: delete cached predictions")
+    def clear_cache(
+        self,
+        model: Annotated[str | None, Query(description="only this model")] = None,
+        version: Annotated[str | None, Query(description="only this version (needs model)")] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """Delete cached predictions: all, one model's, or one model version's (in Redis: for every replica)."""
+        self._require_admin(authorization)
+        if version is not None and model is None:
+            raise InvalidInput("'version' needs 'model'; e.g. ?model=formation_enthalpy&version=1.0.0")
+        if self.cache is None:
+            return {"deleted": 0, "backend": "off"}
+        try:
+            deleted = self.cache.clear(model, version)
+        except ConnectionError as error:
+            raise Unavailable(str(error)) from None
+        logger.info("cache cleared by an admin request (model=%s, version=%s): %d deleted", model, version, deleted)
+        return {"deleted": deleted, "backend": self.cache.backend}
+
     @app.get("/models", summary="Registry: models, versions, card summaries")
     def list_models(self) -> dict[str, Any]:
         """Every model with its active version, the most items one request may carry, and card summaries.
@@ -451,4 +500,5 @@ class MatServe:
         jobs = {**self.jobs.describe(), "embedded_workers": len(self.workers.threads),
                 "chunk_size": SETTINGS.job_chunk_size, "max_items": SETTINGS.max_job_items}  # fmt: skip
         cache = self.cache.describe() if self.cache is not None else {"backend": "off"}
-        return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs}
+        runtime = {"name": self.runtime.name, **({"url": self.runtime.url} if hasattr(self.runtime, "url") else {})}
+        return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs, "runtime": runtime}

@@ -50,6 +50,8 @@ class Settings:
     ort_spinning : bool
         Let ONNX Runtime's idle threads spin-wait (``MATSERVE_ORT_SPINNING``, default off): lower small-batch
         latency, but CPU burnt while waiting, which hurts when other processes share the cores.
+    admin_token : str or None
+        ``MATSERVE_ADMIN_TOKEN``: bearer token of the admin routes (``/v1/admin/...``); unset, they answer 403.
     triton_url : str or None
         ``TRITON_URL``: when set, tensor work goes to this Triton (``grpc://host:8001`` or
         ``http://host:8000``) instead of in-process ONNX Runtime; unset (default) runs in-process.
@@ -105,6 +107,7 @@ class Settings:
     max_formulas: int = field(default_factory=lambda: _int("MATSERVE_MAX_FORMULAS", 10_000))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))
+    admin_token: str | None = field(default_factory=lambda: _optional_str("MATSERVE_ADMIN_TOKEN"), repr=False)
     triton_url: str | None = field(default_factory=lambda: os.environ.get("TRITON_URL") or None)
     triton_timeout_s: float = field(default_factory=lambda: float(os.environ.get("MATSERVE_TRITON_TIMEOUT_S", 60)))
     redis_url: str | None = field(default_factory=lambda: _optional_str("REDIS_URL"))

@@ -1,0 +1,135 @@
+"""Admin routes (token from MATSERVE_ADMIN_TOKEN, the k8s Secret): registry reload and cache clearing."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from matserve.cache import RedisCache, cache_key
+from matserve.registry import write_card
+from tests.conftest import MODELS_DIR, running_server
+from tests.redis_server import RedisServer
+
+TOKEN = "s3cret-admin-token"
+MODEL = "formation_enthalpy"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _registry_copy(root: Path) -> Path:
+    """A registry with the committed 1.0.0 (hard-linked graph) that tests may add versions to."""
+    source = MODELS_DIR / MODEL / "1.0.0"
+    folder = root / MODEL / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").hardlink_to(source / "model.onnx")
+    (folder / "card.json").write_text((source / "card.json").read_text())
+    return root
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = _registry_copy(tmp_path_factory.mktemp("admin") / "models")
+    env = {"MATSERVE_ADMIN_TOKEN": TOKEN, "MATSERVE_ORT_THREADS": "1"}
+    with running_server(root, root.parent / "server.log", env) as url:
+        yield url, root
+
+
+def _cache_hits(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r'matserve_cache_requests_total\{[^}]*result="hit"[^}]*\} ([0-9.e+]+)', text)
+    return sum(float(v) for v in found)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": TOKEN}, 401), (AUTH, 200)],
+)
+def test_admin_routes_need_the_token(admin_server: tuple[str, Path], headers: dict[str, str], status: int) -> None:
+    url, _ = admin_server
+    response = httpx.delete(f"{url}/v1/admin/cache", headers=headers)
+    assert response.status_code == status, response.text
+    if status == 401:
+        assert response.json()["error"]["type"] == "unauthorized"
+        assert "Bearer" in response.json()["error"]["message"]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_without_a_token_setting_the_admin_api_is_off(server_url: str) -> None:
+    response = httpx.post(f"{server_url}/v1/admin/registry/reload", headers=AUTH)
+    assert response.status_code == 403
+    assert "MATSERVE_ADMIN_TOKEN" in response.json()["error"]["message"]
+
+
+def test_clearing_the_cache_makes_the_next_request_a_miss(admin_server: tuple[str, Path]) -> None:
+    url, _ = admin_server
+    body = {"formulas": ["MgAl2O4"]}
+    first = httpx.post(f"{url}/v1/formation-enthalpy", json=body).json()
+    hits = _cache_hits(url)
+    assert httpx.post(f"{url}/v1/formation-enthalpy", json=body).json() == first
+    assert _cache_hits(url) == hits + 1
+
+    bad = httpx.delete(f"{url}/v1/admin/cache", params={"version": "1.0.0"}, headers=AUTH)
+    assert bad.status_code == 422 and "needs 'model'" in bad.json()["error"]["message"]
+    cleared = httpx.delete(f"{url}/v1/admin/cache", params={"model": MODEL, "version": "1.0.0"}, headers=AUTH)
+    assert cleared.status_code == 200
+    assert cleared.json()["deleted"] >= 1 and cleared.json()["backend"] == "memory"
+    assert httpx.post(f"{url}/v1/formation-enthalpy", json=body).json() == first
+    assert _cache_hits(url) == hits + 1  # recomputed, not a hit
+
+
+def test_registry_reload_picks_up_a_new_active_version(admin_server: tuple[str, Path]) -> None:
+    url, root = admin_server
+    folder = root / MODEL / "1.1.0"
+    folder.mkdir()
+    (folder / "model.onnx").hardlink_to(MODELS_DIR / MODEL / "1.0.0" / "model.onnx")
+    card = json.loads((MODELS_DIR / MODEL / "1.0.0" / "card.json").read_text())
+    write_card(folder, {**card, "version": "1.1.0"})
+    (root / MODEL / "ACTIVE").write_text("1.1.0\n")
+    tampered = root / MODEL / "1.2.0"
+    tampered.mkdir()
+    (tampered / "card.json").write_text("{}")
+
+    before = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"], "version": "1.1.0"})
+    assert before.status_code == 404  # not known until the registry is re-read
+
+    reloaded = httpx.post(f"{url}/v1/admin/registry/reload", headers=AUTH)
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["models"][MODEL] == {"active_version": "1.1.0", "versions": ["1.0.0", "1.1.0"]}
+    assert f"{MODEL}/1.2.0" in reloaded.json()["refused"]
+    answer = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}).json()
+    assert answer["version"] == "1.1.0"
+    pinned = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"], "version": "1.0.0"}).json()
+    assert pinned["version"] == "1.0.0"
+    assert (
+        pinned["results"][0]["formation_enthalpy_ev_per_atom"] == answer["results"][0]["formation_enthalpy_ev_per_atom"]
+    )  # same graph under two versions
+
+
+def test_redis_cache_clear_deletes_only_what_was_asked(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        cache = RedisCache(server.url, ttl_s=600, timeout_s=0.25, retry_after_s=1)
+        value = {"formation_enthalpy_ev_per_atom": -1.0}
+        keys = {
+            "a1": cache_key(MODEL, "1.0.0", "NaCl"),
+            "a2": cache_key(MODEL, "1.1.0", "NaCl"),
+            "b1": cache_key("xrd_phase", "1.0.0", "abc"),
+            "glob": cache_key(MODEL, "1.0.*", "KCl"),  # a name with a glob character matches only itself
+        }
+        assert cache.set_many(dict.fromkeys(keys.values(), value))
+        assert cache.clear(MODEL, "1.0.*") == 1
+        assert cache.clear(MODEL, "1.0.0") == 1
+        assert cache.get_many([keys["a1"], keys["a2"], keys["b1"]]) == [None, value, value]
+        assert cache.clear(MODEL) == 1
+        assert cache.clear() == 1
+        assert cache.get_many(list(keys.values())) == [None] * 4
+        server.kill()
+        with pytest.raises(ConnectionError, match="unreachable"):
+            cache.clear()
+    finally:
+        server.stop()
