@@ -29,7 +29,7 @@ from matserve.runtimes.onnxruntime import OnnxRuntime
 from matserve.runtimes.triton import TritonRuntime
 from matserve.triton.repository import build_repository
 from matserve.triton.server import TritonEndpoints, running_triton, stop, wait_ready
-from matserve_client import Client, NotFoundError, ServiceUnavailableError
+from matserve_client import AsyncClient, Client, NotFoundError, ServiceUnavailableError
 from matserve_client.kserve import KServeClient, KServeTransport
 from tests.conftest import MATSERVE, MODELS_DIR, free_port, running_server
 
@@ -196,6 +196,13 @@ def test_grpc_sdk_matches_http_api_item_by_item(triton: TritonEndpoints, server_
             assert b.formation_enthalpy_ev_per_atom is None
         else:
             assert abs(a.formation_enthalpy_ev_per_atom - b.formation_enthalpy_ev_per_atom) <= 1e-5
+
+
+async def test_async_grpc_sdk_is_the_twin_of_the_blocking_one(triton: TritonEndpoints) -> None:
+    with Client.grpc(triton.grpc_target) as client:
+        expected = client.formation_enthalpy(MIXED)
+    async with AsyncClient.grpc(triton.grpc_target) as client:
+        assert await client.formation_enthalpy(MIXED) == expected
 
 
 def test_grpc_sdk_pins_registry_versions(triton: TritonEndpoints) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -23,6 +23,9 @@ from ._base import (
     default_headers,
 )
 from .models import FormationEnthalpyResult, Job, JobResultsPage, ModelInfo
+
+if TYPE_CHECKING:
+    from .kserve import AsyncKServeClient
 
 __all__ = ["AsyncClient"]
 
@@ -65,6 +68,16 @@ class AsyncClient(BaseClient):
     """
 
     _http: httpx.AsyncClient
+
+    @staticmethod
+    def grpc(target: str, timeout: float = 30.0) -> AsyncKServeClient:
+        """The asyncio twin of :meth:`Client.grpc`: the typed methods over Triton's KServe-v2 gRPC (``host:8001``).
+
+        Needs ``pip install 'matserve-client[grpc]'``; see :mod:`matserve_client.kserve`.
+        """
+        from .kserve import AsyncKServeClient
+
+        return AsyncKServeClient(target, timeout=timeout, protocol="grpc")
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ Errors are the SDK's usual exceptions; ``status_code`` is the HTTP equivalent of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -52,7 +53,7 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["KServeClient", "KServeTransport", "Protocol"]
+__all__ = ["AsyncKServeClient", "KServeClient", "KServeTransport", "Protocol"]
 
 Protocol = Literal["grpc", "http"]
 DOMAIN_SUFFIX = "_formulas"
@@ -362,3 +363,33 @@ def _text(value: Any) -> str | None:
 def _number(value: Any) -> float | None:
     number = float(value)
     return None if math.isnan(number) else number
+
+
+class AsyncKServeClient:
+    """The asyncio twin of :class:`KServeClient` (made by :meth:`AsyncClient.grpc`); same methods, as coroutines.
+
+    Each call runs the blocking, thread-safe tritonclient transport in a worker thread
+    (:func:`asyncio.to_thread`), so the event loop never waits on the network and the result mapping is the
+    one :class:`KServeClient` uses.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, protocol: Protocol | None = None) -> None:
+        self._client = KServeClient(url, timeout=timeout, protocol=protocol)
+
+    async def __aenter__(self) -> AsyncKServeClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel."""
+        self._client.close()
+
+    async def formation_enthalpy(
+        self, formulas: Sequence[str] | str, version: str | None = None, progress: bool = False
+    ) -> list[FormationEnthalpyResult]:
+        """See :meth:`KServeClient.formation_enthalpy`."""
+        return await asyncio.to_thread(self._client.formation_enthalpy, formulas, version, progress)
