@@ -48,11 +48,11 @@ triton-env: $(TRITON_VENV)/.installed
 triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
 	$(BIN)/matserve triton serve
 
-bench: $(VENV)/.serve-installed
+bench: $(VENV)/.test-installed
 	$(BIN)/python bench/bench_formation_enthalpy.py
 
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
-bench-serving: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
+bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 	$(BIN)/python bench/bench_serving_paths.py
 
 # Offline training (never run by CI): RF baselines, then ElemNet reference + served IRNet ensemble + export.

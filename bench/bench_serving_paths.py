@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from bench_formation_enthalpy import latencies_ms  # bench/ is on sys.path when run as a script
 
 from matserve.devserver import running_server
 from matserve.models.formation_enthalpy import FormationEnthalpyModel
@@ -54,17 +55,6 @@ def distinct_formulas(n: int) -> list[str]:
                 if len({a, b, c}) == 3:
                     formulas += [f"{a}{b}{c}3", f"{a}2{b}{c}4"]
     return formulas[:n]
-
-
-def timed_ms(call: Callable[[], object], n: int) -> list[float]:
-    """Latency of ``n`` sequential calls, in milliseconds (after one warm-up call)."""
-    call()
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return samples
 
 
 def http_caller(client: httpx.Client, formulas: list[str]) -> Callable[[], object]:
@@ -131,8 +121,8 @@ def main() -> None:
             b1000: dict[str, list[float]] = {name: [] for name in paths}
             for _ in range(args.rounds):
                 for name, (single, batch) in paths.items():
-                    b1[name] += timed_ms(single, args.b1_requests)
-                    b1000[name] += timed_ms(batch, args.b1000_requests)
+                    b1[name] += latencies_ms(single, args.b1_requests)
+                    b1000[name] += latencies_ms(batch, args.b1000_requests)
 
     rows = []
     reference_p50 = statistics.median(b1["BentoML in-process"])
