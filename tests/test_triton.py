@@ -233,10 +233,20 @@ def test_runtime_refuses_a_different_build_of_the_same_version(triton: TritonEnd
 # -- Triton away and back -----------------------------------------------------------------------------------
 
 
+def _metric(url: str, name: str, label: str = "") -> float:
+    """Sum of a Prometheus counter's samples (whose labels contain ``label``) on ``url``."""
+    total = 0.0
+    for line in httpx.get(url).text.splitlines():
+        if line.startswith(name) and label in line and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
-def test_unreachable_triton_is_a_fast_503_and_the_api_keeps_serving(tmp_path: Path, scheme: str) -> None:
+def test_unreachable_triton_without_fallback_is_a_fast_503(tmp_path: Path, scheme: str) -> None:
     dead = f"{scheme}://127.0.0.1:{free_port()}"
-    with running_server(MODELS_DIR, tmp_path / "server.log", {"TRITON_URL": dead}) as url:
+    env = {"TRITON_URL": dead, "MATSERVE_TRITON_FALLBACK": "none"}
+    with running_server(MODELS_DIR, tmp_path / "server.log", env) as url:
         started = time.perf_counter()
         response = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
         elapsed = time.perf_counter() - started
@@ -244,43 +254,74 @@ def test_unreachable_triton_is_a_fast_503_and_the_api_keeps_serving(tmp_path: Pa
         assert response.json()["error"]["type"] == "unavailable"
         assert "Triton" in response.json()["error"]["message"] and "unreachable" in response.json()["error"]["message"]
         assert elapsed < 1.0, elapsed
-        # Per-item answers that need no tensors, and validation, still work.
-        assert httpx.get(f"{url}/v1/models").status_code == 200
+        # The server keeps serving: listings, validation, and items that need no tensors.
+        assert httpx.get(f"{url}/v1/models").json()["runtime"]["fallback"] is None
         assert httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": "NaCl"}).status_code == 422
+        element = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["Fe"]})
+        assert element.status_code == 200 and element.json()["results"][0]["formation_enthalpy_ev_per_atom"] == 0
         with Client(url, retries=0) as client, pytest.raises(ServiceUnavailableError):
             client.formation_enthalpy(["NaCl"])
 
 
-def test_triton_killed_and_restarted_under_a_running_api(repository: Path, tmp_path: Path) -> None:
+def test_unreachable_triton_falls_back_to_in_process_ort(tmp_path: Path, server_url: str) -> None:
+    dead = f"grpc://127.0.0.1:{free_port()}"
+    with running_server(MODELS_DIR, tmp_path / "server.log", {"TRITON_URL": dead, "MATSERVE_CACHE": "0"}) as url:
+        for formulas in (["NaCl"], FORMULAS[:50], ["LiFePO4"]):
+            started = time.perf_counter()
+            response = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": formulas}, timeout=10)
+            assert response.status_code == 200, response.text
+            assert time.perf_counter() - started < 1.0
+            expected = httpx.post(f"{server_url}/v1/formation-enthalpy", json={"formulas": formulas}).json()
+            assert response.json() == expected  # same model, same version, same numbers
+        assert _metric(f"{url}/metrics", "matserve_runtime_fallback_total", 'model="formation_enthalpy"') == 3
+        runtime = httpx.get(f"{url}/v1/models").json()["runtime"]
+        assert runtime == {"name": "triton", "url": dead, "fallback": "onnxruntime", "triton_reachable": False}
+
+
+@pytest.mark.parametrize("fallback", ["ort", "none"])
+def test_triton_killed_and_restarted_under_a_running_api(repository: Path, tmp_path: Path, fallback: str) -> None:
+    """gRPC is the case that needs care: the channel must reconnect (its default backoff grows to 120 s)."""
     ports = (free_port(), free_port(), free_port())
     log = tmp_path / "triton.log"
-    # gRPC is the case that needs care (channel reconnect backoff); HTTP opens connections per request.
-    for protocol in ("grpc",):
-        with running_triton(repository, log, ports=ports) as first:
-            url = f"grpc://127.0.0.1:{ports[1]}" if protocol == "grpc" else first.http_url
-            env = {"TRITON_URL": url, "MATSERVE_CACHE": "0"}  # every request must reach Triton
-            with running_server(MODELS_DIR, tmp_path / f"server-{protocol}.log", env) as api:
-                ok = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]})
-                assert ok.status_code == 200
-                before = ok.json()["results"][0]["formation_enthalpy_ev_per_atom"]
+    metrics_url = f"http://127.0.0.1:{ports[2]}/metrics"
+    with running_triton(repository, log, ports=ports) as first:
+        env = {"TRITON_URL": f"grpc://127.0.0.1:{ports[1]}", "MATSERVE_CACHE": "0",  # every request needs tensors
+               "MATSERVE_TRITON_FALLBACK": fallback, "MATSERVE_TRITON_RETRY_AFTER_S": "0.5"}  # fmt: skip
+        with running_server(MODELS_DIR, tmp_path / "server.log", env) as api:
+            ok = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]})
+            assert ok.status_code == 200
+            before = ok.json()["results"][0]["formation_enthalpy_ev_per_atom"]
+            assert _metric(metrics_url, "nv_inference_request_success", 'model="formation_enthalpy"') >= 1
 
-                first.process.send_signal(signal.SIGKILL)  # not a clean stop
-                first.process.wait()
+            first.process.send_signal(signal.SIGKILL)  # not a clean stop
+            first.process.wait()
+            for _ in range(5):
                 started = time.perf_counter()
                 down = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
-                assert down.status_code == 503, down.text
                 assert time.perf_counter() - started < 1.0
-                assert "unreachable" in down.json()["error"]["message"]
+                if fallback == "ort":
+                    assert down.status_code == 200, down.text
+                    assert down.json()["results"][0]["formation_enthalpy_ev_per_atom"] == pytest.approx(
+                        before, abs=1e-5
+                    )
+                else:
+                    assert down.status_code == 503, down.text
+                    assert "unreachable" in down.json()["error"]["message"]
+            if fallback == "ort":
+                assert _metric(f"{api}/metrics", "matserve_runtime_fallback_total") == 5
 
-                with running_triton(repository, log, ports=ports):
-                    deadline = time.monotonic() + 20
-                    while True:  # the API recovers by itself, no restart
-                        again = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
-                        if again.status_code == 200 or time.monotonic() > deadline:
-                            break
-                        time.sleep(0.2)
-                    assert again.status_code == 200, again.text
-                    assert again.json()["results"][0]["formation_enthalpy_ev_per_atom"] == before
+            with running_triton(repository, log, ports=ports):
+                deadline = time.monotonic() + 20
+                while True:  # the API goes back to Triton by itself, no restart
+                    again = httpx.post(f"{api}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
+                    served = _metric(metrics_url, "nv_inference_request_success", 'model="formation_enthalpy"')
+                    if (again.status_code == 200 and served >= 1) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                assert again.status_code == 200, again.text
+                assert served >= 1  # the new Triton process answered
+                assert again.json()["results"][0]["formation_enthalpy_ev_per_atom"] == pytest.approx(before, abs=1e-5)
+                assert httpx.get(f"{api}/v1/models").json()["runtime"]["triton_reachable"] is True
 
 
 def test_triton_serve_command_builds_serves_and_stops_on_sigint(tmp_path: Path) -> None:

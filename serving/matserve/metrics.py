@@ -32,3 +32,8 @@ JOB_CHUNKS = Counter(
     ["outcome"],
 )
 JOB_ITEMS = Counter("matserve_job_items_total", "Job items predicted by workers in this process.", ["model"])
+RUNTIME_FALLBACKS = Counter(
+    "matserve_runtime_fallback_total",
+    "Predictions run by in-process ONNX Runtime because Triton (TRITON_URL) was unreachable.",
+    ["model", "version"],
+)

@@ -500,5 +500,5 @@ class MatServe:
         jobs = {**self.jobs.describe(), "embedded_workers": len(self.workers.threads),
                 "chunk_size": SETTINGS.job_chunk_size, "max_items": SETTINGS.max_job_items}  # fmt: skip
         cache = self.cache.describe() if self.cache is not None else {"backend": "off"}
-        runtime = {"name": self.runtime.name, **({"url": self.runtime.url} if hasattr(self.runtime, "url") else {})}
+        runtime = self.runtime.describe() if hasattr(self.runtime, "describe") else {"name": self.runtime.name}
         return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs, "runtime": runtime}

@@ -109,6 +109,8 @@ class Settings:
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))
     admin_token: str | None = field(default_factory=lambda: _optional_str("MATSERVE_ADMIN_TOKEN"), repr=False)
     triton_url: str | None = field(default_factory=lambda: os.environ.get("TRITON_URL") or None)
+    triton_fallback: str = field(default_factory=lambda: os.environ.get("MATSERVE_TRITON_FALLBACK", "ort").lower())
+    triton_retry_after_s: float = field(default_factory=lambda: _float("MATSERVE_TRITON_RETRY_AFTER_S", 2.0))
     triton_timeout_s: float = field(default_factory=lambda: float(os.environ.get("MATSERVE_TRITON_TIMEOUT_S", 60)))
     redis_url: str | None = field(default_factory=lambda: _optional_str("REDIS_URL"))
     cache_enabled: bool = field(default_factory=lambda: _bool("MATSERVE_CACHE", True))

@@ -10,11 +10,20 @@ if TYPE_CHECKING:
 
 
 def make_runtime(settings: Settings) -> Runtime:
-    """Triton when ``settings.triton_url`` is set, else in-process ONNX Runtime."""
-    if settings.triton_url:
-        from matserve.runtimes.triton import TritonRuntime
-
-        return TritonRuntime(settings.triton_url, timeout_s=settings.triton_timeout_s)
+    """Triton when ``settings.triton_url`` is set (with in-process ONNX Runtime as its fallback unless
+    ``triton_fallback`` is ``"none"``), else in-process ONNX Runtime."""
     from matserve.runtimes.onnxruntime import OnnxRuntime
 
-    return OnnxRuntime(intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning)
+    local = OnnxRuntime(intra_op_threads=settings.ort_threads, allow_spinning=settings.ort_spinning)
+    if not settings.triton_url:
+        return local
+    from matserve.runtimes.triton import TritonRuntime
+
+    if settings.triton_fallback not in ("ort", "none"):
+        raise ValueError(f"MATSERVE_TRITON_FALLBACK must be 'ort' or 'none', not {settings.triton_fallback!r}")
+    return TritonRuntime(
+        settings.triton_url,
+        timeout_s=settings.triton_timeout_s,
+        fallback=local if settings.triton_fallback == "ort" else None,
+        retry_after_s=settings.triton_retry_after_s,
+    )

@@ -4,23 +4,34 @@ The repository Triton serves is generated from the same registry by ``matserve t
 Each config carries the map from Triton's integer versions to registry versions with the sha256 of
 ``model.onnx``; a registry version is run only on the Triton version built from the very same file.
 
-When Triton is unreachable, predictions fail with 503 ``unavailable`` and a message naming Triton
-(connection refused is reported at once; a connect attempt is bounded to 1 s). There is no silent
-fallback to in-process ONNX Runtime: a deployment that asked for Triton (e.g. for its GPU) learns that
-Triton is down instead of quietly running on the API pods' CPUs. The gRPC channel reconnects with a
-backoff capped at 1 s, so service resumes by itself when Triton returns.
+When Triton is unreachable (connection refused, reset, or no answer in time; a connect attempt is
+bounded to 1 s) the same registry version runs in-process with ONNX Runtime instead
+(``MATSERVE_TRITON_FALLBACK=ort``, the default), so no request fails because Triton went away. Every
+fallback is counted in ``matserve_runtime_fallback_total`` and an outage is logged once. A circuit
+breaker then skips Triton for ``MATSERVE_TRITON_RETRY_AFTER_S`` seconds before one request probes it
+again, so a hung Triton costs at most one timeout per period, and Triton takes the traffic back by
+itself when it returns (the gRPC channel's reconnect backoff is capped at 1 s). With
+``MATSERVE_TRITON_FALLBACK=none`` an unreachable Triton answers 503 ``unavailable`` at once, for
+deployments where running on the API pods' CPUs is worse than failing. Triton answering with an error,
+or serving a different build of a version, is always a 503: that is a deployment error, not an outage.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matserve.cache import CircuitBreaker
 from matserve.errors import Unavailable
+from matserve.metrics import RUNTIME_FALLBACKS
 from matserve.registry import ModelVersion
 from matserve_client.exceptions import APIError, MatserveConnectionError, MatserveError, NotFoundError
+
+if TYPE_CHECKING:
+    from matserve.models.base import Runtime
 from matserve_client.kserve import KServeTransport
 
 logger = logging.getLogger("matserve.runtime")
@@ -35,32 +46,71 @@ class TritonRuntime:
         ``grpc://host:8001``, ``http://host:8000`` or ``host:port`` (gRPC).
     timeout_s : float
         Longest one inference call may take, in seconds.
+    fallback : Runtime, optional
+        Runs the model when Triton is unreachable (in-process ONNX Runtime); ``None``: answer 503 instead.
+    retry_after_s : float
+        After Triton failed, use the fallback for this many seconds before one request probes Triton again.
     """
 
     name = "triton"
 
-    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 60.0, fallback: Runtime | None = None, retry_after_s: float = 2.0
+    ) -> None:
         self.url = url
         self.transport = KServeTransport(url, timeout=timeout_s, connect_timeout=1.0)
+        self.fallback = fallback
+        self.breaker = CircuitBreaker(f"Triton at {url}", retry_after_s)
         self._numbers: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def load(self, model: ModelVersion) -> None:
-        """Check Triton serves this exact version; an unreachable Triton is logged, not fatal (it may come later)."""
+        """Check Triton serves this exact version (an unreachable Triton is logged, not fatal: it may come
+        later) and prepare the fallback's session, so that falling back costs no model load."""
+        if self.fallback is not None:
+            self.fallback.load(model)
         try:
             self._triton_version(model)
+        except _Unreachable as error:
+            then = "in-process ONNX Runtime answers" if self.fallback is not None else "requests answer 503"
+            logger.warning("%s/%s: %s; %s until it is reachable", model.name, model.version, error.unavailable, then)
         except Unavailable as error:
-            logger.warning("%s/%s: %s; requests will answer 503 until it is", model.name, model.version, error)
+            logger.error("%s/%s: %s", model.name, model.version, error)
 
     def run(self, model: ModelVersion, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph on Triton; returns every output the card lists."""
-        number = self._triton_version(model)
-        names = [o["name"] for o in model.card["outputs"]]
+        """Run the graph on Triton (or on the fallback while Triton is unreachable); returns every card output."""
+        if self.fallback is not None and not self.breaker.allow():
+            return self._fall_back(model, inputs)
         try:
-            outputs, _ = self.transport.infer(model.name, inputs, names, version=number)
-        except MatserveError as error:
-            raise self._unavailable(error) from None
+            number = self._triton_version(model)
+            try:
+                outputs, _ = self.transport.infer(model.name, inputs, [o["name"] for o in model.card["outputs"]],
+                                                  version=number)  # fmt: skip
+            except MatserveConnectionError as error:
+                raise _Unreachable(self._unavailable(error)) from None
+            except MatserveError as error:
+                raise self._unavailable(error) from None
+        except _Unreachable as error:
+            if self.fallback is None:
+                raise error.unavailable from None
+            self.breaker.record_failure(error.unavailable)
+            return self._fall_back(model, inputs)
+        self.breaker.record_success()
         return outputs
+
+    def describe(self) -> dict[str, object]:
+        """What ``GET /v1/models`` says about the runtime."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "fallback": self.fallback.name if self.fallback is not None else None,
+            "triton_reachable": not self.breaker.failing,
+        }
+
+    def _fall_back(self, model: ModelVersion, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.fallback is not None
+        RUNTIME_FALLBACKS.labels(model=model.name, version=model.version).inc()
+        return self.fallback.run(model, inputs)
 
     def _triton_version(self, model: ModelVersion) -> str:
         key = (model.name, model.version)
@@ -69,6 +119,8 @@ class TritonRuntime:
                 return self._numbers[key]
         try:
             mapping, _ = self.transport.version_map(model.name, refresh=True)
+        except MatserveConnectionError as error:
+            raise _Unreachable(self._unavailable(error)) from None
         except MatserveError as error:
             raise self._unavailable(error) from None
         sha256 = model.card["files"]["model.onnx"]["sha256"]
@@ -96,3 +148,11 @@ class TritonRuntime:
         if isinstance(error, APIError):
             return Unavailable(f"Triton at {self.url} failed: {error.message}")
         return Unavailable(f"Triton at {self.url} failed: {error}")
+
+
+class _Unreachable(Exception):
+    """Triton did not answer (as opposed to answering with an error): the case the fallback is for."""
+
+    def __init__(self, unavailable: Unavailable) -> None:
+        super().__init__(str(unavailable))
+        self.unavailable = unavailable
