@@ -14,7 +14,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from matserve.devserver import running_worker, server_process
+from matserve.devserver import running_server, running_worker, server_process
 from matserve.jobs import GROUP, STREAM, RedisJobStore
 from matserve_client import AsyncClient, Client, NotFoundError, ServiceUnavailableError
 from tests.conftest import MATSERVE, MODELS_DIR, REDIS_STACK_ENV, RedisStack
@@ -301,3 +301,27 @@ def test_sdk_wait_job_times_out_and_never_resubmits_a_job() -> None:
             client.wait_job("abc", timeout_s=0.3, poll_s=0.05, progress=False)
         assert time.monotonic() - started_s < 2
         assert requests[-1].url.path == "/v1/jobs/abc"
+
+
+def test_job_routes_answer_503_while_redis_is_down_and_predictions_go_on(tmp_path: Path) -> None:
+    """The one place Redis going away shows: the job store. Jobs answer 503 with Retry-After, never a 500."""
+    server = RedisServer(tmp_path)
+    server.start()
+    env = {"REDIS_URL": server.url, "MATSERVE_ORT_THREADS": "1", "MATSERVE_REDIS_RETRY_AFTER_S": "1"}
+    try:
+        with running_server(MODELS_DIR, tmp_path / "server.log", env) as url:
+            job = httpx.post(f"{url}/v1/jobs", json={"model": "formation_enthalpy", "inputs": ["NaCl", "KCl"]})
+            assert job.status_code == 202, job.text
+            server.kill()
+            for response in (
+                httpx.post(f"{url}/v1/jobs", json={"model": "formation_enthalpy", "inputs": ["NaCl"]}, timeout=10),
+                httpx.get(f"{url}/v1/jobs/{job.json()['job_id']}", timeout=10),
+            ):
+                assert response.status_code == 503, response.text
+                assert "job store (Redis) is unreachable" in response.json()["error"]["message"]
+                assert response.headers["retry-after"] == "2"
+            prediction = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}, timeout=10)
+            assert prediction.status_code == 200
+            assert prediction.json()["results"][0]["formation_enthalpy_ev_per_atom"] is not None
+    finally:
+        server.stop()

@@ -55,6 +55,7 @@ class Unavailable(MatserveError):
     """The model cannot answer right now, e.g. its runtime is unreachable (503)."""
 
     status, error_type = 503, "unavailable"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "2"}
 
 
 class Unauthorized(MatserveError):
