@@ -1,0 +1,565 @@
+"""Physically based powder XRD pattern simulator and dataset writer (issue 4, seed 002).
+
+Setup of the seed: Cu Kα (λ = 1.54184 Å), 2θ 20-90°, 2048 points. Peak positions come from the
+sampled lattice (Bragg's law on analytic d-spacings), integrated intensities from the cached
+pymatgen structure factors (see ``structures.py``) times the Lorentz-polarisation factor at the new
+angle times March-Dollase preferred orientation. Every random quantity is drawn from a seeded
+``numpy.random.Generator``.
+
+Two kinds of parameters are drawn per pattern:
+
+* **phase** (one set per phase, two in a mixture): prototype (whose intensities are used), lattice
+  a and c/a, uniform strain, crystallite size (Scherrer), pseudo-Voigt mixing η, March-Dollase
+  ratio and texture direction;
+* **measurement** (shared by the phases of a mixture): zero offset, sample displacement,
+  instrumental width, background polynomial, amorphous hump, count level and Gaussian noise.
+
+Run: ``python -m training.xrd.simulate --out DIR --per-class N --seed S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from training.xrd.structures import (
+    CACHE_PATH,
+    CU_KA_WAVELENGTH_A,
+    KNOWN_PHASES,
+    NOVEL_PHASES,
+    PhaseType,
+    d_spacing_angstrom,
+    load_cache,
+    lorentz_polarisation,
+    phase_by_name,
+)
+
+TWO_THETA_MIN_DEG = 20.0
+TWO_THETA_MAX_DEG = 90.0
+N_POINTS = 2048
+#: The model grid: 2048 points from 20 to 90° 2θ inclusive (step 0.0342°).
+TWO_THETA_DEG = np.linspace(TWO_THETA_MIN_DEG, TWO_THETA_MAX_DEG, N_POINTS)
+
+SCHERRER_K = 0.9
+GONIOMETER_RADIUS_MM = 240.0
+
+#: Sampling ranges. (lo, hi) pairs are uniform unless the name says log-uniform.
+PHASE_RANGES: dict[str, tuple[float, float]] = {
+    "strain": (-0.005, 0.005),  # uniform isotropic strain Δd/d
+    "crystallite_size_nm": (5.0, 100.0),  # log-uniform, Scherrer K = 0.9
+    "eta": (0.0, 1.0),  # pseudo-Voigt Lorentzian fraction
+    "texture_r": (0.7, 1.3),  # March-Dollase ratio (1 = random powder, < 1 enhances planes ⊥ direction)
+}
+MEASUREMENT_RANGES: dict[str, tuple[float, float]] = {
+    "zero_offset_deg": (-0.1, 0.1),
+    "displacement_mm": (-0.15, 0.15),  # Δ2θ = -2 s cos θ / R, R = 240 mm
+    "instrument_fwhm_deg": (0.03, 0.10),  # constant instrumental FWHM
+    "instrument_tan_fwhm_deg": (0.0, 0.05),  # + this × tan θ
+    "background_level": (0.0, 0.15),  # relative to the strongest peak
+    "background_c1": (-0.5, 0.5),  # level × (1 + c1 t + c2 t²), t ∈ [-1, 1] over the grid
+    "background_c2": (-0.4, 0.4),
+    "hump_amplitude": (0.0, 0.2),  # drawn with probability HUMP_PROBABILITY, else 0
+    "hump_center_deg": (20.0, 35.0),
+    "hump_fwhm_deg": (6.0, 15.0),
+    "max_counts": (500.0, 50000.0),  # log-uniform counts at the maximum, Poisson noise
+    "gaussian_sigma": (0.0, 0.005),  # relative to the maximum
+}
+HUMP_PROBABILITY = 0.5
+
+
+@dataclass(frozen=True)
+class PeakTable:
+    """Reference reflections of one structure type, as numpy arrays.
+
+    Attributes
+    ----------
+    phase : PhaseType
+        The structure type.
+    hkl : numpy.ndarray
+        int (P, 3) representative Miller indices.
+    structure_intensity : numpy.ndarray
+        (n_prototypes, P) ``|F|^2 * multiplicity`` at the reference lattice, max 1 per prototype.
+        Kept for every lattice parameter: structure factors are not recomputed.
+    member_hkl : numpy.ndarray
+        int (M, 3) all planes of all reflections (for preferred orientation).
+    member_average : numpy.ndarray
+        (M, P) averaging matrix: member values @ member_average = mean per reflection.
+    """
+
+    phase: PhaseType
+    hkl: np.ndarray
+    structure_intensity: np.ndarray
+    member_hkl: np.ndarray
+    member_average: np.ndarray
+
+
+@cache
+def peak_table(name: str) -> PeakTable:
+    """The cached reference peak table of a structure type by class name."""
+    entry = load_cache()["phases"][name]
+    members = [np.asarray(m, dtype=np.int64) for m in entry["members"]]
+    member_average = np.zeros((sum(len(m) for m in members), len(members)))
+    start = 0
+    for j, m in enumerate(members):
+        member_average[start : start + len(m), j] = 1.0 / len(m)
+        start += len(m)
+    return PeakTable(
+        phase=phase_by_name(name),
+        hkl=np.asarray(entry["hkl"], dtype=np.int64),
+        structure_intensity=np.asarray(entry["structure_intensity"], dtype=np.float64),
+        member_hkl=np.concatenate(members),
+        member_average=member_average,
+    )
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
+    return rng.uniform(bounds[0], bounds[1], n)
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
+    return np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]), n))
+
+
+def sample_phase_params(phase: PhaseType, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw per-pattern phase parameters.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``prototype`` (index into ``phase.prototypes``), ``a_angstrom``, ``c_angstrom``, ``strain``,
+        ``crystallite_size_nm``, ``eta``, ``texture_r``, ``texture_direction`` (index into
+        ``phase.texture_directions``); each of shape (n,).
+    """
+    a = _uniform(rng, phase.a_range_angstrom, n)
+    c_over_a = _uniform(rng, phase.c_over_a_range, n) if phase.crystal_system != "cubic" else np.ones(n)
+    return {
+        "prototype": rng.integers(0, len(phase.prototypes), n),
+        "a_angstrom": a,
+        "c_angstrom": a * c_over_a,
+        "strain": _uniform(rng, PHASE_RANGES["strain"], n),
+        "crystallite_size_nm": _log_uniform(rng, PHASE_RANGES["crystallite_size_nm"], n),
+        "eta": _uniform(rng, PHASE_RANGES["eta"], n),
+        "texture_r": _uniform(rng, PHASE_RANGES["texture_r"], n),
+        "texture_direction": rng.integers(0, len(phase.texture_directions), n),
+    }
+
+
+def sample_measurement_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw per-pattern measurement parameters (see ``MEASUREMENT_RANGES``); each of shape (n,)."""
+    params = {}
+    for name, bounds in MEASUREMENT_RANGES.items():
+        params[name] = _log_uniform(rng, bounds, n) if name == "max_counts" else _uniform(rng, bounds, n)
+    params["hump_amplitude"] = params["hump_amplitude"] * (rng.random(n) < HUMP_PROBABILITY)
+    return params
+
+
+def ideal_phase_params(phase: PhaseType, n: int, prototype: int = 0, **overrides: float) -> dict[str, np.ndarray]:
+    """Phase parameters of the prototype's own lattice: no strain, 100 nm crystallites, no texture."""
+    proto = phase.prototypes[prototype]
+    params = {
+        "prototype": np.full(n, prototype),
+        "a_angstrom": np.full(n, proto.a_angstrom),
+        "c_angstrom": np.full(n, proto.c_angstrom),
+        "strain": np.zeros(n),
+        "crystallite_size_nm": np.full(n, 100.0),
+        "eta": np.full(n, 0.5),
+        "texture_r": np.ones(n),
+        "texture_direction": np.zeros(n, dtype=np.int64),
+    }
+    for name, value in overrides.items():
+        params[name] = np.full(n, value, dtype=params[name].dtype if name in params else None)
+    return params
+
+
+def ideal_measurement_params(n: int, **overrides: float) -> dict[str, np.ndarray]:
+    """Measurement parameters without shifts, background or noise (``max_counts`` = 0 disables noise)."""
+    params = {name: np.zeros(n) for name in MEASUREMENT_RANGES}
+    params["instrument_fwhm_deg"] = np.full(n, 0.05)
+    for name, value in overrides.items():
+        params[name] = np.full(n, float(value))
+    return params
+
+
+def _reciprocal_cartesian(hkl: np.ndarray, a: np.ndarray, c: np.ndarray, crystal_system: str) -> np.ndarray:
+    """Cartesian reciprocal-lattice vectors (1/Å) of hkl (M, 3) for lattices a, c (N,) → (N, M, 3)."""
+    h, k, l = (hkl[None, :, i].astype(np.float64) for i in range(3))  # noqa: E741
+    a = a[:, None]
+    c = c[:, None]
+    if crystal_system == "hexagonal":
+        gx, gy = h / a, (h + 2.0 * k) / (np.sqrt(3.0) * a)
+    else:
+        gx, gy = h / a, k / a
+    return np.stack([gx, gy, l / c], axis=-1)
+
+
+def march_dollase(table: PeakTable, params: dict[str, np.ndarray]) -> np.ndarray:
+    """March-Dollase preferred-orientation factor per reflection, averaged over its planes.
+
+    W(α) = (r² cos² α + sin² α / r)^(-3/2), α the angle between a plane normal and the texture
+    direction; the mean over all planes of a reflection is the factor (1 for r = 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, P) multiplicative factors.
+    """
+    system = table.phase.crystal_system
+    a, c = params["a_angstrom"], params["c_angstrom"]
+    g = _reciprocal_cartesian(table.member_hkl, a, c, system)
+    directions = np.asarray(table.phase.texture_directions)[params["texture_direction"]]
+    pref = np.stack(
+        [_reciprocal_cartesian(d[None, :], a[i : i + 1], c[i : i + 1], system)[0, 0] for i, d in enumerate(directions)]
+    )
+    cos_alpha = np.einsum("nmk,nk->nm", g, pref) / (np.linalg.norm(g, axis=-1) * np.linalg.norm(pref, axis=-1)[:, None])
+    cos2 = np.clip(cos_alpha**2, 0.0, 1.0)
+    r = params["texture_r"][:, None]
+    weights = (r**2 * cos2 + (1.0 - cos2) / r) ** -1.5
+    return weights @ table.member_average
+
+
+def peak_positions_deg(
+    table: PeakTable, phase_params: dict[str, np.ndarray], measurement: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Observed 2θ (degrees) of every reflection, NaN where Bragg's law has no solution.
+
+    2θ = 2 asin(λ / 2d(1 + strain)) + zero offset − (2 s cos θ / R) (sample displacement s in mm).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, P) peak positions in degrees.
+    """
+    d = d_spacing_angstrom(
+        table.hkl, phase_params["a_angstrom"][:, None], phase_params["c_angstrom"][:, None], table.phase.crystal_system
+    ) * (1.0 + phase_params["strain"][:, None])
+    sin_theta = CU_KA_WAVELENGTH_A / (2.0 * d)
+    theta = np.arcsin(np.where(sin_theta < 1.0, sin_theta, np.nan))
+    displacement_deg = np.rad2deg(-2.0 * measurement["displacement_mm"][:, None] * np.cos(theta) / GONIOMETER_RADIUS_MM)
+    return np.rad2deg(2.0 * theta) + measurement["zero_offset_deg"][:, None] + displacement_deg
+
+
+def peak_fwhm_deg(
+    two_theta_deg: np.ndarray, phase_params: dict[str, np.ndarray], measurement: dict[str, np.ndarray]
+) -> np.ndarray:
+    """FWHM (degrees): Scherrer size width K λ / (L cos θ) and instrumental width added in quadrature."""
+    theta = np.deg2rad(two_theta_deg) / 2.0
+    size_angstrom = phase_params["crystallite_size_nm"][:, None] * 10.0
+    scherrer_deg = np.rad2deg(SCHERRER_K * CU_KA_WAVELENGTH_A / (size_angstrom * np.cos(theta)))
+    instrument_deg = measurement["instrument_fwhm_deg"][:, None] + measurement["instrument_tan_fwhm_deg"][
+        :, None
+    ] * np.tan(theta)
+    return np.sqrt(scherrer_deg**2 + instrument_deg**2)
+
+
+def phase_signal(
+    name: str,
+    phase_params: dict[str, np.ndarray],
+    measurement: dict[str, np.ndarray],
+    two_theta_deg: np.ndarray = TWO_THETA_DEG,
+) -> np.ndarray:
+    """Noise-free diffraction signal of one phase, each pattern scaled to a maximum of 1.
+
+    Area-normalised pseudo-Voigt peaks (η Lorentzian + (1 − η) Gaussian, same FWHM) with
+    integrated intensity ``|F|^2 m × LP(2θ) × March-Dollase``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (N, len(two_theta_deg)).
+    """
+    table = peak_table(name)
+    position = peak_positions_deg(table, phase_params, measurement)
+    valid = np.isfinite(position)
+    position = np.where(valid, position, -1000.0)
+    intensity = table.structure_intensity[phase_params["prototype"]] * march_dollase(table, phase_params)
+    intensity = np.where(valid, intensity * lorentz_polarisation(np.where(valid, position, 45.0)), 0.0)
+    fwhm = peak_fwhm_deg(np.where(valid, position, 45.0), phase_params, measurement)
+    eta = phase_params["eta"][:, None, None].astype(np.float32)
+    grid = np.asarray(two_theta_deg, dtype=np.float32)
+    out = np.empty((len(position), len(grid)), dtype=np.float32)
+    chunk = max(1, 2_000_000 // (len(grid) * position.shape[1]))
+    for start in range(0, len(position), chunk):
+        s = slice(start, start + chunk)
+        h = fwhm[s, :, None].astype(np.float32)
+        u = ((grid[None, None, :] - position[s, :, None].astype(np.float32)) / h) ** 2
+        gauss = np.float32(np.sqrt(4.0 * np.log(2.0) / np.pi)) * np.exp(np.float32(-4.0 * np.log(2.0)) * u)
+        lorentz = np.float32(2.0 / np.pi) / (1.0 + 4.0 * u)
+        profile = (eta[s] * lorentz + (1.0 - eta[s]) * gauss) / h
+        out[s] = np.einsum("npg,np->ng", profile, intensity[s].astype(np.float32))
+    return out / out.max(axis=1, keepdims=True)
+
+
+def finish(
+    signal: np.ndarray,
+    measurement: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    two_theta_deg: np.ndarray = TWO_THETA_DEG,
+) -> np.ndarray:
+    """Add background, Poisson and Gaussian noise to max-1 signals and normalise to [0, 1].
+
+    The background is ``level × (1 + c1 t + c2 t²)`` (t from -1 to 1 over the grid, always > 0)
+    plus a Gaussian amorphous hump. Counting noise: the pattern is scaled to ``max_counts`` at its
+    maximum and replaced by a Poisson draw; then Gaussian noise of ``gaussian_sigma × max_counts``.
+    ``max_counts`` = 0 means no noise. Finally min-max normalisation to [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (N, len(two_theta_deg)) in [0, 1].
+    """
+    grid = np.asarray(two_theta_deg, dtype=np.float64)
+    t = (2.0 * (grid - grid[0]) / (grid[-1] - grid[0]) - 1.0)[None, :]
+    m = {k: v[:, None] for k, v in measurement.items()}
+    background = m["background_level"] * (1.0 + m["background_c1"] * t + m["background_c2"] * t**2)
+    background = background + m["hump_amplitude"] * np.exp(
+        -4.0 * np.log(2.0) * ((grid[None, :] - m["hump_center_deg"]) / np.maximum(m["hump_fwhm_deg"], 1e-6)) ** 2
+    )
+    total = signal.astype(np.float64) + background
+    total /= total.max(axis=1, keepdims=True)
+    noisy = m["max_counts"] > 0
+    expected = total * m["max_counts"]
+    counts = (
+        rng.poisson(expected).astype(np.float64)
+        + rng.standard_normal(total.shape) * m["gaussian_sigma"] * m["max_counts"]
+    )
+    total = np.where(noisy, counts, total)
+    low = total.min(axis=1, keepdims=True)
+    high = total.max(axis=1, keepdims=True)
+    return ((total - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
+
+
+def simulate_phase(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Simulate n single-phase patterns with randomly drawn parameters.
+
+    Returns
+    -------
+    patterns : numpy.ndarray
+        float32 (n, 2048) in [0, 1] on ``TWO_THETA_DEG``.
+    params : dict of numpy.ndarray
+        Phase parameters (``phase_`` prefix) and measurement parameters, each (n,).
+    """
+    phase = phase_by_name(name)
+    phase_params = sample_phase_params(phase, n, rng)
+    measurement = sample_measurement_params(n, rng)
+    patterns = finish(phase_signal(name, phase_params, measurement), measurement, rng)
+    return patterns, {**{f"phase_{k}": v for k, v in phase_params.items()}, **measurement}
+
+
+def mix(
+    name_a: str,
+    params_a: dict[str, np.ndarray],
+    name_b: str,
+    params_b: dict[str, np.ndarray],
+    fraction_a: np.ndarray,
+    measurement: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Binary mixture x·A + (1 − x)·B of max-1 phase signals in one measurement, then ``finish``.
+
+    With ``fraction_a`` = 1 this equals ``finish(phase_signal(A))`` with the same measurement and rng
+    state: the phases share the measurement (shifts, instrument, background, noise).
+    """
+    x = np.asarray(fraction_a, dtype=np.float32)[:, None]
+    signal = x * phase_signal(name_a, params_a, measurement) + (1.0 - x) * phase_signal(name_b, params_b, measurement)
+    return finish(signal, measurement, rng)
+
+
+def simulate_mixtures(
+    name_a: str, name_b: str, fraction_a: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Mixtures of two phases at the given fractions of A, all other parameters drawn at random.
+
+    Returns
+    -------
+    patterns : numpy.ndarray
+        float32 (n, 2048) in [0, 1].
+    params : dict of numpy.ndarray
+        ``fraction_a``, ``a_*`` and ``b_*`` phase parameters and the measurement parameters.
+    """
+    fraction_a = np.asarray(fraction_a, dtype=np.float64)
+    n = len(fraction_a)
+    params_a = sample_phase_params(phase_by_name(name_a), n, rng)
+    params_b = sample_phase_params(phase_by_name(name_b), n, rng)
+    measurement = sample_measurement_params(n, rng)
+    patterns = mix(name_a, params_a, name_b, params_b, fraction_a, measurement, rng)
+    params = {"fraction_a": fraction_a, **{f"a_{k}": v for k, v in params_a.items()}}
+    params.update({f"b_{k}": v for k, v in params_b.items()})
+    params.update(measurement)
+    return patterns, params
+
+
+def mixing_sweep(
+    name_a: str, name_b: str, fractions: np.ndarray, n_per_fraction: int, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A mixing-fraction sweep: ``n_per_fraction`` random mixtures at each fraction of A (0 to 1)."""
+    return simulate_mixtures(name_a, name_b, np.repeat(np.asarray(fractions, dtype=np.float64), n_per_fraction), rng)
+
+
+# --------------------------------------------------------------------------- dataset writing
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Write a compressed ``.npz`` byte-for-byte reproducibly (fixed zip timestamps); return its sha256."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stack_params(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {f"param_{k}": np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _quantise(patterns: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "uint8":
+        return np.round(patterns * 255.0).astype(np.uint8)
+    return patterns.astype(np.float16)
+
+
+def single_phase_set(names: list[str], n_per_class: int, rng: np.random.Generator, dtype: str) -> dict[str, np.ndarray]:
+    """Arrays of a single-phase split: ``x``, integer ``y`` (index into ``names``), ``class_names``, params."""
+    patterns, labels, params = [], [], []
+    for label, name in enumerate(names):
+        x, p = simulate_phase(name, n_per_class, rng)
+        patterns.append(x)
+        labels.append(np.full(n_per_class, label, dtype=np.int64))
+        params.append(p)
+    return {
+        "x": _quantise(np.concatenate(patterns), dtype),
+        "y": np.concatenate(labels),
+        "class_names": np.array(names),
+        "two_theta_deg": TWO_THETA_DEG,
+        **_stack_params(params),
+    }
+
+
+def mixture_set(
+    names: list[str], n_per_pair: int, rng: np.random.Generator, dtype: str, n_fractions: int = 50
+) -> dict[str, np.ndarray]:
+    """Binary mixtures of every pair of ``names`` on a grid of ``n_fractions`` fractions in (0, 1), like the seed."""
+    fractions = np.linspace(0.0, 1.0, n_fractions + 2)[1:-1]
+    patterns, a_labels, b_labels, params = [], [], [], []
+    for i, name_a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            x, p = simulate_mixtures(name_a, names[j], np.resize(fractions, n_per_pair), rng)
+            patterns.append(x)
+            a_labels.append(np.full(n_per_pair, i, dtype=np.int64))
+            b_labels.append(np.full(n_per_pair, j, dtype=np.int64))
+            params.append(p)
+    return {
+        "x": _quantise(np.concatenate(patterns), dtype),
+        "y_a": np.concatenate(a_labels),
+        "y_b": np.concatenate(b_labels),
+        "fraction_a": np.concatenate([p["fraction_a"] for p in params]),
+        "class_names": np.array(names),
+        "two_theta_deg": TWO_THETA_DEG,
+        **_stack_params(params),
+    }
+
+
+def write_datasets(out: Path, per_class: int, eval_per_class: int, seed: int, dtype: str = "float16") -> dict:
+    """Write train/val/test (known classes), novel and mixtures ``.npz`` files and ``manifest.json``.
+
+    Each file gets its own child of ``numpy.random.SeedSequence(seed)``, so the splits are
+    independent random draws (continuous parameters: no pattern is repeated across splits) and a
+    file does not change when another split's size changes.
+
+    Returns
+    -------
+    dict
+        The manifest.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    known = [p.name for p in KNOWN_PHASES]
+    novel = [p.name for p in NOVEL_PHASES]
+    children = np.random.SeedSequence(seed).spawn(5)
+    plan = {
+        "train": lambda rng: single_phase_set(known, per_class, rng, dtype),
+        "val": lambda rng: single_phase_set(known, eval_per_class, rng, dtype),
+        "test": lambda rng: single_phase_set(known, eval_per_class, rng, dtype),
+        "novel": lambda rng: single_phase_set(novel, eval_per_class, rng, dtype),
+        "mixtures": lambda rng: mixture_set(known, eval_per_class, rng, dtype),
+    }
+    files = {}
+    for (split, make), child in zip(plan.items(), children, strict=True):
+        started = time.perf_counter()
+        arrays = make(np.random.default_rng(child))
+        seconds = time.perf_counter() - started
+        digest = write_npz(out / f"{split}.npz", arrays)
+        files[f"{split}.npz"] = {
+            "sha256": digest,
+            "n_patterns": len(arrays["x"]),
+            "class_names": arrays["class_names"].tolist(),
+        }
+        print(
+            f"{split}: {len(arrays['x'])} patterns in {seconds:.1f} s ({len(arrays['x']) / seconds:.0f} patterns/s)",
+            file=sys.stderr,
+        )
+    manifest = {
+        "arguments": {
+            "out": str(out),
+            "per_class": per_class,
+            "eval_per_class": eval_per_class,
+            "seed": seed,
+            "dtype": dtype,
+        },
+        "command": f"python -m training.xrd.simulate --out {out} --per-class {per_class} --eval-per-class {eval_per_class} --seed {seed} --dtype {dtype}",
+        "wavelength_angstrom": CU_KA_WAVELENGTH_A,
+        "two_theta_deg": {"min": TWO_THETA_MIN_DEG, "max": TWO_THETA_MAX_DEG, "n_points": N_POINTS},
+        "known_classes": known,
+        "novel_classes": novel,
+        "phase_ranges": PHASE_RANGES,
+        "measurement_ranges": MEASUREMENT_RANGES,
+        "hump_probability": HUMP_PROBABILITY,
+        "lattice_ranges_angstrom": {
+            p.name: {
+                "a": p.a_range_angstrom,
+                "c_over_a": p.c_over_a_range,
+                "prototypes": [q.name for q in p.prototypes],
+            }
+            for p in KNOWN_PHASES + NOVEL_PHASES
+        },
+        "reference_peaks_sha256": hashlib.sha256(CACHE_PATH.read_bytes()).hexdigest(),
+        "numpy_version": np.__version__,
+        "files": files,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the simulated XRD datasets (issue 4).")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--per-class", type=int, required=True, help="training patterns per known class")
+    parser.add_argument(
+        "--eval-per-class",
+        type=int,
+        default=None,
+        help="val/test/novel patterns per class and mixtures per pair (default: per-class / 5)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float16", "uint8"], default="float16")
+    args = parser.parse_args(argv)
+    eval_per_class = args.eval_per_class if args.eval_per_class is not None else max(1, args.per_class // 5)
+    write_datasets(args.out, args.per_class, eval_per_class, args.seed, args.dtype)
+
+
+if __name__ == "__main__":
+    main()
