@@ -1,6 +1,7 @@
 """XRD codec: a 1D diffraction pattern on any 2θ grid -> the models' fixed grid, checked and normalised.
 
-The models see Cu Kα (λ = 1.5406 Å) patterns on :data:`MODEL_GRID_DEG`, 2048 points from 20° to 90° 2θ,
+The models see Cu Kα (λ = 1.54184 Å, the Kα1/Kα2 weighted mean that pymatgen and the training simulator
+use) patterns on :data:`MODEL_GRID_DEG`, 2048 points from 20° to 90° 2θ,
 scaled to [0, 1]. This codec is shared by training and serving:
 
 * a pattern measured with another wavelength is mapped to the Cu Kα 2θ scale through Bragg's law
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CU_KA_ANGSTROM = 1.5406
+CU_KA_ANGSTROM = 1.54184  # = training.xrd.structures.CU_KA_WAVELENGTH_A
 TWO_THETA_MIN_DEG = 20.0
 TWO_THETA_MAX_DEG = 90.0
 N_POINTS = 2048
@@ -86,7 +87,7 @@ def encode_pattern(
     intensity : array-like of float
         Non-negative intensities (any units), same length.
     wavelength_angstrom : float
-        X-ray wavelength, Å (default Cu Kα1, 1.5406); accepted from 0.1 to 3.0 Å.
+        X-ray wavelength, Å (default Cu Kα, 1.54184); accepted from 0.1 to 3.0 Å.
 
     Raises
     ------
