@@ -86,10 +86,3 @@ def test_bad_patterns_are_refused_with_a_reason(two_theta_deg: object, intensity
 def test_wavelength_out_of_range_is_refused() -> None:
     with pytest.raises(PatternError, match=r"outside the accepted 0\.1-3\.0 Å"):
         encode_pattern(GRID, peak(GRID, 40), wavelength_angstrom=5.0)
-
-
-def test_codec_and_training_simulator_agree_on_wavelength_and_grid() -> None:
-    from training.xrd import simulate, structures
-
-    assert structures.CU_KA_WAVELENGTH_A == CU_KA_ANGSTROM
-    np.testing.assert_allclose(simulate.TWO_THETA_DEG, MODEL_GRID_DEG)

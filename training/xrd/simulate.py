@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matserve.codecs.xrd import MODEL_GRID_DEG, N_POINTS, TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG
 from training.xrd.structures import (
     CACHE_PATH,
     CU_KA_WAVELENGTH_A,
@@ -44,11 +45,8 @@ from training.xrd.structures import (
     phase_by_name,
 )
 
-TWO_THETA_MIN_DEG = 20.0
-TWO_THETA_MAX_DEG = 90.0
-N_POINTS = 2048
-#: The model grid: 2048 points from 20 to 90° 2θ inclusive (step 0.0342°).
-TWO_THETA_DEG = np.linspace(TWO_THETA_MIN_DEG, TWO_THETA_MAX_DEG, N_POINTS)
+#: The model grid, defined once by the serving codec: 2048 points from 20 to 90° 2θ inclusive (step 0.0342°).
+TWO_THETA_DEG = MODEL_GRID_DEG
 
 SCHERRER_K = 0.9
 GONIOMETER_RADIUS_MM = 240.0

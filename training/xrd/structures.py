@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from matserve.codecs.xrd import CU_KA_ANGSTROM
+
 #: Cu Kα wavelength in Å, as used by pymatgen's ``XRDCalculator(wavelength="CuKa")``
 #: (weighted mean of Kα1 and Kα2; no separate Kα2 doublet is simulated).
-CU_KA_WAVELENGTH_A = 1.54184
+CU_KA_WAVELENGTH_A = CU_KA_ANGSTROM  # defined once, by the serving codec (Kα1/Kα2 weighted mean)
 
 #: 2θ range (degrees) over which reference peaks are computed: wider than the 20-90° grid so that
 #: reflections moved into the window by a different lattice parameter are present.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CU_KA_ANGSTROM = 1.54184  # = training.xrd.structures.CU_KA_WAVELENGTH_A
+CU_KA_ANGSTROM = 1.54184  # pymatgen's "CuKa"; the training simulator imports it from here
 TWO_THETA_MIN_DEG = 20.0
 TWO_THETA_MAX_DEG = 90.0
 N_POINTS = 2048
