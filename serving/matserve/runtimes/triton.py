@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matserve.cache import CircuitBreaker
+from matserve.breaker import CircuitBreaker
 from matserve.errors import Unavailable
 from matserve.metrics import RUNTIME_FALLBACKS
 from matserve.registry import ModelVersion
