@@ -23,13 +23,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from matserve.codecs.formation_enthalpy import encode, parse_formula
+from matserve.devserver import wait_until_ready
 from matserve.errors import Unavailable
 from matserve.registry import ModelVersion, Registry, write_card
 from matserve.runtimes.onnxruntime import OnnxRuntime
 from matserve.runtimes.triton import TritonRuntime
 from matserve.triton.repository import build_repository
-from matserve.triton.server import TritonEndpoints, running_triton, stop, wait_ready
-from matserve_client import AsyncClient, Client, NotFoundError, ServiceUnavailableError
+from matserve.triton.server import TritonEndpoints, running_triton, stop
+from matserve_client import AsyncClient, Client, InvalidInputError, NotFoundError, ServiceUnavailableError
 from matserve_client.kserve import KServeClient, KServeTransport
 from tests.conftest import MATSERVE, MODELS_DIR, free_port, running_server
 
@@ -212,6 +213,28 @@ def test_grpc_sdk_pins_registry_versions(triton: TritonEndpoints) -> None:
             client.formation_enthalpy(["NaCl"], version="9.9.9")
 
 
+def test_bad_input_over_grpc_gets_clear_errors_and_triton_keeps_serving(triton: TritonEndpoints) -> None:
+    transport = KServeTransport(f"grpc://{triton.grpc_target}")
+    domain = f"{MODEL}_formulas"
+    outputs = ["normalized_formula", "error"]
+    items = np.array([b"NaCl", b"\xff\xfe", ("Na" * 200).encode(), b""], dtype=np.object_)
+    answer, _ = transport.infer(domain, {"formulas": items}, outputs, version="1")
+    errors = [e.decode() for e in answer["error"]]
+    assert errors[0] == "" and answer["normalized_formula"][0] == b"NaCl"
+    assert errors[1].startswith("unparseable formula") and "e.g. 'Fe2O3'" in errors[1]  # not UTF-8
+    assert "at most 256" in errors[2]
+    assert errors[3] == "formula is empty"
+    with pytest.raises(InvalidInputError, match="formulas"):  # wrong datatype: refused by Triton before the model
+        transport.infer(domain, {"formulas": np.zeros(3, np.float32)}, outputs, version="1")
+    with pytest.raises(InvalidInputError):  # wrong input name
+        transport.infer(domain, {"formula": items[:1]}, outputs, version="1")
+    with pytest.raises(InvalidInputError):  # wrong feature width for the tensor model
+        transport.infer(MODEL, {"element_fractions": np.zeros((2, 85), np.float32)}, OUTPUTS, version="1")
+    with Client.grpc(triton.grpc_target) as client:
+        assert client.formation_enthalpy(["NaCl"])[0].ok  # still serving
+    transport.close()
+
+
 def test_api_on_triton_names_model_and_version(api_on_triton: str) -> None:
     response = httpx.post(f"{api_on_triton}/v1/formation-enthalpy", json={"formulas": ["NaCl", "Xx"]})
     assert response.status_code == 200
@@ -346,7 +369,7 @@ def test_triton_serve_command_builds_serves_and_stops_on_sigint(tmp_path: Path) 
             start_new_session=True,
         )
     try:
-        wait_ready(f"http://127.0.0.1:{http_port}", process, timeout_s=120, log_path=log)
+        wait_until_ready(f"http://127.0.0.1:{http_port}/v2/health/ready", process, timeout_s=120, log_path=log)
         with Client.grpc(f"127.0.0.1:{grpc_port}") as client:
             assert client.formation_enthalpy(["NaCl"])[0].ok
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text

@@ -67,6 +67,30 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
         process.wait()
 
 
+def wait_until_ready(
+    health_url: str, process: subprocess.Popen[bytes], timeout_s: float, log_path: Path | None = None
+) -> None:
+    """Block until ``health_url`` answers 200; raise RuntimeError with the log's tail if ``process`` exits first
+    or ``timeout_s`` seconds pass (used for ``matserve serve`` and for ``tritonserver``)."""
+    name = Path(str(process.args[0] if isinstance(process.args, list) else process.args)).name
+
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-4000:] if log_path and log_path.exists() else ""
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail()}")
+        try:
+            if httpx.get(health_url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready at {health_url} in {timeout_s} s:\n{tail()}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def server_process(
     models_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 90
@@ -91,18 +115,7 @@ def server_process(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_until_ready(f"{url}/readyz", process, ready_timeout_s, log_path)
         yield ServerProcess(url=url, process=process)
     finally:
         _stop(process)

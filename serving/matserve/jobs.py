@@ -125,6 +125,15 @@ class JobInfo:
         """Whether the job reached a terminal state."""
         return self.state in TERMINAL_STATES
 
+    @classmethod
+    def queued(cls, model: str, version: str, total: int, chunk_size: int, chunks_total: int, durable: bool) -> JobInfo:
+        """A new job, just submitted: a fresh id, nothing done yet."""
+        return cls(
+            job_id=uuid.uuid4().hex, model=model, version=version, state="queued", total=total, done=0, failed=0,
+            chunk_size=chunk_size, chunks_total=chunks_total, chunks_done=0, chunk_starts=0, created_at=utc_now(),
+            started_at=None, finished_at=None, error=None, durable=durable,
+        )  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict."""
         return asdict(self)
@@ -370,11 +379,7 @@ class RedisJobStore(JobStore):
     def submit(self, model: str, version: str, items: Sequence[Any], chunk_size: int) -> JobInfo:
         self._ensure_group()
         chunks = split_chunks(items, chunk_size)
-        job = JobInfo(
-            job_id=uuid.uuid4().hex, model=model, version=version, state="queued", total=len(items), done=0,
-            failed=0, chunk_size=chunk_size, chunks_total=len(chunks), chunks_done=0, chunk_starts=0,
-            created_at=utc_now(), started_at=None, finished_at=None, error=None, durable=True,
-        )  # fmt: skip
+        job = JobInfo.queued(model, version, len(items), chunk_size, len(chunks), durable=True)
         job_key, inputs_key, _, _ = _keys(job.job_id)
         fields = {k: v for k, v in job.to_dict().items() if v is not None and k != "durable"}
         pipeline = self.client.pipeline(transaction=True)  # all or nothing: no half-queued job
@@ -540,11 +545,7 @@ class MemoryJobStore(JobStore):
 
     def submit(self, model: str, version: str, items: Sequence[Any], chunk_size: int) -> JobInfo:
         chunks = split_chunks(items, chunk_size)
-        info = JobInfo(
-            job_id=uuid.uuid4().hex, model=model, version=version, state="queued", total=len(items), done=0,
-            failed=0, chunk_size=chunk_size, chunks_total=len(chunks), chunks_done=0, chunk_starts=0,
-            created_at=utc_now(), started_at=None, finished_at=None, error=None, durable=False,
-        )  # fmt: skip
+        info = JobInfo.queued(model, version, len(items), chunk_size, len(chunks), durable=False)
         with self._lock:
             self._purge()
             self._jobs[info.job_id] = _MemoryJob(info, dict(enumerate(chunks)), {}, {}, time.monotonic() + self.ttl_s)

@@ -24,15 +24,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from matserve.devserver import free_port
+from matserve.devserver import free_port, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVING_DIR = REPO_ROOT / "serving"
@@ -146,24 +143,6 @@ class TritonEndpoints:
     process: subprocess.Popen
 
 
-def wait_ready(http_url: str, process: subprocess.Popen, timeout_s: float, log_path: Path | None = None) -> None:
-    """Block until ``/v2/health/ready`` answers 200; raise with the log tail if Triton exits or times out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            tail = log_path.read_text()[-4000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"tritonserver exited with {process.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{http_url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            tail = log_path.read_text()[-4000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"tritonserver not ready in {timeout_s} s:\n{tail}")
-        time.sleep(0.2)
-
-
 def stop(process: subprocess.Popen, timeout_s: float = 30) -> int:
     """SIGTERM (Triton unloads models and exits), then SIGKILL after ``timeout_s``."""
     if process.poll() is None:
@@ -197,7 +176,7 @@ def running_triton(
             process=process,
         )
         try:
-            wait_ready(endpoints.http_url, process, ready_timeout_s, log_path)
+            wait_until_ready(f"{endpoints.http_url}/v2/health/ready", process, ready_timeout_s, log_path)
             yield endpoints
         finally:
             stop(process)
@@ -221,7 +200,8 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
         try:
-            wait_ready(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{http_port}", process, timeout_s=300)
+            local = "127.0.0.1" if host == "0.0.0.0" else host
+            wait_until_ready(f"http://{local}:{http_port}/v2/health/ready", process, timeout_s=300)
         except RuntimeError as error:
             if stopping:  # asked to stop before readiness was seen: a clean stop, not a failure
                 return stop(process)
