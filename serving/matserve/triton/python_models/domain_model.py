@@ -81,7 +81,8 @@ class TritonPythonModel:
         for request in requests:
             try:
                 raw = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
-                items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
+                # undecodable bytes become U+FFFD, which the codec refuses per item (the other items still run)
+                items = [x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x) for x in raw]
                 prepared = self.served.preprocess(items, self.model_version)
                 outputs = self.served.predict(prepared, self.model_version)
                 results = self.served.postprocess(prepared, outputs)
