@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench bench-serving triton triton-env redis-server train-formation-enthalpy clean
+.PHONY: serve test lint bench bench-serving bench-xrd triton triton-env redis-server train-formation-enthalpy train-xrd clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/bench_formation_enthalpy.py
 
+# XRD phase classifier and novelty scorer: patterns/s in-process (tensor, codec+model, resampling) and over HTTP.
+bench-xrd: $(VENV)/.test-installed
+	$(BIN)/python bench/bench_xrd.py
+
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
 bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 	$(BIN)/python bench/bench_serving_paths.py
@@ -60,6 +64,11 @@ train-formation-enthalpy: $(VENV)/.test-installed
 	@test -n "$(VERSION)" || (echo "usage: make train-formation-enthalpy VERSION=1.1.0" && exit 2)
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.formation_enthalpy.baselines
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.formation_enthalpy.train --version $(VERSION)
+
+# Offline (never run by CI): simulate the XRD datasets (~1 min) unless present, train and export both XRD models.
+train-xrd: $(VENV)/.test-installed
+	@test -n "$(VERSION)" || (echo "usage: make train-xrd VERSION=1.1.0" && exit 2)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m training.xrd.train --version $(VERSION)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

@@ -86,3 +86,13 @@ def test_bad_patterns_are_refused_with_a_reason(two_theta_deg: object, intensity
 def test_wavelength_out_of_range_is_refused() -> None:
     with pytest.raises(PatternError, match=r"outside the accepted 0\.1-3\.0 Å"):
         encode_pattern(GRID, peak(GRID, 40), wavelength_angstrom=5.0)
+
+
+def test_pattern_on_the_model_grid_is_taken_point_for_point():
+    intensity = np.zeros(N_POINTS)
+    intensity[1000] = 5.0  # a one-point spike survives unsmoothed
+    intensity[10] = 1.0
+    encoded = encode_pattern(MODEL_GRID_DEG, intensity)
+    np.testing.assert_allclose(encoded.intensity, intensity / 5.0, atol=1e-7)
+    shifted = encode_pattern(MODEL_GRID_DEG + 0.3 * (MODEL_GRID_DEG[1] - MODEL_GRID_DEG[0]), intensity)
+    assert (shifted.intensity[995:1006] > 0.05).sum() >= 2  # off the grid: cell means spread the spike

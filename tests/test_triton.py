@@ -184,6 +184,34 @@ def test_identical_answers_from_every_path(triton: TritonEndpoints, api_on_trito
         np.testing.assert_allclose(values, expected, atol=1e-5, rtol=0, err_msg=name)
 
 
+def test_xrd_models_answer_the_same_on_triton(triton: TritonEndpoints, api_on_triton: str, server_url: str) -> None:
+    """The XRD graphs (three outputs, one of them a scalar per pattern) run on Triton as in-process."""
+    registry = Registry(MODELS_DIR)
+    patterns = np.random.default_rng(3).random((40, 2048)).astype(np.float32) ** 8
+    for name, outputs in (("xrd_phase", ["phase_probabilities"]),
+                          ("xrd_novelty", ["latent_mean", "reconstruction", "reconstruction_error"])):  # fmt: skip
+        reference = OnnxRuntime(intra_op_threads=1).run(registry.get(name), {"pattern": patterns})
+        for url in (triton.http_url, f"grpc://{triton.grpc_target}"):
+            transport = KServeTransport(url)
+            got, _ = transport.infer(name, {"pattern": patterns}, outputs, version="1")
+            transport.close()
+            for output in outputs:
+                np.testing.assert_allclose(got[output].reshape(reference[output].shape), reference[output],
+                                           atol=1e-5, rtol=0, err_msg=f"{name} {output} {url}")  # fmt: skip
+    body = {"patterns": [{"two_theta_deg": np.linspace(20, 90, 2048).tolist(), "intensity": p.tolist()}
+                         for p in patterns[:5]]}  # fmt: skip
+    for path in ("/v1/xrd/phase", "/v1/xrd/novelty"):
+        via_triton = httpx.post(api_on_triton + path, json=body, timeout=60)
+        in_process = httpx.post(server_url + path, json=body, timeout=60)
+        assert via_triton.status_code == in_process.status_code == 200, via_triton.text
+        for a, b in zip(via_triton.json()["results"], in_process.json()["results"], strict=True):
+            for key in ("phase", "nearest_known_phase", "is_novel"):
+                assert a.get(key) == b.get(key)
+            for key in ("probability", "reconstruction_error"):
+                if key in a:
+                    assert abs(a[key] - b[key]) < 1e-5
+
+
 def test_grpc_sdk_matches_http_api_item_by_item(triton: TritonEndpoints, server_url: str) -> None:
     with Client(server_url) as http_client, Client.grpc(triton.grpc_target) as grpc_client:
         over_http = http_client.formation_enthalpy(MIXED)

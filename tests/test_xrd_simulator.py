@@ -165,7 +165,8 @@ def test_novel_classes_differ_from_known_ones():
 def test_dataset_command_is_byte_deterministic(tmp_path):
     for run in ("a", "b"):
         sim.main(["--out", str(tmp_path / run), "--per-class", "6", "--eval-per-class", "4", "--seed", "5"])
-    for name in ["train.npz", "val.npz", "test.npz", "novel.npz", "mixtures.npz"]:
+    splits = ["train", "val", "test", "novel", "mixtures", "test_wide", "novel_wide", "mixtures_wide"]
+    for name in [f"{split}.npz" for split in splits]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     manifest_b = json.loads((tmp_path / "b" / "manifest.json").read_text())
@@ -174,7 +175,13 @@ def test_dataset_command_is_byte_deterministic(tmp_path):
         m.pop("command")
         m["arguments"].pop("out")
     assert manifest == manifest_b
-    assert manifest["arguments"] == {"per_class": 6, "eval_per_class": 4, "seed": 5, "dtype": "float16"}
+    assert manifest["arguments"] == {
+        "per_class": 6,
+        "eval_per_class": 4,
+        "seed": 5,
+        "dtype": "float16",
+        "train_profile": "wide",
+    }
     train, val = np.load(tmp_path / "a" / "train.npz"), np.load(tmp_path / "a" / "val.npz")
     assert train["x"].shape == (18, 2048) and train["x"].dtype == np.float16
     assert list(train["class_names"]) == [p.name for p in KNOWN_PHASES]
@@ -188,6 +195,15 @@ def test_dataset_command_is_byte_deterministic(tmp_path):
         manifest["files"]["train.npz"]["sha256"]
         == hashlib.sha256((tmp_path / "a" / "train.npz").read_bytes()).hexdigest()
     )
+    # The training split is drawn from the wide ranges, the test split from the standard ones.
+    test = np.load(tmp_path / "a" / "test.npz")
+    fcc = phase_by_name(FCC)
+    lo, hi = fcc.a_range_angstrom
+    assert (
+        (test["param_phase_a_angstrom"][test["y"] == 0] >= lo) & (test["param_phase_a_angstrom"][test["y"] == 0] <= hi)
+    ).all()
+    wide_lo, wide_hi = sim.WIDE.a_range_angstrom(fcc)
+    assert wide_lo < lo and wide_hi > hi
     sim.main(["--out", str(tmp_path / "c"), "--per-class", "6", "--eval-per-class", "4", "--seed", "6"])
     assert (tmp_path / "c" / "train.npz").read_bytes() != (tmp_path / "a" / "train.npz").read_bytes()
 
@@ -202,3 +218,15 @@ def test_reference_peaks_match_a_fresh_pymatgen_calculation():
     cached = {tuple(h): angle for h, angle in zip(table["hkl"], table["reference_two_theta_deg"][1], strict=True)}
     for angle, _, hkl, _ in rows:
         assert abs(cached[tuple(sorted(map(abs, hkl), reverse=True))] - angle) < 1e-4
+
+
+def test_wide_profile_draws_outside_the_standard_ranges():
+    rng = np.random.default_rng(3)
+    fcc = phase_by_name(FCC)
+    standard = sim.sample_phase_params(fcc, 4000, rng)
+    wide = sim.sample_phase_params(fcc, 4000, rng, sim.WIDE)
+    lo, hi = fcc.a_range_angstrom
+    assert lo <= standard["a_angstrom"].min() and standard["a_angstrom"].max() <= hi
+    assert wide["a_angstrom"].min() < lo and wide["a_angstrom"].max() > hi
+    counts = sim.sample_measurement_params(4000, rng, sim.WIDE)["max_counts"]
+    assert counts.min() < sim.MEASUREMENT_RANGES["max_counts"][0]

@@ -22,7 +22,17 @@ from .exceptions import (
     ServiceUnavailableError,
     UnexpectedResponseError,
 )
-from .models import TERMINAL_JOB_STATES, FormationEnthalpyResult, Job, JobResultsPage, ModelInfo, ModelVersionInfo
+from .models import (
+    TERMINAL_JOB_STATES,
+    FormationEnthalpyResult,
+    Job,
+    JobResultsPage,
+    ModelInfo,
+    ModelVersionInfo,
+    XrdNoveltyResult,
+    XrdPhaseResult,
+)
+from .xrd_files import PatternFileError, XrdPattern, read_pattern
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -43,9 +53,14 @@ __all__ = [
     "ModelInfo",
     "ModelVersionInfo",
     "NotFoundError",
+    "PatternFileError",
     "PayloadTooLargeError",
     "ServerError",
     "ServiceUnavailableError",
     "UnexpectedResponseError",
+    "XrdNoveltyResult",
+    "XrdPattern",
+    "XrdPhaseResult",
     "__version__",
+    "read_pattern",
 ]

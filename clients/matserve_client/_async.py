@@ -18,11 +18,12 @@ from ._base import (
     DEFAULT_TIMEOUT,
     BaseClient,
     Flow,
+    PatternLike,
     T,
     _Sleep,
     default_headers,
 )
-from .models import FormationEnthalpyResult, Job, JobResultsPage, ModelInfo
+from .models import FormationEnthalpyResult, Job, JobResultsPage, ModelInfo, XrdNoveltyResult, XrdPhaseResult
 
 if TYPE_CHECKING:
     from .kserve import AsyncKServeClient
@@ -158,6 +159,92 @@ class AsyncClient(BaseClient):
             ``progress=True`` but tqdm is not installed.
         """
         return await self._run(self._formation_enthalpy_flow(formulas, version, progress))
+
+    async def classify_xrd(
+        self,
+        patterns: PatternLike | Sequence[PatternLike],
+        version: str | None = None,
+        wavelength_angstrom: float | None = None,
+        progress: bool = False,
+    ) -> list[XrdPhaseResult]:
+        """Classify powder XRD patterns among the known phases (``POST /v1/xrd/phase``).
+
+        Parameters
+        ----------
+        patterns : pattern or sequence of patterns
+            One pattern or many, each an :class:`~matserve_client.xrd_files.XrdPattern`, a path of a two-column
+            file (``.xy``, ``.xye``, ``.csv``, ``.txt``), a mapping ``{"two_theta_deg": [...], "intensity": [...]}``
+            or a ``(two_theta_deg, intensity)`` pair of sequences/arrays. Any 2θ grid: the server resamples.
+        version : str, optional
+            Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first chunk).
+        wavelength_angstrom : float, optional
+            X-ray wavelength of patterns that do not give their own, Å (default Cu Kα, 1.54184; 0.1-3.0 accepted).
+        progress : bool, default False
+            Show a tqdm progress bar over patterns (``pip install 'matserve-client[progress]'``).
+
+        Returns
+        -------
+        list of XrdPhaseResult
+            One per pattern, in input order; ``source`` names the file for patterns given as paths.
+
+        Raises
+        ------
+        InvalidInputError
+            A pattern cannot be used (422); the message names each failing pattern (``patterns[3]: ...``) and why
+            (2θ range covered, lengths, NaN, negative or constant intensity, too few points).
+        PayloadTooLargeError, NotFoundError, ServiceUnavailableError, MatserveConnectionError
+            As for :meth:`formation_enthalpy`.
+        PatternFileError
+            A path that is not a readable two-column file.
+        """
+        return await self._run(
+            self._xrd_flow("/v1/xrd/phase", XrdPhaseResult, patterns, version, wavelength_angstrom, False, progress)
+        )
+
+    async def xrd_novelty(
+        self,
+        patterns: PatternLike | Sequence[PatternLike],
+        version: str | None = None,
+        wavelength_angstrom: float | None = None,
+        plots: bool = False,
+        progress: bool = False,
+    ) -> list[XrdNoveltyResult]:
+        """Score how novel powder XRD patterns are (``POST /v1/xrd/novelty``): new phase, mixture or failed scan.
+
+        Parameters
+        ----------
+        patterns : pattern or sequence of patterns
+            One pattern or many, each an :class:`~matserve_client.xrd_files.XrdPattern`, a path of a two-column
+            file (``.xy``, ``.xye``, ``.csv``, ``.txt``), a mapping ``{"two_theta_deg": [...], "intensity": [...]}``
+            or a ``(two_theta_deg, intensity)`` pair of sequences/arrays. Any 2θ grid: the server resamples.
+        version : str, optional
+            Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first chunk).
+        wavelength_angstrom : float, optional
+            X-ray wavelength of patterns that do not give their own, Å (default Cu Kα, 1.54184; 0.1-3.0 accepted).
+        plots : bool, default False
+            Also return PNGs of each pattern against its reconstruction and of the latent map
+            (``result.save_plots(prefix)``); requests are then sent 16 patterns at a time.
+        progress : bool, default False
+            Show a tqdm progress bar over patterns (``pip install 'matserve-client[progress]'``).
+
+        Returns
+        -------
+        list of XrdNoveltyResult
+            One per pattern, in input order; ``source`` names the file for patterns given as paths.
+
+        Raises
+        ------
+        InvalidInputError
+            A pattern cannot be used (422); the message names each failing pattern (``patterns[3]: ...``) and why
+            (2θ range covered, lengths, NaN, negative or constant intensity, too few points).
+        PayloadTooLargeError, NotFoundError, ServiceUnavailableError, MatserveConnectionError
+            As for :meth:`formation_enthalpy`.
+        PatternFileError
+            A path that is not a readable two-column file.
+        """
+        return await self._run(
+            self._xrd_flow("/v1/xrd/novelty", XrdNoveltyResult, patterns, version, wavelength_angstrom, plots, progress)
+        )
 
     async def models(self) -> list[ModelInfo]:
         """List the servable models and their versions (``GET /v1/models``).

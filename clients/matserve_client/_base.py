@@ -9,9 +9,12 @@ chunking, version pinning, response parsing and error mapping therefore exist ex
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
+import numbers
+import os
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,10 +42,13 @@ from .models import (
     Job,
     JobResultsPage,
     ModelInfo,
+    XrdNoveltyResult,
+    XrdPhaseResult,
     _FormationEnthalpyResponse,
     _JobResultsResponse,
     _ModelsResponse,
 )
+from .xrd_files import XrdPattern, read_pattern
 
 logger = logging.getLogger("matserve_client")
 
@@ -57,6 +63,10 @@ MAX_BACKOFF = 8.0
 FALLBACK_MAX_BATCH_SIZE = 1000
 """Chunk size used when the server's ``max_batch_size`` cannot be discovered."""
 FORMATION_ENTHALPY_MODEL = "formation_enthalpy"
+XRD_CHUNK_PATTERNS = 256
+"""Patterns per XRD request when a long list is split (the server accepts up to 1024 by default)."""
+XRD_PLOT_CHUNK_PATTERNS = 16
+"""Patterns per request when plots are asked for (the server renders at most 16 per request)."""
 DEFAULT_JOB_PAGE_SIZE = 1000
 """Results per page when reading a job's results."""
 DEFAULT_JOB_POLL_S = 1.0
@@ -160,6 +170,61 @@ def as_input_list(inputs: Sequence[Any] | str) -> list[Any]:
     if not items:
         raise ValueError("a job needs at least one input")
     return items
+
+
+PatternLike = Any
+"""One diffraction pattern: an :class:`~matserve_client.xrd_files.XrdPattern`, a path of a two-column file
+(``.xy``, ``.xye``, ``.csv``, ...), a mapping ``{"two_theta_deg": [...], "intensity": [...]}`` (optionally
+``"wavelength_angstrom"``), or a pair ``(two_theta_deg, intensity)`` of sequences or numpy arrays."""
+
+
+def _floats(values: Any) -> list[float]:
+    return values.tolist() if hasattr(values, "tolist") else [float(v) for v in values]
+
+
+def _is_pair(value: Any) -> bool:
+    """A ``(two_theta_deg, intensity)`` pair of number sequences (not a list of two patterns)."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        return False
+    try:
+        return all(len(part) > 0 and isinstance(part[0], numbers.Real) for part in value)
+    except TypeError:
+        return False
+
+
+def as_pattern_list(patterns: PatternLike | Sequence[PatternLike]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each pattern as (JSON item, source file or ``None``); one pattern or a sequence of them.
+
+    Raises
+    ------
+    TypeError
+        An item that is none of the accepted forms (see :data:`PatternLike`).
+    ValueError
+        No patterns; or :class:`~matserve_client.xrd_files.PatternFileError` for an unreadable file.
+    """
+    single = isinstance(patterns, XrdPattern | Mapping | str | os.PathLike) or _is_pair(patterns)
+    items = [patterns] if single else list(patterns)
+    if not items:
+        raise ValueError("no patterns given")
+    out: list[tuple[dict[str, Any], str | None]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, str | os.PathLike):
+            out.append((read_pattern(item).to_request(), os.fspath(item)))
+        elif isinstance(item, XrdPattern):
+            out.append((item.to_request(), None))
+        elif isinstance(item, Mapping) and "two_theta_deg" in item and "intensity" in item:
+            body = {"two_theta_deg": _floats(item["two_theta_deg"]), "intensity": _floats(item["intensity"])}
+            if item.get("wavelength_angstrom") is not None:
+                body["wavelength_angstrom"] = float(item["wavelength_angstrom"])
+            out.append((body, None))
+        elif _is_pair(item):
+            out.append(({"two_theta_deg": _floats(item[0]), "intensity": _floats(item[1])}, None))
+        else:
+            raise TypeError(
+                f"pattern {index} is a {type(item).__name__}; expected an XrdPattern, a file path, a mapping with "
+                "'two_theta_deg' and 'intensity', or a (two_theta_deg, intensity) pair"
+            )
+    return out
 
 
 def job_path(job_id: str, suffix: str = "") -> str:
@@ -446,6 +511,67 @@ class BaseClient:
             if bar is not None:
                 bar.close()
 
+    # -- XRD -----------------------------------------------------------------------------------------------------
+
+    def _xrd_flow(
+        self,
+        path: str,
+        result_type: type[XrdPhaseResult] | type[XrdNoveltyResult],
+        patterns: PatternLike | Sequence[PatternLike],
+        version: str | None,
+        wavelength_angstrom: float | None,
+        plots: bool,
+        progress: bool,
+    ) -> Flow[list[Any]]:
+        """POST patterns in chunks (version pinned after the first), results in input order."""
+        items = as_pattern_list(patterns)
+        size = XRD_PLOT_CHUNK_PATTERNS if plots else min(self._chunk_size or XRD_CHUNK_PATTERNS, XRD_CHUNK_PATTERNS)
+        bar = open_progress_bar(len(items), unit="pattern", desc=path.rsplit("/", 1)[-1]) if progress else None
+        results: list[Any] = []
+        pinned = version
+        try:
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                body: dict[str, Any] = {"patterns": [item for item, _ in chunk], "version": pinned}
+                if wavelength_angstrom is not None:
+                    body["wavelength_angstrom"] = wavelength_angstrom
+                if plots:
+                    body["plots"] = True
+                try:
+                    response = yield from self._request("POST", path, body=body)
+                except InvalidInputError as exc:
+                    if len(items) <= size:
+                        raise
+                    raise InvalidInputError(
+                        exc.status_code, exc.error_type,
+                        f"in the request of patterns {start}-{start + len(chunk) - 1} (its patterns[0] is your "
+                        f"pattern {start}): {exc.message}", response=exc.response,
+                    ) from exc  # fmt: skip
+                payload = parse_body(response, _XrdResponse)
+                if len(payload.results) != len(chunk):
+                    raise UnexpectedResponseError(
+                        f"sent {len(chunk)} patterns but the server returned {len(payload.results)} results",
+                        response=response,
+                    )
+                if pinned is not None and payload.version != pinned:
+                    raise UnexpectedResponseError(
+                        f"expected model version {pinned!r} but the server answered with {payload.version!r}",
+                        response=response,
+                    )
+                pinned = payload.version
+                for (_, source), item in zip(chunk, payload.results, strict=True):
+                    fields = dict(item)
+                    encoded = fields.pop("plots", None) or {}
+                    for key, value in encoded.items():
+                        fields[key] = base64.b64decode(value)
+                    results.append(result_type(**fields, source=source, model=payload.model, version=payload.version))
+                if bar is not None:
+                    bar.update(len(chunk))
+            return results
+        finally:
+            if bar is not None:
+                bar.close()
+
     # -- batch jobs --------------------------------------------------------------------------------------------
 
     def _submit_job_flow(self, model: str, inputs: Sequence[Any] | str, version: str | None) -> Flow[Job]:
@@ -503,3 +629,11 @@ def _optional_progress_bar(job: Job) -> Any:
     except ImportError:
         logger.debug("tqdm is not installed: no progress bar")
         return None
+
+
+class _XrdResponse(BaseModel):
+    """Envelope of a 200 response of the XRD endpoints (results parsed by the caller's result type)."""
+
+    model: str
+    version: str
+    results: list[dict[str, Any]]

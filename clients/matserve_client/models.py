@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["TERMINAL_JOB_STATES", "FormationEnthalpyResult", "Job", "JobResultsPage", "ModelInfo", "ModelVersionInfo"]
+__all__ = [
+    "TERMINAL_JOB_STATES",
+    "FormationEnthalpyResult",
+    "Job",
+    "JobResultsPage",
+    "ModelInfo",
+    "ModelVersionInfo",
+    "XrdNoveltyResult",
+    "XrdPhaseResult",
+]
 
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 """Job states after which nothing changes any more."""
@@ -48,6 +58,96 @@ class FormationEnthalpyResult(BaseModel):
     def ok(self) -> bool:
         """``True`` if the formula was predicted: no :attr:`error` and a formation enthalpy is present."""
         return self.error is None and self.formation_enthalpy_ev_per_atom is not None
+
+
+class XrdPhaseResult(BaseModel):
+    """Phase classification of one diffraction pattern.
+
+    Attributes
+    ----------
+    phase : str
+        The most probable known phase (structure type), e.g. ``"fcc_Fm-3m"``.
+    space_group : str
+        Its space group (Hermann-Mauguin), e.g. ``"Fm-3m"``.
+    probability : float
+        Its probability.
+    probabilities : dict of str to float
+        Every known phase's probability (they sum to 1). A pattern of a phase the model never saw still gets
+        probabilities over the known ones: ask :meth:`Client.xrd_novelty` whether it is novel.
+    coverage : float
+        Fraction of 20-90° 2θ (Cu Kα scale) the pattern covered.
+    source : str or None
+        The file the pattern was read from, when the SDK read it.
+    model, version : str
+        Who answered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: str
+    space_group: str
+    probability: float
+    probabilities: dict[str, float]
+    coverage: float
+    source: str | None = None
+    model: str
+    version: str
+
+
+class XrdNoveltyResult(BaseModel):
+    """Novelty of one diffraction pattern (VAE reconstruction error, seed 002).
+
+    Attributes
+    ----------
+    reconstruction_error : float
+        Mean squared error between the pattern (on the model grid, scaled to [0, 1]) and its reconstruction.
+    novelty_percentile : float
+        Percentile (0-100) of that error among validation patterns of the known phases.
+    is_novel : bool
+        ``True`` above ``threshold_percentile``: a phase the models have not seen, a mixture, or a failed
+        measurement.
+    threshold_percentile : float
+        The percentile of the verdict (from the model card; 99 by default, i.e. 1 % of known patterns flagged).
+    latent : list of float
+        The pattern's 2-d latent coordinates.
+    nearest_known_phase : str
+        Majority phase of the 15 nearest known patterns in latent space.
+    nearest_known_phase_share : float
+        Share of those 15 that have that phase.
+    coverage : float
+        Fraction of 20-90° 2θ covered.
+    reconstruction_png, latent_map_png : bytes or None
+        PNG images, when requested with ``plots=True``.
+    source : str or None
+        The file the pattern was read from, when the SDK read it.
+    model, version : str
+        Who answered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reconstruction_error: float
+    novelty_percentile: float
+    is_novel: bool
+    threshold_percentile: float
+    latent: list[float]
+    nearest_known_phase: str
+    nearest_known_phase_share: float
+    coverage: float
+    reconstruction_png: bytes | None = None
+    latent_map_png: bytes | None = None
+    source: str | None = None
+    model: str
+    version: str
+
+    def save_plots(self, prefix: str | Path) -> list[Path]:
+        """Write the PNGs as ``<prefix>_reconstruction.png`` and ``<prefix>_latent_map.png``; return the paths."""
+        if self.reconstruction_png is None or self.latent_map_png is None:
+            raise ValueError("no plots in this result: call xrd_novelty(..., plots=True)")
+        paths = [Path(f"{prefix}_reconstruction.png"), Path(f"{prefix}_latent_map.png")]
+        for path, data in zip(paths, (self.reconstruction_png, self.latent_map_png), strict=True):
+            path.write_bytes(data)
+        return paths
 
 
 class ModelVersionInfo(BaseModel):

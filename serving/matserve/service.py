@@ -6,6 +6,9 @@ service, so that every error, validation and size limit answers with the same
 ``/livez``, ``/metrics`` and the process model):
 
 * ``POST /v1/formation-enthalpy``: ``{"formulas": [...], "version": optional}``
+* ``POST /v1/xrd/phase`` and ``POST /v1/xrd/novelty``: ``{"patterns": [{"two_theta_deg": [...], "intensity":
+  [...]}, ...]}`` or ``{"pattern": {...}}``, optional ``wavelength_angstrom`` and ``version``; novelty also
+  ``"plots": true`` for PNGs (base64) of the reconstruction and the latent map
 * ``POST /v1/jobs``: ``{"model": ..., "inputs": [...], "version": optional}`` -> 202 and a job to poll
 * ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/results?offset=&limit=``, ``DELETE /v1/jobs/{id}`` (cancel)
 * ``GET /v1/models``: registry listing with card summaries, and how the cache and jobs are backed
@@ -22,6 +25,7 @@ Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 from collections.abc import Mapping
@@ -32,10 +36,11 @@ import bentoml
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from matserve.cache import make_cache
+from matserve.codecs.xrd import MAX_POINTS, WAVELENGTH_RANGE_ANGSTROM, PatternInput
 from matserve.errors import (
     Forbidden,
     InvalidInput,
@@ -51,6 +56,7 @@ from matserve.jobs import JobInfo, JobNotFound, make_job_store
 from matserve.metrics import JOBS
 from matserve.models.base import Prediction, ServedModel
 from matserve.models.formation_enthalpy import Formula
+from matserve.models.xrd_novelty import XrdNoveltyModel, calibration
 from matserve.registry import Registry
 from matserve.runtimes import make_runtime
 from matserve.settings import Settings
@@ -60,6 +66,10 @@ logger = logging.getLogger("matserve.service")
 INLINE_MAX_ITEMS = 16
 SETTINGS = Settings()
 JOBS_PATH = "/jobs"
+XRD_PHASE_PATH = "/xrd/phase"
+XRD_NOVELTY_PATH = "/xrd/novelty"
+MAX_PLOT_PATTERNS = 16
+XRD_EXAMPLE = '{"patterns": [{"two_theta_deg": [20.0, 20.02, ...], "intensity": [12, 15, ...]}]}'
 
 
 class FormationEnthalpyRequest(BaseModel):
@@ -87,6 +97,94 @@ class FormationEnthalpyResponse(BaseModel):
     model: str
     version: str
     results: list[FormationEnthalpyResult]
+
+
+class XrdRequest(BaseModel):
+    """One pattern (``pattern``) or many (``patterns``), on any 2θ grid; the server resamples them.
+
+    ``wavelength_angstrom`` applies to every pattern that does not give its own (default Cu Kα, 1.54184 Å;
+    accepted 0.1-3.0 Å: patterns are mapped to the Cu Kα 2θ scale through Bragg's law). ``version`` pins a
+    registry version (default: the active one).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: PatternInput | None = Field(default=None)
+    patterns: list[PatternInput] | None = Field(default=None, min_length=1, max_length=SETTINGS.max_patterns)
+    wavelength_angstrom: float | None = Field(
+        default=None, ge=WAVELENGTH_RANGE_ANGSTROM[0], le=WAVELENGTH_RANGE_ANGSTROM[1], examples=[1.54184]
+    )
+    version: str | None = Field(default=None, examples=[None])
+
+    @model_validator(mode="after")
+    def _one_of_pattern_or_patterns(self) -> XrdRequest:
+        if (self.pattern is None) == (self.patterns is None):
+            raise ValueError(
+                f"send either 'pattern' (one) or 'patterns' (a list), not {'both' if self.pattern else 'neither'}"
+            )
+        return self
+
+    def items(self) -> list[dict[str, Any]]:
+        """The patterns as a list, each with its wavelength (its own, else the request's)."""
+        items = [self.pattern] if self.pattern is not None else list(self.patterns or [])
+        if self.wavelength_angstrom is None:
+            return items  # type: ignore[return-value]
+        return [{**item, "wavelength_angstrom": item.get("wavelength_angstrom") or self.wavelength_angstrom}
+                for item in items]  # fmt: skip
+
+    def label(self, i: int) -> str:
+        """How the request names item ``i`` in error messages."""
+        return "pattern" if self.pattern is not None else f"patterns[{i}]"
+
+
+class XrdNoveltyRequest(XrdRequest):
+    """As :class:`XrdRequest`; ``plots: true`` adds two PNGs per pattern (at most 16 patterns then)."""
+
+    plots: bool = False
+
+
+class XrdPhaseResult(BaseModel):
+    """One pattern's phase: the most probable known structure type and every class probability."""
+
+    phase: str
+    space_group: str
+    probability: float
+    probabilities: dict[str, float]
+    coverage: float = Field(description="fraction of 20-90° 2θ (Cu Kα) the pattern covered")
+
+
+class XrdPhaseResponse(BaseModel):
+    model: str
+    version: str
+    results: list[XrdPhaseResult]
+
+
+class XrdPlots(BaseModel):
+    """Base64-encoded PNG images."""
+
+    reconstruction_png: str
+    latent_map_png: str
+
+
+class XrdNoveltyResult(BaseModel):
+    """One pattern's novelty: VAE reconstruction error, its percentile among known-phase validation patterns,
+    the verdict at the card's threshold percentile, latent coordinates and the nearest known phase there."""
+
+    reconstruction_error: float
+    novelty_percentile: float
+    is_novel: bool
+    threshold_percentile: float
+    latent: list[float]
+    nearest_known_phase: str
+    nearest_known_phase_share: float = Field(description="share of the 15 nearest known patterns of that phase")
+    coverage: float
+    plots: XrdPlots | None = None
+
+
+class XrdNoveltyResponse(BaseModel):
+    model: str
+    version: str
+    results: list[XrdNoveltyResult]
 
 
 class JobRequest(BaseModel):
@@ -256,6 +354,13 @@ def validation_error(exc: RequestValidationError) -> MatserveError:
             )
         if e["type"] == "too_long" and _location(e["loc"]) == "inputs":
             return PayloadTooLarge(f"too many inputs: at most {SETTINGS.max_job_items} per job; split them")
+        if e["type"] == "too_long" and _location(e["loc"]) == "patterns":
+            return PayloadTooLarge(
+                f"too many patterns: at most {SETTINGS.max_patterns} per request; split them (the Python SDK does), "
+                "or submit a batch job (POST /v1/jobs)"
+            )
+        if e["type"] == "too_long" and str(e["loc"][-1]) in ("two_theta_deg", "intensity"):
+            return PayloadTooLarge(f"{_location(e['loc'])}: too many points; at most {MAX_POINTS} per pattern")
     shown = [f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5]]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     more += '; expected a JSON object like {"formulas": ["NaCl", "Fe2O3"], "version": null}'
@@ -272,7 +377,11 @@ app = FastAPI(
 app.add_middleware(
     RequestLimits,
     max_body_bytes=SETTINGS.max_body_bytes,
-    route_max_body_bytes={JOBS_PATH: SETTINGS.max_job_body_bytes},
+    route_max_body_bytes={
+        JOBS_PATH: SETTINGS.max_job_body_bytes,
+        XRD_PHASE_PATH: SETTINGS.max_xrd_body_bytes,
+        XRD_NOVELTY_PATH: SETTINGS.max_xrd_body_bytes,
+    },
 )
 
 
@@ -362,6 +471,55 @@ class MatServe:
         """Predict formation enthalpy per formula; per-item ``error`` for formulas that cannot be predicted."""
         prediction = await self._predict("formation_enthalpy", request.formulas, request.version)
         return JSONResponse({"model": prediction.model, "version": prediction.version, "results": prediction.results})
+
+    @app.post(
+        XRD_PHASE_PATH,
+        response_model=XrdPhaseResponse,
+        responses=ERROR_RESPONSES,
+        summary="Phase (structure type) probabilities of powder XRD patterns",
+    )
+    async def xrd_phase(self, request: XrdRequest) -> JSONResponse:
+        """Classify each pattern among the known phases; any pattern that cannot be used makes the request 422,
+        with one message per failing pattern (``patterns[3]: ...``)."""
+        prediction = await self._predict("xrd_phase", request.items(), request.version)
+        return self._xrd_response(request, prediction.model, prediction.version, prediction.results)
+
+    @app.post(
+        XRD_NOVELTY_PATH,
+        response_model=XrdNoveltyResponse,
+        responses=ERROR_RESPONSES,
+        summary="Novelty of powder XRD patterns (VAE reconstruction error, calibrated), optional PNGs",
+    )
+    async def xrd_novelty(self, request: XrdNoveltyRequest) -> JSONResponse:
+        """Score each pattern's novelty; ``plots: true`` adds a reconstruction PNG and a latent-map PNG."""
+        items = request.items()
+        if not request.plots:
+            prediction = await self._predict("xrd_novelty", items, request.version)
+            return self._xrd_response(request, prediction.model, prediction.version, prediction.results)
+        if len(items) > MAX_PLOT_PATTERNS:
+            raise InvalidInput(f"plots are rendered for at most {MAX_PLOT_PATTERNS} patterns per request; "
+                               f"got {len(items)}: send fewer, or leave 'plots' false")  # fmt: skip
+        model = self._model("xrd_novelty")
+        assert isinstance(model, XrdNoveltyModel)
+        version, results, curves = await anyio.to_thread.run_sync(model.with_reconstructions, items, request.version)
+        self._raise_item_errors(request, results)
+        await anyio.to_thread.run_sync(_add_xrd_plots, version, results, curves)
+        return JSONResponse({"model": version.name, "version": version.version, "results": results})
+
+    def _xrd_response(self, request: XrdRequest, model: str, version: str, results: list[dict]) -> JSONResponse:
+        self._raise_item_errors(request, results)
+        return JSONResponse({"model": model, "version": version, "results": results})
+
+    @staticmethod
+    def _raise_item_errors(request: XrdRequest, results: list[dict[str, Any]]) -> None:
+        """422 naming every pattern that could not be used (the first 10 in full)."""
+        failed = [(i, r["error"]) for i, r in enumerate(results) if r.get("error")]
+        if not failed:
+            return
+        shown = "; ".join(f"{request.label(i)}: {error}" for i, error in failed[:10])
+        more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+        raise InvalidInput(f"{len(failed)} of {len(results)} pattern(s) cannot be used: {shown}{more}. "
+                           f"Each pattern is {{\"two_theta_deg\": [...], \"intensity\": [...]}}, e.g. {XRD_EXAMPLE}")  # fmt: skip
 
     async def _predict(self, name: str, items: list[Any], version: str | None) -> Prediction:
         """Run a model; small in-process batches inline on the event loop, everything else on a worker thread.
@@ -502,3 +660,24 @@ class MatServe:
         cache = self.cache.describe() if self.cache is not None else {"backend": "off"}
         runtime = self.runtime.describe() if hasattr(self.runtime, "describe") else {"name": self.runtime.name}
         return {"models": models, "refused": self.registry.refused, "cache": cache, "jobs": jobs, "runtime": runtime}
+
+
+def _add_xrd_plots(version: Any, results: list[dict[str, Any]], curves: dict[int, tuple[Any, Any]]) -> None:
+    """Render each scored pattern's reconstruction and latent-map PNGs into its result (base64)."""
+    from matserve.plots import xrd_latent_map_png, xrd_reconstruction_png
+
+    cal = calibration(version)
+    for row, (pattern, reconstruction) in curves.items():
+        result = results[row]
+        verdict = "novel" if result["is_novel"] else "known"
+        title = (f"reconstruction error {result['reconstruction_error']:.4f}, "
+                 f"percentile {result['novelty_percentile']:.1f} ({verdict})")  # fmt: skip
+        reconstruction_png = xrd_reconstruction_png(pattern, reconstruction, title)
+        latent_png = xrd_latent_map_png(
+            cal.reference_latent, cal.reference_label, cal.class_names, [result["latent"]],
+            f"latent space; nearest known phase {result['nearest_known_phase']}",
+        )  # fmt: skip
+        result["plots"] = {
+            "reconstruction_png": base64.b64encode(reconstruction_png).decode("ascii"),
+            "latent_map_png": base64.b64encode(latent_png).decode("ascii"),
+        }

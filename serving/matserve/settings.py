@@ -45,6 +45,11 @@ class Settings:
     max_formulas : int
         Most formulas in one synchronous request and most items in one page of job results
         (``MATSERVE_MAX_FORMULAS``), else 413.
+    max_patterns : int
+        Most diffraction patterns in one synchronous XRD request (``MATSERVE_MAX_PATTERNS``, 1024), else 413.
+    max_xrd_body_bytes : int
+        Largest body of the XRD routes (``MATSERVE_MAX_XRD_BODY_BYTES``, 64 MiB: 1024 patterns of 2048
+        points as JSON are ~45 MB), else 413.
     ort_threads : int
         ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).
     ort_spinning : bool
@@ -105,6 +110,8 @@ class Settings:
     models_dir: Path = field(default_factory=lambda: Path(os.environ.get("MATSERVE_MODELS_DIR", REPO_MODELS_DIR)))
     max_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_BODY_BYTES", 4 * MIB))
     max_formulas: int = field(default_factory=lambda: _int("MATSERVE_MAX_FORMULAS", 10_000))
+    max_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_PATTERNS", 1024))
+    max_xrd_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_XRD_BODY_BYTES", 64 * MIB))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))
     admin_token: str | None = field(default_factory=lambda: _optional_str("MATSERVE_ADMIN_TOKEN"), repr=False)

@@ -74,6 +74,70 @@ MEASUREMENT_RANGES: dict[str, tuple[float, float]] = {
 }
 HUMP_PROBABILITY = 0.5
 
+#: The wider "training" profile: lattice ranges extended by ``WIDE_LATTICE_MARGIN`` (relative) at both
+#: ends (c/a by half of it), stronger texture, smaller crystallites, larger shifts, more background and
+#: noise. It covers most real fcc/bcc/hcp metals (e.g. Ag/Au/Pt, V/Nb/Ta, Be/Zr/Cd/Re) and the models
+#: train on it so that patterns simulated with other settings than the standard ones stay in
+#: distribution. The standard ranges above stay the documented "realistic" reference for evaluation.
+WIDE_LATTICE_MARGIN = 0.08
+WIDE_PHASE_RANGES: dict[str, tuple[float, float]] = {
+    "strain": (-0.01, 0.01),
+    "crystallite_size_nm": (3.0, 200.0),
+    "eta": (0.0, 1.0),
+    "texture_r": (0.5, 1.5),
+}
+WIDE_MEASUREMENT_RANGES: dict[str, tuple[float, float]] = {
+    "zero_offset_deg": (-0.2, 0.2),
+    "displacement_mm": (-0.3, 0.3),
+    "instrument_fwhm_deg": (0.02, 0.15),
+    "instrument_tan_fwhm_deg": (0.0, 0.08),
+    "background_level": (0.0, 0.3),
+    "background_c1": (-0.55, 0.55),  # |c1| + |c2| < 1 keeps the background positive
+    "background_c2": (-0.4, 0.4),
+    "hump_amplitude": (0.0, 0.4),
+    "hump_center_deg": (15.0, 40.0),
+    "hump_fwhm_deg": (4.0, 20.0),
+    "max_counts": (100.0, 100000.0),
+    "gaussian_sigma": (0.0, 0.01),
+}
+
+
+@dataclass(frozen=True)
+class RangeProfile:
+    """A named set of sampling ranges (``standard`` or ``wide``).
+
+    Attributes
+    ----------
+    name : str
+        Profile name, recorded in dataset manifests.
+    phase : dict
+        Ranges of the phase parameters (see ``PHASE_RANGES``).
+    measurement : dict
+        Ranges of the measurement parameters (see ``MEASUREMENT_RANGES``).
+    lattice_margin : float
+        Relative widening of each phase's a range at both ends (c/a range: half of it).
+    """
+
+    name: str
+    phase: dict[str, tuple[float, float]]
+    measurement: dict[str, tuple[float, float]]
+    lattice_margin: float
+
+    def a_range_angstrom(self, phase: PhaseType) -> tuple[float, float]:
+        """The sampled range of a (Å) of a structure type under this profile."""
+        lo, hi = phase.a_range_angstrom
+        return lo * (1.0 - self.lattice_margin), hi * (1.0 + self.lattice_margin)
+
+    def c_over_a_range(self, phase: PhaseType) -> tuple[float, float]:
+        """The sampled range of c/a of a structure type under this profile."""
+        lo, hi = phase.c_over_a_range
+        return lo * (1.0 - self.lattice_margin / 2.0), hi * (1.0 + self.lattice_margin / 2.0)
+
+
+STANDARD = RangeProfile("standard", PHASE_RANGES, MEASUREMENT_RANGES, 0.0)
+WIDE = RangeProfile("wide", WIDE_PHASE_RANGES, WIDE_MEASUREMENT_RANGES, WIDE_LATTICE_MARGIN)
+PROFILES = {p.name: p for p in (STANDARD, WIDE)}
+
 
 @dataclass(frozen=True)
 class PeakTable:
@@ -128,8 +192,10 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) 
     return np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]), n))
 
 
-def sample_phase_params(phase: PhaseType, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw per-pattern phase parameters.
+def sample_phase_params(
+    phase: PhaseType, n: int, rng: np.random.Generator, profile: RangeProfile = STANDARD
+) -> dict[str, np.ndarray]:
+    """Draw per-pattern phase parameters from the ranges of ``profile``.
 
     Returns
     -------
@@ -138,24 +204,26 @@ def sample_phase_params(phase: PhaseType, n: int, rng: np.random.Generator) -> d
         ``crystallite_size_nm``, ``eta``, ``texture_r``, ``texture_direction`` (index into
         ``phase.texture_directions``); each of shape (n,).
     """
-    a = _uniform(rng, phase.a_range_angstrom, n)
-    c_over_a = _uniform(rng, phase.c_over_a_range, n) if phase.crystal_system != "cubic" else np.ones(n)
+    a = _uniform(rng, profile.a_range_angstrom(phase), n)
+    c_over_a = _uniform(rng, profile.c_over_a_range(phase), n) if phase.crystal_system != "cubic" else np.ones(n)
     return {
         "prototype": rng.integers(0, len(phase.prototypes), n),
         "a_angstrom": a,
         "c_angstrom": a * c_over_a,
-        "strain": _uniform(rng, PHASE_RANGES["strain"], n),
-        "crystallite_size_nm": _log_uniform(rng, PHASE_RANGES["crystallite_size_nm"], n),
-        "eta": _uniform(rng, PHASE_RANGES["eta"], n),
-        "texture_r": _uniform(rng, PHASE_RANGES["texture_r"], n),
+        "strain": _uniform(rng, profile.phase["strain"], n),
+        "crystallite_size_nm": _log_uniform(rng, profile.phase["crystallite_size_nm"], n),
+        "eta": _uniform(rng, profile.phase["eta"], n),
+        "texture_r": _uniform(rng, profile.phase["texture_r"], n),
         "texture_direction": rng.integers(0, len(phase.texture_directions), n),
     }
 
 
-def sample_measurement_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw per-pattern measurement parameters (see ``MEASUREMENT_RANGES``); each of shape (n,)."""
+def sample_measurement_params(
+    n: int, rng: np.random.Generator, profile: RangeProfile = STANDARD
+) -> dict[str, np.ndarray]:
+    """Draw per-pattern measurement parameters from the ranges of ``profile``; each of shape (n,)."""
     params = {}
-    for name, bounds in MEASUREMENT_RANGES.items():
+    for name, bounds in profile.measurement.items():
         params[name] = _log_uniform(rng, bounds, n) if name == "max_counts" else _uniform(rng, bounds, n)
     params["hump_amplitude"] = params["hump_amplitude"] * (rng.random(n) < HUMP_PROBABILITY)
     return params
@@ -336,8 +404,10 @@ def finish(
     return ((total - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
 
 
-def simulate_phase(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Simulate n single-phase patterns with randomly drawn parameters.
+def simulate_phase(
+    name: str, n: int, rng: np.random.Generator, profile: RangeProfile = STANDARD
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Simulate n single-phase patterns with parameters drawn from the ranges of ``profile``.
 
     Returns
     -------
@@ -347,8 +417,8 @@ def simulate_phase(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndar
         Phase parameters (``phase_`` prefix) and measurement parameters, each (n,).
     """
     phase = phase_by_name(name)
-    phase_params = sample_phase_params(phase, n, rng)
-    measurement = sample_measurement_params(n, rng)
+    phase_params = sample_phase_params(phase, n, rng, profile)
+    measurement = sample_measurement_params(n, rng, profile)
     patterns = finish(phase_signal(name, phase_params, measurement), measurement, rng)
     return patterns, {**{f"phase_{k}": v for k, v in phase_params.items()}, **measurement}
 
@@ -373,7 +443,7 @@ def mix(
 
 
 def simulate_mixtures(
-    name_a: str, name_b: str, fraction_a: np.ndarray, rng: np.random.Generator
+    name_a: str, name_b: str, fraction_a: np.ndarray, rng: np.random.Generator, profile: RangeProfile = STANDARD
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Mixtures of two phases at the given fractions of A, all other parameters drawn at random.
 
@@ -386,9 +456,9 @@ def simulate_mixtures(
     """
     fraction_a = np.asarray(fraction_a, dtype=np.float64)
     n = len(fraction_a)
-    params_a = sample_phase_params(phase_by_name(name_a), n, rng)
-    params_b = sample_phase_params(phase_by_name(name_b), n, rng)
-    measurement = sample_measurement_params(n, rng)
+    params_a = sample_phase_params(phase_by_name(name_a), n, rng, profile)
+    params_b = sample_phase_params(phase_by_name(name_b), n, rng, profile)
+    measurement = sample_measurement_params(n, rng, profile)
     patterns = mix(name_a, params_a, name_b, params_b, fraction_a, measurement, rng)
     params = {"fraction_a": fraction_a, **{f"a_{k}": v for k, v in params_a.items()}}
     params.update({f"b_{k}": v for k, v in params_b.items()})
@@ -397,10 +467,16 @@ def simulate_mixtures(
 
 
 def mixing_sweep(
-    name_a: str, name_b: str, fractions: np.ndarray, n_per_fraction: int, rng: np.random.Generator
+    name_a: str,
+    name_b: str,
+    fractions: np.ndarray,
+    n_per_fraction: int,
+    rng: np.random.Generator,
+    profile: RangeProfile = STANDARD,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A mixing-fraction sweep: ``n_per_fraction`` random mixtures at each fraction of A (0 to 1)."""
-    return simulate_mixtures(name_a, name_b, np.repeat(np.asarray(fractions, dtype=np.float64), n_per_fraction), rng)
+    fraction_a = np.repeat(np.asarray(fractions, dtype=np.float64), n_per_fraction)
+    return simulate_mixtures(name_a, name_b, fraction_a, rng, profile)
 
 
 # --------------------------------------------------------------------------- dataset writing
@@ -431,11 +507,13 @@ def _quantise(patterns: np.ndarray, dtype: str) -> np.ndarray:
     return patterns.astype(np.float16)
 
 
-def single_phase_set(names: list[str], n_per_class: int, rng: np.random.Generator, dtype: str) -> dict[str, np.ndarray]:
+def single_phase_set(
+    names: list[str], n_per_class: int, rng: np.random.Generator, dtype: str, profile: RangeProfile = STANDARD
+) -> dict[str, np.ndarray]:
     """Arrays of a single-phase split: ``x``, integer ``y`` (index into ``names``), ``class_names``, params."""
     patterns, labels, params = [], [], []
     for label, name in enumerate(names):
-        x, p = simulate_phase(name, n_per_class, rng)
+        x, p = simulate_phase(name, n_per_class, rng, profile)
         patterns.append(x)
         labels.append(np.full(n_per_class, label, dtype=np.int64))
         params.append(p)
@@ -449,14 +527,19 @@ def single_phase_set(names: list[str], n_per_class: int, rng: np.random.Generato
 
 
 def mixture_set(
-    names: list[str], n_per_pair: int, rng: np.random.Generator, dtype: str, n_fractions: int = 50
+    names: list[str],
+    n_per_pair: int,
+    rng: np.random.Generator,
+    dtype: str,
+    n_fractions: int = 50,
+    profile: RangeProfile = STANDARD,
 ) -> dict[str, np.ndarray]:
     """Binary mixtures of every pair of ``names`` on a grid of ``n_fractions`` fractions in (0, 1), like the seed."""
     fractions = np.linspace(0.0, 1.0, n_fractions + 2)[1:-1]
     patterns, a_labels, b_labels, params = [], [], [], []
     for i, name_a in enumerate(names):
         for j in range(i + 1, len(names)):
-            x, p = simulate_mixtures(name_a, names[j], np.resize(fractions, n_per_pair), rng)
+            x, p = simulate_mixtures(name_a, names[j], np.resize(fractions, n_per_pair), rng, profile)
             patterns.append(x)
             a_labels.append(np.full(n_per_pair, i, dtype=np.int64))
             b_labels.append(np.full(n_per_pair, j, dtype=np.int64))
@@ -472,12 +555,17 @@ def mixture_set(
     }
 
 
-def write_datasets(out: Path, per_class: int, eval_per_class: int, seed: int, dtype: str = "float16") -> dict:
-    """Write train/val/test (known classes), novel and mixtures ``.npz`` files and ``manifest.json``.
+def write_datasets(
+    out: Path, per_class: int, eval_per_class: int, seed: int, dtype: str = "float16", train_profile: str = "wide"
+) -> dict:
+    """Write the dataset ``.npz`` files and ``manifest.json``.
 
-    Each file gets its own child of ``numpy.random.SeedSequence(seed)``, so the splits are
-    independent random draws (continuous parameters: no pattern is repeated across splits) and a
-    file does not change when another split's size changes.
+    ``train``/``val`` (known classes) are drawn from ``train_profile``; ``test``, ``novel`` and
+    ``mixtures`` from the standard ranges; ``test_wide``, ``novel_wide`` and ``mixtures_wide`` from the
+    wide ranges (the robustness sets). Each file gets its own child of
+    ``numpy.random.SeedSequence(seed)``, so the splits are independent random draws (continuous
+    parameters: no pattern is repeated across splits) and a file does not change when another split's
+    size changes.
 
     Returns
     -------
@@ -487,13 +575,17 @@ def write_datasets(out: Path, per_class: int, eval_per_class: int, seed: int, dt
     out.mkdir(parents=True, exist_ok=True)
     known = [p.name for p in KNOWN_PHASES]
     novel = [p.name for p in NOVEL_PHASES]
-    children = np.random.SeedSequence(seed).spawn(5)
+    children = np.random.SeedSequence(seed).spawn(8)
+    train_ranges = PROFILES[train_profile]
     plan = {
-        "train": lambda rng: single_phase_set(known, per_class, rng, dtype),
-        "val": lambda rng: single_phase_set(known, eval_per_class, rng, dtype),
+        "train": lambda rng: single_phase_set(known, per_class, rng, dtype, train_ranges),
+        "val": lambda rng: single_phase_set(known, eval_per_class, rng, dtype, train_ranges),
         "test": lambda rng: single_phase_set(known, eval_per_class, rng, dtype),
         "novel": lambda rng: single_phase_set(novel, eval_per_class, rng, dtype),
         "mixtures": lambda rng: mixture_set(known, eval_per_class, rng, dtype),
+        "test_wide": lambda rng: single_phase_set(known, eval_per_class, rng, dtype, WIDE),
+        "novel_wide": lambda rng: single_phase_set(novel, eval_per_class, rng, dtype, WIDE),
+        "mixtures_wide": lambda rng: mixture_set(known, eval_per_class, rng, dtype, profile=WIDE),
     }
     files = {}
     for (split, make), child in zip(plan.items(), children, strict=True):
@@ -517,19 +609,28 @@ def write_datasets(out: Path, per_class: int, eval_per_class: int, seed: int, dt
             "eval_per_class": eval_per_class,
             "seed": seed,
             "dtype": dtype,
+            "train_profile": train_profile,
         },
-        "command": f"python -m training.xrd.simulate --out {out} --per-class {per_class} --eval-per-class {eval_per_class} --seed {seed} --dtype {dtype}",
+        "command": (
+            f"python -m training.xrd.simulate --out {out} --per-class {per_class} --eval-per-class {eval_per_class}"
+            f" --seed {seed} --dtype {dtype} --train-profile {train_profile}"
+        ),
         "wavelength_angstrom": CU_KA_WAVELENGTH_A,
         "two_theta_deg": {"min": TWO_THETA_MIN_DEG, "max": TWO_THETA_MAX_DEG, "n_points": N_POINTS},
         "known_classes": known,
         "novel_classes": novel,
         "phase_ranges": PHASE_RANGES,
         "measurement_ranges": MEASUREMENT_RANGES,
+        "wide_phase_ranges": WIDE_PHASE_RANGES,
+        "wide_measurement_ranges": WIDE_MEASUREMENT_RANGES,
+        "wide_lattice_margin": WIDE_LATTICE_MARGIN,
         "hump_probability": HUMP_PROBABILITY,
         "lattice_ranges_angstrom": {
             p.name: {
                 "a": p.a_range_angstrom,
                 "c_over_a": p.c_over_a_range,
+                "a_wide": WIDE.a_range_angstrom(p),
+                "c_over_a_wide": WIDE.c_over_a_range(p),
                 "prototypes": [q.name for q in p.prototypes],
             }
             for p in KNOWN_PHASES + NOVEL_PHASES
@@ -554,9 +655,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float16", "uint8"], default="float16")
+    parser.add_argument(
+        "--train-profile", choices=sorted(PROFILES), default="wide", help="sampling ranges of train/val (default: wide)"
+    )
     args = parser.parse_args(argv)
     eval_per_class = args.eval_per_class if args.eval_per_class is not None else max(1, args.per_class // 5)
-    write_datasets(args.out, args.per_class, eval_per_class, args.seed, args.dtype)
+    write_datasets(args.out, args.per_class, eval_per_class, args.seed, args.dtype, args.train_profile)
 
 
 if __name__ == "__main__":

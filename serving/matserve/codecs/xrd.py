@@ -7,7 +7,8 @@ scaled to [0, 1]. This codec is shared by training and serving:
 * a pattern measured with another wavelength is mapped to the Cu Kα 2θ scale through Bragg's law
   (same d-spacing: ``2θ_Cu = 2 asin(λ_Cu / λ · sin θ)``); reflections beyond the Cu Kα limit are dropped;
 * it is resampled by averaging the piecewise-linear pattern over each model-grid cell (exact cell means,
-  so a finer input grid is averaged, not aliased, and a coarser one is interpolated);
+  so a finer input grid is averaged, not aliased, and a coarser one is interpolated); a pattern already
+  on the model grid (to 1e-6 of a step) is taken as it is, point for point, like the simulated training data;
 * parts of 20–90° the measurement does not cover are set to the pattern's minimum (its background level);
   at least :data:`MIN_COVERAGE` of the range must be covered;
 * intensities are min-max scaled to [0, 1] (a constant pattern is refused).
@@ -18,8 +19,11 @@ Every refusal raises :class:`PatternError` with a message that says what is wron
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Any, NotRequired
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict
 
 CU_KA_ANGSTROM = 1.54184  # pymatgen's "CuKa"; the training simulator imports it from here
 TWO_THETA_MIN_DEG = 20.0
@@ -56,6 +60,20 @@ def _cell_edges(grid: np.ndarray) -> np.ndarray:
     mid = (grid[1:] + grid[:-1]) / 2
     step = grid[1] - grid[0]
     return np.concatenate([[grid[0] - step / 2], mid, [grid[-1] + step / 2]])
+
+
+_MODEL_CELL_EDGES_DEG = _cell_edges(MODEL_GRID_DEG)
+_MODEL_STEP_DEG = float(MODEL_GRID_DEG[1] - MODEL_GRID_DEG[0])
+
+
+def _is_model_grid(two_theta_deg: np.ndarray) -> bool:
+    """True when the points are the model grid (to 1e-6 of a step): no resampling is needed."""
+    tolerance = 1e-6 * _MODEL_STEP_DEG
+    return (
+        len(two_theta_deg) == N_POINTS
+        and abs(two_theta_deg[0] - TWO_THETA_MIN_DEG) < tolerance
+        and bool(np.abs(two_theta_deg - MODEL_GRID_DEG).max() < tolerance)
+    )
 
 
 def _cumulative_integral(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -139,15 +157,83 @@ def encode_pattern(
             f"the pattern covers {x[0]:.2f}-{x[-1]:.2f}° 2θ (Cu Kα scale), {coverage:.0%} of the 20-90° the models "
             f"use; at least {MIN_COVERAGE:.0%} is needed"
         )
-    edges = _cell_edges(MODEL_GRID_DEG)
-    left, right = np.maximum(edges[:-1], x[0]), np.minimum(edges[1:], x[-1])
-    inside = right > left
-    means = np.full(N_POINTS, np.nan)
-    integral = _cumulative_integral(x, y, right[inside]) - _cumulative_integral(x, y, left[inside])
-    means[inside] = integral / (right[inside] - left[inside])
+    if _is_model_grid(x):  # already on the model grid (e.g. simulated, or resampled by the client): use as is
+        means = y
+    else:
+        clipped = np.clip(_MODEL_CELL_EDGES_DEG, x[0], x[-1])
+        widths = np.diff(clipped)
+        inside = widths > 0
+        integral = np.diff(_cumulative_integral(x, y, clipped))
+        means = np.full(N_POINTS, np.nan)
+        means[inside] = integral[inside] / widths[inside]
     floor = np.nanmin(means)
     means = np.where(np.isnan(means), floor, means)
     span = means.max() - floor
     if span <= 1e-9 * max(abs(floor), 1.0):  # constant up to rounding
         raise PatternError("the pattern is constant over 20-90° 2θ; there is nothing to classify")
     return EncodedPattern(intensity=((means - floor) / span).astype(np.float32), coverage=float(coverage))
+
+
+class PatternInput(TypedDict):
+    """One pattern on the wire (JSON object); the job API and the XRD endpoints validate items with it.
+
+    Attributes
+    ----------
+    two_theta_deg : list of float
+        Strictly increasing 2θ positions, degrees (at most :data:`MAX_POINTS`).
+    intensity : list of float
+        Non-negative intensities, any units, one per 2θ position.
+    wavelength_angstrom : float, optional
+        X-ray wavelength of this pattern, Å; default Cu Kα (1.54184 Å).
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    two_theta_deg: Annotated[list[float], Field(max_length=MAX_POINTS)]
+    intensity: Annotated[list[float], Field(max_length=MAX_POINTS)]
+    wavelength_angstrom: NotRequired[float | None]
+
+
+@dataclass
+class EncodedBatch:
+    """Patterns of a request on the model grid, with per-item errors.
+
+    Attributes
+    ----------
+    results : list of dict
+        One result per input item: ``coverage`` (fraction of 20-90° measured) and ``error`` (``None``, or why
+        the pattern was refused); models add their outputs.
+    rows : list of int
+        Positions in ``results`` of the patterns in ``patterns``.
+    patterns : numpy.ndarray
+        float32 (len(rows), 2048) on :data:`MODEL_GRID_DEG`, in [0, 1].
+    """
+
+    results: list[dict[str, Any]]
+    rows: list[int]
+    patterns: np.ndarray
+
+
+def encode_batch(items: list[Any]) -> EncodedBatch:
+    """Encode every item (a :class:`PatternInput` mapping); a refused item gets its ``error``, the rest go on."""
+    results: list[dict[str, Any]] = []
+    rows: list[int] = []
+    encoded: list[np.ndarray] = []
+    for i, item in enumerate(items):
+        result: dict[str, Any] = {"coverage": None, "error": None}
+        try:
+            if not isinstance(item, dict) or "two_theta_deg" not in item or "intensity" not in item:
+                raise PatternError('a pattern is an object {"two_theta_deg": [...], "intensity": [...]}')
+            wavelength = item.get("wavelength_angstrom")
+            pattern = encode_pattern(
+                item["two_theta_deg"], item["intensity"], CU_KA_ANGSTROM if wavelength is None else float(wavelength)
+            )
+        except PatternError as error:
+            result["error"] = str(error)
+        else:
+            result["coverage"] = round(pattern.coverage, 6)
+            rows.append(i)
+            encoded.append(pattern.intensity)
+        results.append(result)
+    patterns = np.stack(encoded) if encoded else np.zeros((0, N_POINTS), dtype=np.float32)
+    return EncodedBatch(results=results, rows=rows, patterns=patterns)

@@ -91,6 +91,8 @@ def _tensor(spec: dict, batched: bool) -> str:
     shape = [int(d) for d in spec["shape"]]
     dims = shape[1:] if batched else shape
     dtype = _TRITON_DTYPES[spec["dtype"]]
+    if not dims:  # one value per batch item (shape [-1]): Triton's idiom is dims [1] reshaped to a scalar
+        return f"  {{ name: {_quote(spec['name'])} data_type: {dtype} dims: [1] reshape: {{ shape: [] }} }}"
     return f"  {{ name: {_quote(spec['name'])} data_type: {dtype} dims: {json.dumps(dims)} }}"
 
 

@@ -1,0 +1,162 @@
+"""XRD novelty scorer: "is this pattern something the models have never seen?" (seed 002's VAE).
+
+Per pattern: the VAE reconstruction error (MSE on the model grid, from the latent mean), its percentile
+among validation patterns of the known phases (``calibration.validation_quantiles`` in the card),
+``is_novel`` above the card's threshold percentile, the 2-d latent coordinates, and the nearest known phase
+in latent space (majority of the 15 nearest validation patterns in ``latent_reference.npz``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from matserve.codecs.xrd import EncodedBatch, PatternInput, encode_batch
+from matserve.models.base import ServedModel
+from matserve.registry import ModelVersion
+
+INPUT = "pattern"
+LATENT = "latent_mean"
+RECONSTRUCTION = "reconstruction"
+ERROR = "reconstruction_error"
+NEIGHBOURS = 15
+REFERENCE_FILE = "latent_reference.npz"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a version needs to turn errors into scores and latent points into a nearest known phase.
+
+    Attributes
+    ----------
+    quantiles : numpy.ndarray
+        Reconstruction errors of the validation patterns at 0, 0.1, ..., 100 %.
+    threshold_percentile : float
+        ``is_novel`` is true above this percentile.
+    threshold_error : float
+        The reconstruction error at that percentile.
+    reference_latent : numpy.ndarray
+        float32 (M, 2) latent means of validation patterns of the known phases.
+    reference_label : numpy.ndarray
+        int (M,) their class index into ``class_names``.
+    class_names : list of str
+        Known phases.
+    """
+
+    quantiles: np.ndarray
+    threshold_percentile: float
+    threshold_error: float
+    reference_latent: np.ndarray
+    reference_label: np.ndarray
+    class_names: list[str]
+
+    def percentile(self, errors: np.ndarray) -> np.ndarray:
+        """Percentile (0-100) of each error among the validation errors."""
+        return np.interp(errors, self.quantiles, np.linspace(0.0, 100.0, len(self.quantiles)))
+
+    def nearest_phase(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Majority class among the ``NEIGHBOURS`` nearest reference points, and its share of them."""
+        distances = ((latent[:, None, :] - self.reference_latent[None, :, :]) ** 2).sum(axis=2)
+        nearest = np.argpartition(distances, NEIGHBOURS - 1, axis=1)[:, :NEIGHBOURS]
+        votes = np.stack([(self.reference_label[nearest] == j).sum(axis=1) for j in range(len(self.class_names))], 1)
+        return votes.argmax(axis=1), votes.max(axis=1) / NEIGHBOURS
+
+
+_CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
+
+
+def calibration(model: ModelVersion) -> Calibration:
+    """The calibration of a verified version (read once per file content; the registry checked its hash)."""
+    key = (str(model.path), model.card["files"][REFERENCE_FILE]["sha256"])
+    if key not in _CALIBRATIONS:
+        _CALIBRATIONS[key] = _read_calibration(model)
+    return _CALIBRATIONS[key]
+
+
+def _read_calibration(model: ModelVersion) -> Calibration:
+    card = model.card["calibration"]
+    with np.load(model.file(REFERENCE_FILE)) as reference:
+        latent, label, names = reference["latent_mean"], reference["label"], reference["class_names"]
+    return Calibration(
+        quantiles=np.asarray(card["validation_quantiles"], dtype=np.float64),
+        threshold_percentile=float(card["threshold_percentile"]),
+        threshold_error=float(card["threshold_reconstruction_error"]),
+        reference_latent=latent.astype(np.float32),
+        reference_label=label.astype(np.int64),
+        class_names=[str(n) for n in names],
+    )
+
+
+@dataclass
+class PreparedNovelty:
+    """Encoded patterns and the calibration of the version that scores them."""
+
+    batch: EncodedBatch
+    calibration: Calibration
+
+
+class XrdNoveltyModel(ServedModel[PreparedNovelty]):
+    """VAE novelty scorer served from ``models/xrd_novelty/<version>``."""
+
+    name = "xrd_novelty"
+    item_type = PatternInput
+
+    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedNovelty:
+        batch = encode_batch(items)
+        empty = {"reconstruction_error": None, "novelty_percentile": None, "is_novel": None,
+                 "threshold_percentile": None, "latent": None, "nearest_known_phase": None,
+                 "nearest_known_phase_share": None}  # fmt: skip
+        for result in batch.results:
+            result.update(empty)
+        return PreparedNovelty(batch, calibration(model))
+
+    def predict(self, prepared: PreparedNovelty, model: ModelVersion) -> dict[str, np.ndarray]:
+        if not prepared.batch.rows:
+            return {}
+        return self.runtime.run(model, {INPUT: prepared.batch.patterns})
+
+    def postprocess(self, prepared: PreparedNovelty, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        results = prepared.batch.results
+        if not prepared.batch.rows:
+            return results
+        cal = prepared.calibration
+        errors = outputs[ERROR].reshape(-1).astype(np.float64)
+        latent = outputs[LATENT]
+        percentiles = cal.percentile(errors)
+        phase, share = cal.nearest_phase(latent)
+        for k, row in enumerate(prepared.batch.rows):
+            results[row].update({
+                "reconstruction_error": float(errors[k]),
+                "novelty_percentile": round(float(percentiles[k]), 3),
+                "is_novel": bool(errors[k] > cal.threshold_error),
+                "threshold_percentile": cal.threshold_percentile,
+                "latent": [round(float(v), 6) for v in latent[k]],
+                "nearest_known_phase": cal.class_names[int(phase[k])],
+                "nearest_known_phase_share": round(float(share[k]), 4),
+            })  # fmt: skip
+        return results
+
+    def with_reconstructions(
+        self, items: list[Any], version: str | None = None
+    ) -> tuple[ModelVersion, list[dict[str, Any]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Results plus, per scored item, its encoded pattern and reconstruction (for the pictures).
+
+        Returns
+        -------
+        model : ModelVersion
+            The version that answered.
+        results : list of dict
+            As from :meth:`__call__` (not cached).
+        curves : dict
+            Item position -> (pattern, reconstruction), float32 (2048,) each on the model grid.
+        """
+        model = self.version(version)
+        prepared = self.preprocess(items, model)
+        outputs = self.predict(prepared, model)
+        results = self.postprocess(prepared, outputs)
+        curves = {
+            row: (prepared.batch.patterns[k], outputs[RECONSTRUCTION][k]) for k, row in enumerate(prepared.batch.rows)
+        }
+        return model, results, curves
