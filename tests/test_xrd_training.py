@@ -63,4 +63,6 @@ def test_the_trained_versions_serve(tiny_xrd_registry: Path) -> None:
     novelty = XrdNoveltyModel(registry, runtime)([pattern])
     result = novelty.results[0]
     assert result["reconstruction_error"] > 0 and 0 <= result["novelty_percentile"] <= 100
-    assert result["nearest_known_phase"] in ("fcc_Fm-3m", "bcc_Im-3m", "hcp_P6_3-mmc") and len(result["latent"]) == 2
+    assert (
+        result["nearest_known_phase"] in ("fcc_Fm-3m", "bcc_Im-3m", "hcp_P6_3-mmc") and len(result["latent_map"]) == 2
+    )

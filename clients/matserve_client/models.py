@@ -101,15 +101,21 @@ class XrdNoveltyResult(BaseModel):
     ----------
     reconstruction_error : float
         Mean squared error between the pattern (on the model grid, scaled to [0, 1]) and its reconstruction.
+    outlier_probability : float or None
+        Probability that the pattern is not a single known phase, from the model's outlier-exposure detector
+        (``None`` for a version without one).
     novelty_percentile : float
-        Percentile (0-100) of that error among validation patterns of the known phases.
+        Percentile (0-100) of the novelty score (the larger of the validation percentiles of the reconstruction
+        error and of the outlier probability) among validation patterns of the known phases.
     is_novel : bool
         ``True`` above ``threshold_percentile``: a phase the models have not seen, a mixture, or a failed
         measurement.
     threshold_percentile : float
         The percentile of the verdict (from the model card; 99 by default, i.e. 1 % of known patterns flagged).
     latent : list of float
-        The pattern's 2-d latent coordinates.
+        The pattern's latent coordinates (latent means of the VAE).
+    latent_map : list of float
+        Its 2-d coordinates on the latent map (a PCA projection of the latent space, as in the PNG).
     nearest_known_phase : str
         Majority phase of the 15 nearest known patterns in latent space.
     nearest_known_phase_share : float
@@ -127,10 +133,12 @@ class XrdNoveltyResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     reconstruction_error: float
+    outlier_probability: float | None = None
     novelty_percentile: float
     is_novel: bool
     threshold_percentile: float
     latent: list[float]
+    latent_map: list[float]
     nearest_known_phase: str
     nearest_known_phase_share: float
     coverage: float

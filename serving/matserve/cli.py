@@ -4,6 +4,7 @@
 
     matserve serve [--host 127.0.0.1] [--port 3000]          # every registry model on one HTTP server
     matserve predict formation-enthalpy NaCl Fe2O3 [--json]  # call a server through the SDK
+    matserve predict xrd scan.xy other.csv [--plots DIR]      # phase + novelty of pattern files
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
@@ -50,6 +51,34 @@ def _predict_formation_enthalpy(args: argparse.Namespace) -> int:
         print(f"# model {results[0].model} version {results[0].version}")
     _print_formation_enthalpy_table(results)
     return 1 if failed else 0
+
+
+def _predict_xrd(args: argparse.Namespace) -> int:
+    """Phase and novelty of each pattern file, one line per file (PNGs with ``--plots DIR``)."""
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            phases = client.classify_xrd(args.files, version=args.version, wavelength_angstrom=args.wavelength)
+            novelty = client.xrd_novelty(args.files, wavelength_angstrom=args.wavelength, plots=args.plots is not None)
+    except (MatserveError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.plots is not None:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        for n in novelty:
+            n.save_plots(args.plots / Path(n.source or "pattern").stem)
+    if args.json:
+        rows = [{"phase": p.model_dump(exclude={"source"}), "novelty": n.model_dump(exclude={"reconstruction_png",
+                 "latent_map_png", "source"}), "file": p.source} for p, n in zip(phases, novelty, strict=True)]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"# {phases[0].model} {phases[0].version}, {novelty[0].model} {novelty[0].version}")
+    print(f"{'file':<32} {'phase':<14} {'p':>6} {'novelty pct':>11} {'novel':>6}  nearest known")
+    for p, n in zip(phases, novelty, strict=True):
+        print(f"{Path(p.source or '').name:<32} {p.phase:<14} {p.probability:6.3f} {n.novelty_percentile:11.1f} "
+              f"{'yes' if n.is_novel else 'no':>6}  {n.nearest_known_phase}")  # fmt: skip
+    return 0
 
 
 def _print_formation_enthalpy_table(results: Sequence[Any]) -> None:
@@ -222,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     enthalpy.add_argument("--version", default=None, help="pin a model version")
     client_options(enthalpy)
     enthalpy.set_defaults(handler=_predict_formation_enthalpy)
+    xrd = targets.add_parser("xrd", help="phase and novelty of powder XRD pattern files (.xy, .xye, .csv, .txt)")
+    xrd.add_argument("files", nargs="+", type=Path)
+    xrd.add_argument("--wavelength", type=float, default=None, help="X-ray wavelength, Å (default Cu Kα)")
+    xrd.add_argument("--version", default=None, help="pin the phase model version")
+    xrd.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write reconstruction/latent-map PNGs")
+    client_options(xrd)
+    xrd.set_defaults(handler=_predict_xrd)
 
     models = commands.add_parser("models", help="list the models a server serves")
     client_options(models)

@@ -2,7 +2,7 @@
 
 * :func:`xrd_reconstruction_png`: a pattern against its VAE reconstruction on the model grid, with the
   residual underneath: where the model could not explain the pattern.
-* :func:`xrd_latent_map_png`: the VAE's 2-d latent space, validation patterns of the known phases
+* :func:`xrd_latent_map_png`: the VAE's latent map (2-d projection), validation patterns of the known phases
   coloured by phase, the queried pattern(s) marked.
 """
 
@@ -68,13 +68,13 @@ def xrd_latent_map_png(
     Parameters
     ----------
     reference_latent : numpy.ndarray
-        (M, 2) latent means of validation patterns of the known phases.
+        (M, 2) map coordinates of validation patterns of the known phases.
     reference_label : numpy.ndarray
         (M,) their index into ``class_names``.
     class_names : list of str
         Known phases.
     query_latent : numpy.ndarray
-        (Q, 2) latent means of the queried pattern(s).
+        (Q, 2) map coordinates of the queried pattern(s).
     title : str
         Figure title.
     """
@@ -85,8 +85,8 @@ def xrd_latent_map_png(
                      label=f"{name} (known)")  # fmt: skip
     query = np.atleast_2d(query_latent)
     axes.scatter(query[:, 0], query[:, 1], s=90, marker="X", color="black", edgecolor="white", label="query")
-    axes.set_xlabel("latent z₁")
-    axes.set_ylabel("latent z₂")
+    axes.set_xlabel("latent map axis 1")
+    axes.set_ylabel("latent map axis 2")
     axes.set_title(title, fontsize=9)
     axes.legend(loc="best", fontsize=7, markerscale=2)
     return _png(figure)

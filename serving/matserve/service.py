@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import bentoml
+import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -171,10 +172,15 @@ class XrdNoveltyResult(BaseModel):
     the verdict at the card's threshold percentile, latent coordinates and the nearest known phase there."""
 
     reconstruction_error: float
+    outlier_probability: float | None = Field(
+        default=None,
+        description="P(not a single known phase) from the outlier-exposure detector, if the version has one",
+    )
     novelty_percentile: float
     is_novel: bool
     threshold_percentile: float
-    latent: list[float]
+    latent: list[float] = Field(description="latent coordinates (latent means)")
+    latent_map: list[float] = Field(description="2-d map coordinates: PCA projection of the latent space")
     nearest_known_phase: str
     nearest_known_phase_share: float = Field(description="share of the 15 nearest known patterns of that phase")
     coverage: float
@@ -340,12 +346,21 @@ def _location(loc: tuple[Any, ...]) -> str:
     return text or "body"
 
 
-def validation_error(exc: RequestValidationError) -> MatserveError:
-    """Turn FastAPI/pydantic validation errors into one clear message (and the right status)."""
+def validation_error(exc: RequestValidationError, path: str = "") -> MatserveError:
+    """Turn FastAPI/pydantic validation errors into one clear message (and the right status).
+
+    ``path`` (the request's) selects the example of a valid body that ends the message.
+    """
     errors = exc.errors()
+    if "/xrd/" in path:
+        example = XRD_EXAMPLE
+    elif "/jobs" in path:
+        example = '{"model": "formation_enthalpy", "inputs": ["NaCl"]}'
+    else:
+        example = '{"formulas": ["NaCl", "Fe2O3"], "version": null}'
     if any(e["type"] == "json_invalid" for e in errors):
         detail = next(e for e in errors if e["type"] == "json_invalid").get("ctx", {}).get("error", "")
-        return MalformedRequest(f'body is not valid JSON ({detail}); expected e.g. {{"formulas": ["NaCl"]}}')
+        return MalformedRequest(f"body is not valid JSON ({detail}); expected e.g. {example}")
     for e in errors:
         if e["type"] == "too_long" and _location(e["loc"]) == "formulas":
             return PayloadTooLarge(
@@ -363,7 +378,7 @@ def validation_error(exc: RequestValidationError) -> MatserveError:
             return PayloadTooLarge(f"{_location(e['loc'])}: too many points; at most {MAX_POINTS} per pattern")
     shown = [f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5]]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    more += '; expected a JSON object like {"formulas": ["NaCl", "Fe2O3"], "version": null}'
+    more += f"; expected a JSON object like {example}"
     return InvalidInput("; ".join(shown) + more)
 
 
@@ -405,8 +420,8 @@ async def _matserve_error(_: Request, exc: MatserveError) -> JSONResponse:
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    error = validation_error(exc)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    error = validation_error(exc, request.url.path)
     return JSONResponse(error.to_body(), status_code=error.status)
 
 
@@ -674,7 +689,7 @@ def _add_xrd_plots(version: Any, results: list[dict[str, Any]], curves: dict[int
                  f"percentile {result['novelty_percentile']:.1f} ({verdict})")  # fmt: skip
         reconstruction_png = xrd_reconstruction_png(pattern, reconstruction, title)
         latent_png = xrd_latent_map_png(
-            cal.reference_latent, cal.reference_label, cal.class_names, [result["latent"]],
+            cal.to_map(cal.reference_latent), cal.reference_label, cal.class_names, np.asarray([result["latent_map"]]),
             f"latent space; nearest known phase {result['nearest_known_phase']}",
         )  # fmt: skip
         result["plots"] = {

@@ -79,7 +79,7 @@ HUMP_PROBABILITY = 0.5
 #: noise. It covers most real fcc/bcc/hcp metals (e.g. Ag/Au/Pt, V/Nb/Ta, Be/Zr/Cd/Re) and the models
 #: train on it so that patterns simulated with other settings than the standard ones stay in
 #: distribution. The standard ranges above stay the documented "realistic" reference for evaluation.
-WIDE_LATTICE_MARGIN = 0.08
+WIDE_LATTICE_MARGIN = 0.15
 WIDE_PHASE_RANGES: dict[str, tuple[float, float]] = {
     "strain": (-0.01, 0.01),
     "crystallite_size_nm": (3.0, 200.0),
@@ -350,19 +350,52 @@ def phase_signal(
     intensity = table.structure_intensity[phase_params["prototype"]] * march_dollase(table, phase_params)
     intensity = np.where(valid, intensity * lorentz_polarisation(np.where(valid, position, 45.0)), 0.0)
     fwhm = peak_fwhm_deg(np.where(valid, position, 45.0), phase_params, measurement)
-    eta = phase_params["eta"][:, None, None].astype(np.float32)
+    return render_peaks(position, intensity, fwhm, phase_params["eta"], two_theta_deg)
+
+
+def render_peaks(
+    position_deg: np.ndarray,
+    intensity: np.ndarray,
+    fwhm_deg: np.ndarray,
+    eta: np.ndarray,
+    two_theta_deg: np.ndarray = TWO_THETA_DEG,
+) -> np.ndarray:
+    """Sum of area-normalised pseudo-Voigt peaks (N, P) on the grid, each pattern scaled to a maximum of 1."""
+    eta = eta[:, None, None].astype(np.float32)
     grid = np.asarray(two_theta_deg, dtype=np.float32)
-    out = np.empty((len(position), len(grid)), dtype=np.float32)
-    chunk = max(1, 2_000_000 // (len(grid) * position.shape[1]))
-    for start in range(0, len(position), chunk):
+    out = np.empty((len(position_deg), len(grid)), dtype=np.float32)
+    chunk = max(1, 2_000_000 // (len(grid) * position_deg.shape[1]))
+    for start in range(0, len(position_deg), chunk):
         s = slice(start, start + chunk)
-        h = fwhm[s, :, None].astype(np.float32)
-        u = ((grid[None, None, :] - position[s, :, None].astype(np.float32)) / h) ** 2
+        h = fwhm_deg[s, :, None].astype(np.float32)
+        u = ((grid[None, None, :] - position_deg[s, :, None].astype(np.float32)) / h) ** 2
         gauss = np.float32(np.sqrt(4.0 * np.log(2.0) / np.pi)) * np.exp(np.float32(-4.0 * np.log(2.0)) * u)
         lorentz = np.float32(2.0 / np.pi) / (1.0 + 4.0 * u)
         profile = (eta[s] * lorentz + (1.0 - eta[s]) * gauss) / h
         out[s] = np.einsum("npg,np->ng", profile, intensity[s].astype(np.float32))
-    return out / out.max(axis=1, keepdims=True)
+    return out / np.maximum(out.max(axis=1, keepdims=True), 1e-30)
+
+
+RANDOM_PEAKS_RANGE = (3, 25)
+
+
+def simulate_random_peaks(
+    n: int, rng: np.random.Generator, profile: RangeProfile = STANDARD
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Patterns of no structure at all: 3-25 peaks at uniformly random 2θ with random (Pareto) intensities.
+
+    Generic "not a known phase" examples for outlier exposure. Widths, profiles and the measurement (shifts,
+    background, noise) are drawn as for real phases, so only the peak arrangement is unphysical.
+    """
+    n_peaks = RANDOM_PEAKS_RANGE[1]
+    position = rng.uniform(TWO_THETA_MIN_DEG, TWO_THETA_MAX_DEG, (n, n_peaks))
+    present = np.arange(n_peaks)[None, :] < rng.integers(RANDOM_PEAKS_RANGE[0], n_peaks + 1, n)[:, None]
+    intensity = rng.pareto(1.5, (n, n_peaks)) * present
+    phase_params = sample_phase_params(KNOWN_PHASES[0], n, rng, profile)
+    measurement = sample_measurement_params(n, rng, profile)
+    fwhm = peak_fwhm_deg(position, phase_params, measurement)
+    signal = render_peaks(np.where(present, position, -1000.0), intensity, fwhm, phase_params["eta"])
+    return finish(signal, measurement, rng), {"n_peaks": present.sum(axis=1)}
 
 
 def finish(

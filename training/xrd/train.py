@@ -37,7 +37,7 @@ from matserve.codecs.xrd import CU_KA_ANGSTROM, MODEL_GRID_DEG, N_POINTS
 from matserve.registry import write_card
 from training.formation_enthalpy.train import git_commit
 from training.xrd import networks
-from training.xrd.simulate import write_datasets
+from training.xrd.simulate import WIDE, simulate_mixtures, simulate_random_peaks, write_datasets
 from training.xrd.structures import KNOWN_PHASES, NOVEL_PHASES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,23 +197,28 @@ def knn_baseline(sets: dict, n_classes: int) -> dict:
 # --------------------------------------------------------------------------- novelty scorer
 
 
-def train_vae(args: argparse.Namespace, sets: dict) -> tuple[keras.Model, keras.Model, dict]:
+def train_vae(
+    args: argparse.Namespace, sets: dict, widths: tuple[int, ...], latent: int, epochs: int
+) -> tuple[keras.Model, keras.Model, dict]:
     keras.utils.set_random_seed(args.seed)
-    encoder, decoder = networks.vae_encoder(), networks.vae_decoder()
+    encoder, decoder = networks.vae_encoder(widths, latent), networks.vae_decoder(widths, latent)
     vae = networks.VAE(encoder, decoder, seed=args.seed)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True)
     started = time.perf_counter()
     history = vae.fit(
-        sets["train"]["x"], validation_data=(sets["val"]["x"],), epochs=args.vae_epochs,
+        sets["train"]["x"], validation_data=(sets["val"]["x"],), epochs=epochs,
         batch_size=args.batch_size, callbacks=[stop], verbose=2, shuffle=True,
     )  # fmt: skip
     log = {
+        "widths": list(widths),
+        "latent_dimensions": latent,
+        "parameters": int(encoder.count_params() + decoder.count_params()),
         "epochs_run": len(history.history["loss"]),
         "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,
         "best_val_loss": float(np.min(history.history["val_loss"])),
         "seconds": round(time.perf_counter() - started, 1),
-        "optimizer": f"Adam 1e-3, batch {args.batch_size}, early stopping on validation loss",
+        "optimizer": f"Adam 1e-3, batch {args.batch_size}, at most {epochs} epochs, early stopping on validation loss",
         "loss": "2048 × mean binary cross-entropy + KL divergence to N(0, I) (seed 002)",
     }
     return encoder, decoder, log
@@ -229,32 +234,67 @@ def percentile_of(errors: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     return np.interp(errors, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
 
 
+def novelty_scores(
+    out: dict[str, np.ndarray], error_quantiles: np.ndarray, outlier_quantiles: np.ndarray | None
+) -> np.ndarray:
+    """The combined score: the larger of the two validation percentiles (reconstruction error, outlier prob.)."""
+    score = percentile_of(out["reconstruction_error"], error_quantiles)
+    if outlier_quantiles is not None:
+        score = np.maximum(score, percentile_of(out["outlier_probability"], outlier_quantiles))
+    return score
+
+
+def score_metrics(known: np.ndarray, novel: np.ndarray, novel_y: np.ndarray, mixtures: np.ndarray,
+                  minority: np.ndarray, threshold: float, novel_names: list[str]) -> dict:  # fmt: skip
+    """AUROC and flagged fractions of one score (higher = more novel)."""
+    return {
+        "auroc_unknown_vs_known": auroc(known, novel),
+        "auroc_mixtures_vs_known": auroc(known, mixtures),
+        "auroc_mixtures_minority_at_least_10pct_vs_known": auroc(known, mixtures[minority >= 0.1]),
+        "flagged_fraction_at_threshold": {
+            "known": float((known > threshold).mean()),
+            "mixtures": float((mixtures > threshold).mean()),
+            "unknown": float((novel > threshold).mean()),
+        },
+        "unknown_by_type": {
+            name: {
+                "auroc_vs_known": auroc(known, novel[novel_y == j]),
+                "flagged_fraction": float((novel[novel_y == j] > threshold).mean()),
+            }
+            for j, name in enumerate(novel_names)
+        },
+    }
+
+
 def novelty_metrics(
     graph: keras.Model, sets: dict, class_names: list[str], novel_names: list[str], threshold_percentile: float
-) -> tuple[dict, dict, np.ndarray]:
-    """Evidence of the seed (errors, AUROC, error vs fraction), calibration and the latent reference set."""
+) -> tuple[dict, dict, dict]:
+    """Evidence of the seed (errors, AUROC, error vs fraction), the served score, calibration, latent reference."""
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         out = graph.predict(x, batch_size=1024, verbose=0)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return {k: np.asarray(v).reshape(len(x), -1) if k != "reconstruction_error" and k != "outlier_probability"
+                else np.asarray(v).reshape(-1) for k, v in out.items()}  # fmt: skip
 
+    grid = np.linspace(0.0, 1.0, 1001)
     val = run(sets["val"]["x"])
-    quantiles = np.quantile(val["reconstruction_error"], np.linspace(0.0, 1.0, 1001))
-    threshold = float(np.quantile(val["reconstruction_error"], threshold_percentile / 100.0))
+    error_quantiles = np.quantile(val["reconstruction_error"], grid)
+    has_detector = "outlier_probability" in val
+    outlier_quantiles = np.quantile(val["outlier_probability"], grid) if has_detector else None
+    val_score = novelty_scores(val, error_quantiles, outlier_quantiles)
+    score_quantiles = np.quantile(val_score, grid)
+    score_threshold = float(np.quantile(val_score, threshold_percentile / 100.0))
+    error_threshold = float(np.quantile(val["reconstruction_error"], threshold_percentile / 100.0))
+    latent_mean = val["latent_mean"].mean(axis=0)
+    _, _, vt = np.linalg.svd(val["latent_mean"] - latent_mean, full_matrices=False)
+    map_components = vt[:2] if vt.shape[0] >= 2 else np.eye(2, val["latent_mean"].shape[1])
     knn = KNeighborsClassifier(n_neighbors=15).fit(val["latent_mean"], sets["val"]["y"])
     metrics: dict = {}
     for suffix in ("", "_wide"):
         known, novel, mixtures = (run(sets[f"{s}{suffix}"]["x"]) for s in ("test", "novel", "mixtures"))
         e_known, e_novel, e_mix = (r["reconstruction_error"] for r in (known, novel, mixtures))
         profile = "wide" if suffix else "standard"
-        per_novel = {}
-        for j, name in enumerate(novel_names):
-            e = e_novel[sets[f"novel{suffix}"]["y"] == j]
-            per_novel[name] = {
-                "mean_error": float(e.mean()),
-                "auroc_vs_known": auroc(e_known, e),
-                "flagged_fraction": float((e > threshold).mean()),
-            }
+        novel_y = sets[f"novel{suffix}"]["y"]
         fraction = sets[f"mixtures{suffix}"]["fraction_a"]
         fractions = np.unique(fraction)
         by_fraction = [float(e_mix[fraction == f].mean()) for f in fractions]
@@ -265,38 +305,99 @@ def novelty_metrics(
                 "known": float(e_known.mean()),
                 "mixtures": float(e_mix.mean()),
                 "unknown": float(e_novel.mean()),
+                "unknown_by_type": {n: float(e_novel[novel_y == j].mean()) for j, n in enumerate(novel_names)},
             },
             "median_reconstruction_error": {
                 "known": float(np.median(e_known)),
                 "mixtures": float(np.median(e_mix)),
                 "unknown": float(np.median(e_novel)),
             },
-            "auroc_unknown_vs_known": auroc(e_known, e_novel),
-            "auroc_mixtures_vs_known": auroc(e_known, e_mix),
-            "auroc_mixtures_minority_at_least_10pct_vs_known": auroc(e_known, e_mix[minority >= 0.1]),
-            "flagged_fraction_at_threshold": {
-                "known": float((e_known > threshold).mean()),
-                "mixtures": float((e_mix > threshold).mean()),
-                "unknown": float((e_novel > threshold).mean()),
-            },
-            "unknown_by_type": per_novel,
+            "reconstruction_error_score": score_metrics(
+                e_known, e_novel, novel_y, e_mix, minority, error_threshold, novel_names
+            ),
             "error_vs_fraction_a": {"fraction_a": fractions.round(4).tolist(), "mean_error": by_fraction},
             "fraction_a_of_max_error": float(fractions[int(np.argmax(by_fraction))]),
             "latent_knn_accuracy": float((knn.predict(known["latent_mean"]) == sets[f"test{suffix}"]["y"]).mean()),
             "n": {"known": len(e_known), "unknown": len(e_novel), "mixtures": len(e_mix)},
         }
-        print(f"novelty {profile}: {json.dumps({k: v for k, v in metrics[profile].items() if 'auroc' in k})}")
+        if has_detector:
+            s_known, s_novel, s_mix = (novelty_scores(r, error_quantiles, outlier_quantiles)
+                                       for r in (known, novel, mixtures))  # fmt: skip
+            metrics[profile]["novelty_score"] = score_metrics(
+                s_known, s_novel, novel_y, s_mix, minority, score_threshold, novel_names
+            )
+            p_known, p_novel, p_mix = (r["outlier_probability"] for r in (known, novel, mixtures))
+            metrics[profile]["outlier_probability_score"] = score_metrics(
+                p_known, p_novel, novel_y, p_mix, minority, 0.5, novel_names
+            )
+        summary = {k: {m: round(v, 4) for m, v in b.items() if m.startswith("auroc")}
+                   for k, b in metrics[profile].items() if k.endswith("score")}  # fmt: skip
+        print(f"novelty {profile}: {json.dumps(summary)}", flush=True)
     calibration = {
-        "score": "reconstruction_error: mean squared error between the pattern and its reconstruction "
-        "from the latent mean, on the model grid ([0, 1] intensities)",
+        "reconstruction_error": "mean squared error between the pattern and its reconstruction from the latent "
+        "mean, on the model grid ([0, 1] intensities)",
         "validation_split": "val (known phases, never trained on)",
-        "validation_quantiles": [float(q) for q in quantiles],
-        "percentile": "linear interpolation of the error among validation_quantiles (0-100)",
+        "validation_quantiles": [float(q) for q in error_quantiles],
+        "outlier_probability_quantiles": None if outlier_quantiles is None else [float(q) for q in outlier_quantiles],
+        "novelty_score": "max(percentile of reconstruction_error, percentile of outlier_probability), each among "
+        "the validation patterns"
+        if has_detector
+        else "percentile of reconstruction_error",
+        "score_quantiles": [float(q) for q in score_quantiles],
+        "novelty_percentile": "percentile of the novelty score among the validation patterns' scores (0-100)",
         "threshold_percentile": threshold_percentile,
-        "threshold_reconstruction_error": threshold,
+        "threshold_score": score_threshold,
+        "threshold_reconstruction_error": error_threshold,
         "nearest_known_phase": "15-nearest neighbours in latent space among the latent_reference.npz points",
+        "latent_map": "2-d PCA projection of the latent means of the validation patterns (latent_reference.npz)",
     }
-    return metrics, calibration, val["latent_mean"]
+    reference = {
+        "latent_mean": val["latent_mean"].astype(np.float32),
+        "label": sets["val"]["y"].astype(np.int8),
+        "class_names": np.array(class_names),
+        "map_center": latent_mean.astype(np.float32),
+        "map_components": map_components.astype(np.float32),
+    }
+    return metrics, calibration, reference
+
+
+def outlier_exposure_set(n: int, seed: int) -> np.ndarray:
+    """Half binary mixtures of known phases (fraction of A uniform in 0.05-0.95), half random-peak patterns."""
+    rng = np.random.default_rng(seed)
+    known = [p.name for p in KNOWN_PHASES]
+    pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1 :]]
+    parts = []
+    for k, (a, b) in enumerate(pairs):
+        count = n // 2 // len(pairs) + (k < (n // 2) % len(pairs))
+        parts.append(simulate_mixtures(a, b, rng.uniform(0.05, 0.95, count), rng, WIDE)[0])
+    parts.append(simulate_random_peaks(n - sum(len(p) for p in parts), rng, WIDE)[0])
+    return np.concatenate(parts).astype(np.float16).astype(np.float32)
+
+
+def train_outlier_detector(args: argparse.Namespace, sets: dict) -> tuple[keras.Model, dict]:
+    """Outlier exposure: known (train split) vs mixtures + random peaks (wide ranges), seeded from ``--seed``."""
+    outliers = outlier_exposure_set(len(sets["train"]["x"]), args.seed)
+    outliers_val = outlier_exposure_set(len(sets["val"]["x"]), args.seed + 1)
+    x = np.concatenate([sets["train"]["x"], outliers])
+    y = np.r_[np.zeros(len(sets["train"]["x"])), np.ones(len(outliers))].astype(np.float32)
+    x_val = np.concatenate([sets["val"]["x"], outliers_val])
+    y_val = np.r_[np.zeros(len(sets["val"]["x"])), np.ones(len(outliers_val))].astype(np.float32)
+    keras.utils.set_random_seed(args.seed)
+    model = networks.outlier_detector()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
+    started = time.perf_counter()
+    history = model.fit(x, y, validation_data=(x_val, y_val), epochs=args.outlier_epochs,
+                        batch_size=args.batch_size, callbacks=[stop], verbose=2, shuffle=True)  # fmt: skip
+    return model, {
+        "method": "outlier exposure: the classifier's CNN with a sigmoid output, known phases (train split) against "
+        "binary mixtures of known phases (fraction 0.05-0.95) and random-peak patterns (3-25 peaks), wide ranges",
+        "outliers": {"train": len(outliers), "val": len(outliers_val), "seeds": [args.seed, args.seed + 1]},
+        "never_shown": "the novel structure types (rutile, perovskite, wurtzite, fluorite) of the evaluation",
+        "epochs_run": len(history.history["loss"]),
+        "best_val_loss": float(np.min(history.history["val_loss"])),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -312,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="simulation seed, if simulating")
     parser.add_argument("--seed", type=int, default=42, help="weight initialisation and shuffling seed")
     parser.add_argument("--phase-epochs", type=int, default=40)
-    parser.add_argument("--vae-epochs", type=int, default=80)
+    parser.add_argument("--vae-epochs", type=int, default=40, help="served VAE (16-d latent)")
+    parser.add_argument("--reference-vae-epochs", type=int, default=40, help="seed VAE (2-d latent); 0 = skip")
+    parser.add_argument("--outlier-epochs", type=int, default=20, help="outlier-exposure detector; 0 = none")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--novelty-percentile", type=float, default=99.0, help="is_novel threshold percentile")
     parser.add_argument("--models", nargs="+", choices=["phase", "novelty"], default=["phase", "novelty"])
@@ -386,14 +489,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {folder}", flush=True)
 
     if "novelty" in args.models:
-        encoder, decoder, log = train_vae(args, sets)
-        graph = networks.novelty_graph(encoder, decoder)
-        metrics, calibration, val_latent = novelty_metrics(
+        baselines = {}
+        if args.reference_vae_epochs:
+            seed_encoder, seed_decoder, seed_log = train_vae(
+                args, sets, networks.SEED_VAE_WIDTHS, networks.SEED_VAE_LATENT, args.reference_vae_epochs
+            )
+            seed_metrics, _, _ = novelty_metrics(
+                networks.novelty_graph(seed_encoder, seed_decoder), sets, class_names, novel_names,
+                args.novelty_percentile,
+            )  # fmt: skip
+            baselines["seed_vae_2d_latent"] = {"architecture": seed_log, "metrics": seed_metrics}
+        encoder, decoder, log = train_vae(args, sets, networks.VAE_WIDTHS, networks.VAE_LATENT, args.vae_epochs)
+        detector, detector_log = train_outlier_detector(args, sets) if args.outlier_epochs else (None, None)
+        graph = networks.novelty_graph(encoder, decoder, detector)
+        metrics, calibration, reference = novelty_metrics(
             graph, sets, class_names, novel_names, args.novelty_percentile
         )
         folder = args.models_dir / NOVELTY_MODEL / args.version
         folder.mkdir(parents=True, exist_ok=True)
         outputs = ["latent_mean", "reconstruction", "reconstruction_error"]
+        if detector is not None:
+            outputs.append("outlier_probability")
         export_onnx(graph, folder / "model.onnx", outputs)
         expected = graph.predict(sets["test"]["x"], batch_size=1024, verbose=0)
         got = onnx_run(folder / "model.onnx", sets["test"]["x"])
@@ -401,29 +517,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"novelty ONNX parity: {parity:.2e}", flush=True)
         if parity > PARITY_TOLERANCE:
             raise SystemExit(f"ONNX parity failed: {parity}")
-        np.savez(folder / "latent_reference.npz", latent_mean=val_latent.astype(np.float32),
-                 label=sets["val"]["y"].astype(np.int8), class_names=np.array(class_names))  # fmt: skip
+        np.savez(folder / "latent_reference.npz", **reference)
         card = {
             "name": NOVELTY_MODEL,
             "version": args.version,
             "task": "novelty_detection",
-            "description": "XRD novelty scorer: the seed 002 VAE (2048-256-128-2, mirrored decoder, BCE x 2048 + KL) "
-            "trained on simulated known phases; reconstruction error calibrated against validation patterns.",
+            "description": "XRD novelty scorer: a VAE of the seed 002 family (dense encoder, mirrored decoder, "
+            "BCE x 2048 + KL) with 512-256 layers and a 16-d latent, trained on simulated known phases; "
+            "reconstruction error calibrated against validation patterns.",
             **common,
             "inputs": pattern_input,
             "outputs": [
                 {"name": "latent_mean", "dtype": "float32", "shape": [-1, networks.VAE_LATENT]},
                 {"name": "reconstruction", "dtype": "float32", "shape": [-1, N_POINTS]},
                 {"name": "reconstruction_error", "dtype": "float32", "shape": [-1], "unit": "mean squared error"},
-            ],
-            "architecture": {
-                "encoder_widths": list(networks.VAE_WIDTHS),
-                "latent_dimensions": networks.VAE_LATENT,
-                "parameters": int(encoder.count_params() + decoder.count_params()),
-                "training": log,
-            },
+            ]
+            + ([{"name": "outlier_probability", "dtype": "float32", "shape": [-1]}] if detector is not None else []),
+            "architecture": {"vae": log, "outlier_detector": detector_log},
             "calibration": calibration,
             "metrics": metrics,
+            "baselines": baselines,
             "onnx": {"opset": 17, "parity_max_abs_diff_vs_keras": parity, "parity_set": "test split"},
             "serving": {"max_batch_size": 1024},
         }

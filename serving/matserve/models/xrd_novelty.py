@@ -1,9 +1,12 @@
 """XRD novelty scorer: "is this pattern something the models have never seen?" (seed 002's VAE).
 
-Per pattern: the VAE reconstruction error (MSE on the model grid, from the latent mean), its percentile
-among validation patterns of the known phases (``calibration.validation_quantiles`` in the card),
-``is_novel`` above the card's threshold percentile, the 2-d latent coordinates, and the nearest known phase
-in latent space (majority of the 15 nearest validation patterns in ``latent_reference.npz``).
+Per pattern: the VAE reconstruction error (MSE on the model grid, from the latent mean) and, when the
+version has one, the outlier probability of its outlier-exposure detector. The novelty score is the larger
+of their percentiles among validation patterns of the known phases; ``novelty_percentile`` is that score's
+own percentile among the validation scores, and ``is_novel`` is true above the card's threshold percentile
+(quantile tables in the card's ``calibration``). Also: the latent coordinates and their 2-d map projection (PCA of the
+validation latents), and the nearest known phase in latent space (majority of the 15 nearest validation
+patterns in ``latent_reference.npz``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ INPUT = "pattern"
 LATENT = "latent_mean"
 RECONSTRUCTION = "reconstruction"
 ERROR = "reconstruction_error"
+OUTLIER = "outlier_probability"
 NEIGHBOURS = 15
 REFERENCE_FILE = "latent_reference.npz"
 
@@ -31,30 +35,57 @@ class Calibration:
 
     Attributes
     ----------
-    quantiles : numpy.ndarray
+    error_quantiles : numpy.ndarray
         Reconstruction errors of the validation patterns at 0, 0.1, ..., 100 %.
+    outlier_quantiles : numpy.ndarray or None
+        Their outlier probabilities at the same quantiles (``None``: the version has no detector).
+    score_quantiles : numpy.ndarray
+        Their novelty scores at the same quantiles.
     threshold_percentile : float
-        ``is_novel`` is true above this percentile.
-    threshold_error : float
-        The reconstruction error at that percentile.
+        ``is_novel`` is true above this percentile of the validation scores.
+    threshold_score : float
+        The novelty score at that percentile.
     reference_latent : numpy.ndarray
-        float32 (M, 2) latent means of validation patterns of the known phases.
+        float32 (M, d) latent means of validation patterns of the known phases.
     reference_label : numpy.ndarray
         int (M,) their class index into ``class_names``.
     class_names : list of str
         Known phases.
+    map_center : numpy.ndarray
+        (d,) mean of the reference latents.
+    map_components : numpy.ndarray
+        (2, d) their two principal axes: the latent map is ``(latent - map_center) @ map_components.T``.
     """
 
-    quantiles: np.ndarray
+    error_quantiles: np.ndarray
+    outlier_quantiles: np.ndarray | None
+    score_quantiles: np.ndarray
     threshold_percentile: float
-    threshold_error: float
+    threshold_score: float
     reference_latent: np.ndarray
     reference_label: np.ndarray
     class_names: list[str]
+    map_center: np.ndarray
+    map_components: np.ndarray
 
-    def percentile(self, errors: np.ndarray) -> np.ndarray:
-        """Percentile (0-100) of each error among the validation errors."""
-        return np.interp(errors, self.quantiles, np.linspace(0.0, 100.0, len(self.quantiles)))
+    def to_map(self, latent: np.ndarray) -> np.ndarray:
+        """2-d map coordinates of latent points (N, d) -> (N, 2)."""
+        return (np.atleast_2d(latent) - self.map_center) @ self.map_components.T
+
+    @staticmethod
+    def _percentile(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+        return np.interp(values, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
+
+    def score(self, errors: np.ndarray, outlier_probability: np.ndarray | None) -> np.ndarray:
+        """Novelty score: the larger of the validation percentiles of the error and the outlier probability."""
+        score = self._percentile(errors, self.error_quantiles)
+        if self.outlier_quantiles is not None and outlier_probability is not None:
+            score = np.maximum(score, self._percentile(outlier_probability, self.outlier_quantiles))
+        return score
+
+    def percentile(self, score: np.ndarray) -> np.ndarray:
+        """Percentile (0-100) of each novelty score among the validation patterns' scores."""
+        return self._percentile(score, self.score_quantiles)
 
     def nearest_phase(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Majority class among the ``NEIGHBOURS`` nearest reference points, and its share of them."""
@@ -79,13 +110,19 @@ def _read_calibration(model: ModelVersion) -> Calibration:
     card = model.card["calibration"]
     with np.load(model.file(REFERENCE_FILE)) as reference:
         latent, label, names = reference["latent_mean"], reference["label"], reference["class_names"]
+        center, components = reference["map_center"], reference["map_components"]
+    outlier = card.get("outlier_probability_quantiles")
     return Calibration(
-        quantiles=np.asarray(card["validation_quantiles"], dtype=np.float64),
+        error_quantiles=np.asarray(card["validation_quantiles"], dtype=np.float64),
+        outlier_quantiles=None if outlier is None else np.asarray(outlier, dtype=np.float64),
+        score_quantiles=np.asarray(card["score_quantiles"], dtype=np.float64),
         threshold_percentile=float(card["threshold_percentile"]),
-        threshold_error=float(card["threshold_reconstruction_error"]),
+        threshold_score=float(card["threshold_score"]),
         reference_latent=latent.astype(np.float32),
         reference_label=label.astype(np.int64),
         class_names=[str(n) for n in names],
+        map_center=center.astype(np.float32),
+        map_components=components.astype(np.float32),
     )
 
 
@@ -105,8 +142,8 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty]):
 
     def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedNovelty:
         batch = encode_batch(items)
-        empty = {"reconstruction_error": None, "novelty_percentile": None, "is_novel": None,
-                 "threshold_percentile": None, "latent": None, "nearest_known_phase": None,
+        empty = {"reconstruction_error": None, "outlier_probability": None, "novelty_percentile": None, "is_novel": None,
+                 "threshold_percentile": None, "latent": None, "latent_map": None, "nearest_known_phase": None,
                  "nearest_known_phase_share": None}  # fmt: skip
         for result in batch.results:
             result.update(empty)
@@ -123,16 +160,21 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty]):
             return results
         cal = prepared.calibration
         errors = outputs[ERROR].reshape(-1).astype(np.float64)
+        outlier = outputs[OUTLIER].reshape(-1).astype(np.float64) if OUTLIER in outputs else None
         latent = outputs[LATENT]
-        percentiles = cal.percentile(errors)
+        score = cal.score(errors, outlier)
+        percentiles = cal.percentile(score)
         phase, share = cal.nearest_phase(latent)
+        latent_map = cal.to_map(latent)
         for k, row in enumerate(prepared.batch.rows):
             results[row].update({
                 "reconstruction_error": float(errors[k]),
+                "outlier_probability": None if outlier is None else round(float(outlier[k]), 6),
                 "novelty_percentile": round(float(percentiles[k]), 3),
-                "is_novel": bool(errors[k] > cal.threshold_error),
+                "is_novel": bool(score[k] > cal.threshold_score),
                 "threshold_percentile": cal.threshold_percentile,
                 "latent": [round(float(v), 6) for v in latent[k]],
+                "latent_map": [round(float(v), 6) for v in latent_map[k]],
                 "nearest_known_phase": cal.class_names[int(phase[k])],
                 "nearest_known_phase_share": round(float(share[k]), 4),
             })  # fmt: skip
