@@ -27,7 +27,7 @@ def tiny_xrd_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     command = [
         sys.executable, "-m", "training.xrd.train", "--version", "0.0.1-test", "--models-dir", str(root / "models"),
         "--data", str(root / "data"), "--per-class", "60", "--eval-per-class", "30", "--phase-epochs", "2",
-        "--vae-epochs", "2",
+        "--vae-epochs", "2", "--reference-vae-epochs", "1", "--outlier-epochs", "1",
     ]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -47,7 +47,9 @@ def test_pipeline_writes_verified_versions_with_complete_cards(tiny_xrd_registry
     assert phase["metrics"]["test"]["n"] == 90 and len(phase["metrics"]["test"]["confusion_matrix"]) == 3
     assert phase["baselines"]["knn_raw_patterns"]["k"] in (1, 5, 15)
     assert len(novelty["calibration"]["validation_quantiles"]) == 1001
-    assert 0.0 <= novelty["metrics"]["standard"]["auroc_unknown_vs_known"] <= 1.0
+    assert 0.0 <= novelty["metrics"]["standard"]["novelty_score"]["auroc_unknown_vs_known"] <= 1.0
+    assert "outlier_probability" in [o["name"] for o in novelty["outputs"]]
+    assert novelty["baselines"]["seed_vae_2d_latent"]["architecture"]["latent_dimensions"] == 2
     assert "latent_reference.npz" in novelty["files"]
 
 
