@@ -53,7 +53,7 @@ bench: $(VENV)/.test-installed
 
 # XRD phase classifier and novelty scorer: patterns/s in-process (tensor, codec+model, resampling) and over HTTP.
 bench-xrd: $(VENV)/.test-installed
-	$(BIN)/python bench/bench_xrd.py
+	PYTHONPATH=. $(BIN)/python bench/bench_xrd.py
 
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
 bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed

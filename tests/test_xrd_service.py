@@ -243,3 +243,13 @@ def test_cli_predicts_xrd_files(server_url: str, tmp_path: Path) -> None:
     assert [row["phase"]["phase"] for row in rows] == [KNOWN[i] for i in y]
     assert sorted(p.name for p in (tmp_path / "png").iterdir())[:2] == [
         "sample_0_latent_map.png", "sample_0_reconstruction.png"]  # fmt: skip
+
+
+def test_invalid_json_and_wrong_content_type_are_refused(server_url: str) -> None:
+    for path in ("/v1/xrd/phase", "/v1/xrd/novelty"):
+        broken = httpx.post(server_url + path, content=b'{"pattern": {"two_theta_deg": [20.0,', timeout=30,
+                            headers={"content-type": "application/json"})  # fmt: skip
+        assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+        assert "two_theta_deg" in broken.json()["error"]["message"]  # the example of a valid body
+        text = httpx.post(server_url + path, content=b"20 100\n21 120\n", headers={"content-type": "text/plain"})
+        assert text.status_code == 415 and "application/json" in text.json()["error"]["message"]

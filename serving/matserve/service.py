@@ -29,7 +29,7 @@ import base64
 import hmac
 import logging
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import bentoml
@@ -400,6 +400,24 @@ app.add_middleware(
 )
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body of a route that parses its body itself (see :func:`_parse_body`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _parse_body(request: Request, model: type[_Body]) -> _Body:
+    """Validate the raw body with pydantic's JSON parser: ~3x faster than ``json.loads`` + validation on the
+    tens of MB a batch of patterns takes. Errors get the same messages as FastAPI-validated routes."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+
+
 def item_errors(error: ValidationError, field: str) -> InvalidInput:
     """Per-item validation errors of ``field`` as one message: ``inputs[3]: Input should be a valid string``."""
     errors = error.errors()
@@ -492,10 +510,12 @@ class MatServe:
         response_model=XrdPhaseResponse,
         responses=ERROR_RESPONSES,
         summary="Phase (structure type) probabilities of powder XRD patterns",
+        openapi_extra=_json_body(XrdRequest),
     )
-    async def xrd_phase(self, request: XrdRequest) -> JSONResponse:
+    async def xrd_phase(self, http_request: Request) -> JSONResponse:
         """Classify each pattern among the known phases; any pattern that cannot be used makes the request 422,
         with one message per failing pattern (``patterns[3]: ...``)."""
+        request = await _parse_body(http_request, XrdRequest)
         prediction = await self._predict("xrd_phase", request.items(), request.version)
         return self._xrd_response(request, prediction.model, prediction.version, prediction.results)
 
@@ -504,9 +524,11 @@ class MatServe:
         response_model=XrdNoveltyResponse,
         responses=ERROR_RESPONSES,
         summary="Novelty of powder XRD patterns (VAE reconstruction error, calibrated), optional PNGs",
+        openapi_extra=_json_body(XrdNoveltyRequest),
     )
-    async def xrd_novelty(self, request: XrdNoveltyRequest) -> JSONResponse:
+    async def xrd_novelty(self, http_request: Request) -> JSONResponse:
         """Score each pattern's novelty; ``plots: true`` adds a reconstruction PNG and a latent-map PNG."""
+        request = await _parse_body(http_request, XrdNoveltyRequest)
         items = request.items()
         if not request.plots:
             prediction = await self._predict("xrd_novelty", items, request.version)

@@ -89,9 +89,11 @@ class Calibration:
 
     def nearest_phase(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Majority class among the ``NEIGHBOURS`` nearest reference points, and its share of them."""
-        distances = ((latent[:, None, :] - self.reference_latent[None, :, :]) ** 2).sum(axis=2)
+        # |q - r|² up to the per-query constant |q|², as one matrix product.
+        distances = (self.reference_latent**2).sum(axis=1)[None, :] - 2.0 * (latent @ self.reference_latent.T)
         nearest = np.argpartition(distances, NEIGHBOURS - 1, axis=1)[:, :NEIGHBOURS]
-        votes = np.stack([(self.reference_label[nearest] == j).sum(axis=1) for j in range(len(self.class_names))], 1)
+        votes = np.zeros((len(latent), len(self.class_names)), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(len(latent)), NEIGHBOURS), self.reference_label[nearest].ravel()), 1)
         return votes.argmax(axis=1), votes.max(axis=1) / NEIGHBOURS
 
 
