@@ -27,6 +27,16 @@ VAE_WIDTHS: tuple[int, ...] = (512, 256)
 VAE_LATENT = 16
 
 
+def cnn_trunk(pattern: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
+    """The shared 1D CNN: pattern (N, 2048) -> (N, 64) features (strided Conv1D layers, flatten, dense)."""
+    x = layers.Reshape((N_POINTS, 1))(pattern)
+    for filters, kernel, stride in CNN_LAYERS:
+        x = layers.Conv1D(filters, kernel, strides=stride, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout)(x)
+    return layers.Dense(CNN_DENSE, activation="relu")(x)
+
+
 def phase_classifier(n_classes: int, dropout: float = 0.3) -> keras.Model:
     """A compact strided 1D CNN: pattern (N, 2048) -> class probabilities (N, n_classes), softmax.
 
@@ -34,12 +44,7 @@ def phase_classifier(n_classes: int, dropout: float = 0.3) -> keras.Model:
     the flattened map keeps where peaks are (absolute 2θ matters for phase identity).
     """
     pattern = keras.Input((N_POINTS,), name="pattern")
-    x = layers.Reshape((N_POINTS, 1))(pattern)
-    for filters, kernel, stride in CNN_LAYERS:
-        x = layers.Conv1D(filters, kernel, strides=stride, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(CNN_DENSE, activation="relu")(x)
+    x = cnn_trunk(pattern, dropout)
     probabilities = layers.Dense(n_classes, activation="softmax", name="phase_probabilities")(x)
     return keras.Model(pattern, probabilities, name="xrd_phase_cnn")
 
@@ -51,12 +56,7 @@ def outlier_detector(dropout: float = 0.3) -> keras.Model:
     phases and random-peak patterns; the novel structure types used in evaluation are never shown.
     """
     pattern = keras.Input((N_POINTS,), name="pattern")
-    x = layers.Reshape((N_POINTS, 1))(pattern)
-    for filters, kernel, stride in CNN_LAYERS:
-        x = layers.Conv1D(filters, kernel, strides=stride, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(CNN_DENSE, activation="relu")(x)
+    x = cnn_trunk(pattern, dropout)
     return keras.Model(pattern, layers.Dense(1, activation="sigmoid")(x), name="xrd_outlier_cnn")
 
 
