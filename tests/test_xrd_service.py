@@ -34,6 +34,16 @@ def item(intensity: np.ndarray, two_theta_deg: np.ndarray = MODEL_GRID_DEG, **ex
     return {"two_theta_deg": np.asarray(two_theta_deg).tolist(), "intensity": (1000 * intensity).tolist(), **extra}
 
 
+def write_pattern_files(folder: Path, name: str, patterns: np.ndarray, header: str, separator: str) -> list[Path]:
+    """Two-column text files (2θ on the model grid, intensity × 1000), one per pattern, named ``name.format(i)``."""
+    paths = []
+    for i, pattern in enumerate(patterns):
+        rows = (f"{t:.5f}{separator}{1000 * v:.3f}" for t, v in zip(MODEL_GRID_DEG, pattern, strict=True))
+        paths.append(folder / name.format(i))
+        paths[-1].write_text(header + "\n" + "\n".join(rows))
+    return paths
+
+
 def good_item() -> dict:
     x, _ = known_patterns(1, 5)
     return item(x[0])
@@ -196,12 +206,7 @@ def test_xrd_batch_job_reports_per_item_errors(server_url: str) -> None:
 
 def test_sdk_reads_files_chunks_and_keeps_order(server_url: str, tmp_path: Path) -> None:
     x, y = known_patterns(2, 77)
-    paths = []
-    for i, pattern in enumerate(x):
-        path = tmp_path / f"scan_{i}.xy"
-        path.write_text("# 2theta intensity\n" + "\n".join(f"{t:.5f} {1000 * v:.3f}" for t, v in
-                                                              zip(MODEL_GRID_DEG, pattern, strict=True)))  # fmt: skip
-        paths.append(path)
+    paths = write_pattern_files(tmp_path, "scan_{}.xy", x, header="# 2theta intensity", separator=" ")
     with Client(server_url, chunk_size=4) as client:
         from_files = client.classify_xrd(paths)
         from_pairs = client.classify_xrd([(MODEL_GRID_DEG, 1000 * p) for p in x])
@@ -229,12 +234,8 @@ def test_cli_predicts_xrd_files(server_url: str, tmp_path: Path) -> None:
     import sys
 
     x, y = known_patterns(1, 12)
-    files = []
-    for i, pattern in enumerate(x):
-        path = tmp_path / f"sample_{i}.csv"
-        path.write_text("two_theta,intensity\n" + "\n".join(f"{t:.5f},{1000 * v:.3f}" for t, v in
-                                                            zip(MODEL_GRID_DEG, pattern, strict=True)))  # fmt: skip
-        files.append(str(path))
+    files = [str(p) for p in write_pattern_files(tmp_path, "sample_{}.csv", x, header="two_theta,intensity",
+                                                 separator=",")]  # fmt: skip
     command = [sys.executable, "-m", "matserve.cli", "predict", "xrd", *files, "--url", server_url, "--plots",
                str(tmp_path / "png"), "--json"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -359,16 +359,22 @@ def parse_formation_enthalpy(
         Version every result must come from (the pinned one), or ``None`` to accept any.
     """
     payload = parse_body(response, _FormationEnthalpyResponse)
-    if len(payload.results) != len(sent):
-        raise UnexpectedResponseError(
-            f"sent {len(sent)} formulas but the server returned {len(payload.results)} results", response=response
-        )
-    if expected_version is not None and payload.version != expected_version:
-        raise UnexpectedResponseError(
-            f"expected model version {expected_version!r} but the server answered with {payload.version!r}",
-            response=response,
-        )
+    check_answer(response, len(sent), "formulas", len(payload.results), expected_version, payload.version)
     return payload.flatten()
+
+
+def check_answer(
+    response: httpx.Response, sent: int, what: str, results: int, expected_version: str | None, version: str
+) -> None:
+    """A batch answer has one result per item sent and comes from the pinned version (if one is pinned)."""
+    if results != sent:
+        raise UnexpectedResponseError(
+            f"sent {sent} {what} but the server returned {results} results", response=response
+        )
+    if expected_version is not None and version != expected_version:
+        raise UnexpectedResponseError(
+            f"expected model version {expected_version!r} but the server answered with {version!r}", response=response
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -548,16 +554,7 @@ class BaseClient:
                         f"pattern {start}): {exc.message}", response=exc.response,
                     ) from exc  # fmt: skip
                 payload = parse_body(response, _XrdResponse)
-                if len(payload.results) != len(chunk):
-                    raise UnexpectedResponseError(
-                        f"sent {len(chunk)} patterns but the server returned {len(payload.results)} results",
-                        response=response,
-                    )
-                if pinned is not None and payload.version != pinned:
-                    raise UnexpectedResponseError(
-                        f"expected model version {pinned!r} but the server answered with {payload.version!r}",
-                        response=response,
-                    )
+                check_answer(response, len(chunk), "patterns", len(payload.results), pinned, payload.version)
                 pinned = payload.version
                 for (_, source), item in zip(chunk, payload.results, strict=True):
                     fields = dict(item)

@@ -704,6 +704,7 @@ def _add_xrd_plots(version: Any, results: list[dict[str, Any]], curves: dict[int
     from matserve.plots import xrd_latent_map_png, xrd_reconstruction_png
 
     cal = calibration(version)
+    reference_map = cal.to_map(cal.reference_latent)
     for row, (pattern, reconstruction) in curves.items():
         result = results[row]
         verdict = "novel" if result["is_novel"] else "known"
@@ -711,7 +712,7 @@ def _add_xrd_plots(version: Any, results: list[dict[str, Any]], curves: dict[int
                  f"percentile {result['novelty_percentile']:.1f} ({verdict})")  # fmt: skip
         reconstruction_png = xrd_reconstruction_png(pattern, reconstruction, title)
         latent_png = xrd_latent_map_png(
-            cal.to_map(cal.reference_latent), cal.reference_label, cal.class_names, np.asarray([result["latent_map"]]),
+            reference_map, cal.reference_label, cal.class_names, np.asarray([result["latent_map"]]),
             f"latent space; nearest known phase {result['nearest_known_phase']}",
         )  # fmt: skip
         result["plots"] = {

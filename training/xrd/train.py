@@ -34,6 +34,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from matserve.codecs.xrd import CU_KA_ANGSTROM, MODEL_GRID_DEG, N_POINTS
+from matserve.models.xrd_novelty import novelty_score
 from matserve.registry import write_card
 from training.formation_enthalpy.train import git_commit
 from training.xrd import networks
@@ -229,21 +230,6 @@ def auroc(known: np.ndarray, other: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[known, other]))
 
 
-def percentile_of(errors: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Percentile (0-100) of each error among the validation errors, by interpolating their quantiles."""
-    return np.interp(errors, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
-
-
-def novelty_scores(
-    out: dict[str, np.ndarray], error_quantiles: np.ndarray, outlier_quantiles: np.ndarray | None
-) -> np.ndarray:
-    """The combined score: the larger of the two validation percentiles (reconstruction error, outlier prob.)."""
-    score = percentile_of(out["reconstruction_error"], error_quantiles)
-    if outlier_quantiles is not None:
-        score = np.maximum(score, percentile_of(out["outlier_probability"], outlier_quantiles))
-    return score
-
-
 def score_metrics(known: np.ndarray, novel: np.ndarray, novel_y: np.ndarray, mixtures: np.ndarray,
                   minority: np.ndarray, threshold: float, novel_names: list[str]) -> dict:  # fmt: skip
     """AUROC and flagged fractions of one score (higher = more novel)."""
@@ -281,7 +267,12 @@ def novelty_metrics(
     error_quantiles = np.quantile(val["reconstruction_error"], grid)
     has_detector = "outlier_probability" in val
     outlier_quantiles = np.quantile(val["outlier_probability"], grid) if has_detector else None
-    val_score = novelty_scores(val, error_quantiles, outlier_quantiles)
+
+    def scores(out: dict[str, np.ndarray]) -> np.ndarray:
+        return novelty_score(out["reconstruction_error"], out.get("outlier_probability"), error_quantiles,
+                             outlier_quantiles)  # fmt: skip
+
+    val_score = scores(val)
     score_quantiles = np.quantile(val_score, grid)
     score_threshold = float(np.quantile(val_score, threshold_percentile / 100.0))
     error_threshold = float(np.quantile(val["reconstruction_error"], threshold_percentile / 100.0))
@@ -321,8 +312,7 @@ def novelty_metrics(
             "n": {"known": len(e_known), "unknown": len(e_novel), "mixtures": len(e_mix)},
         }
         if has_detector:
-            s_known, s_novel, s_mix = (novelty_scores(r, error_quantiles, outlier_quantiles)
-                                       for r in (known, novel, mixtures))  # fmt: skip
+            s_known, s_novel, s_mix = (scores(r) for r in (known, novel, mixtures))
             metrics[profile]["novelty_score"] = score_metrics(
                 s_known, s_novel, novel_y, s_mix, minority, score_threshold, novel_names
             )

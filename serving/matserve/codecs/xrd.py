@@ -222,8 +222,8 @@ def _encode_on_grid_batch(items: list[Any]) -> EncodedBatch | None:
     """
     try:
         if any(not isinstance(item, dict) or item.get("wavelength_angstrom") not in (None, CU_KA_ANGSTROM)
-               for item in items):  # fmt: skip
-            return None
+               or len(item["two_theta_deg"]) != N_POINTS for item in items):  # fmt: skip
+            return None  # cheap checks first: an off-grid batch is converted once, by the per-item path
         x = np.asarray([item["two_theta_deg"] for item in items], dtype=np.float64)
         y = np.asarray([item["intensity"] for item in items], dtype=np.float64)
     except (KeyError, TypeError, ValueError):

@@ -29,6 +29,25 @@ NEIGHBOURS = 15
 REFERENCE_FILE = "latent_reference.npz"
 
 
+def percentile_among(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Percentile (0-100) of each value among a reference set given by its quantiles at 0, 0.1, ..., 100 %."""
+    return np.interp(values, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
+
+
+def novelty_score(
+    errors: np.ndarray,
+    outlier_probability: np.ndarray | None,
+    error_quantiles: np.ndarray,
+    outlier_quantiles: np.ndarray | None,
+) -> np.ndarray:
+    """Novelty score: the larger of the validation percentiles of the reconstruction error and of the outlier
+    probability (the error's alone without a detector). Training calibrates with this same function."""
+    score = percentile_among(errors, error_quantiles)
+    if outlier_quantiles is not None and outlier_probability is not None:
+        score = np.maximum(score, percentile_among(outlier_probability, outlier_quantiles))
+    return score
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What a version needs to turn errors into scores and latent points into a nearest known phase.
@@ -72,20 +91,13 @@ class Calibration:
         """2-d map coordinates of latent points (N, d) -> (N, 2)."""
         return (np.atleast_2d(latent) - self.map_center) @ self.map_components.T
 
-    @staticmethod
-    def _percentile(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-        return np.interp(values, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
-
     def score(self, errors: np.ndarray, outlier_probability: np.ndarray | None) -> np.ndarray:
-        """Novelty score: the larger of the validation percentiles of the error and the outlier probability."""
-        score = self._percentile(errors, self.error_quantiles)
-        if self.outlier_quantiles is not None and outlier_probability is not None:
-            score = np.maximum(score, self._percentile(outlier_probability, self.outlier_quantiles))
-        return score
+        """Novelty score of each pattern (see :func:`novelty_score`)."""
+        return novelty_score(errors, outlier_probability, self.error_quantiles, self.outlier_quantiles)
 
     def percentile(self, score: np.ndarray) -> np.ndarray:
         """Percentile (0-100) of each novelty score among the validation patterns' scores."""
-        return self._percentile(score, self.score_quantiles)
+        return percentile_among(score, self.score_quantiles)
 
     def nearest_phase(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Majority class among the ``NEIGHBOURS`` nearest reference points, and its share of them."""
