@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench bench-serving bench-xrd triton triton-env redis-server train-formation-enthalpy train-xrd clean
+.PHONY: serve test lint bench bench-serving bench-xrd bench-ebsd triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench: $(VENV)/.test-installed
 bench-xrd: $(VENV)/.test-installed
 	PYTHONPATH=. $(BIN)/python bench/bench_xrd.py
 
+# EBSD indexer: patterns/s in-process and over HTTP at batch 1 and 1024, next to Hough and dictionary indexing.
+bench-ebsd: $(VENV)/.test-installed
+	PYTHONPATH=. $(BIN)/python bench/bench_ebsd.py
+
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
 bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 	$(BIN)/python bench/bench_serving_paths.py
@@ -69,6 +73,14 @@ train-formation-enthalpy: $(VENV)/.test-installed
 train-xrd: $(VENV)/.test-installed
 	@test -n "$(VERSION)" || (echo "usage: make train-xrd VERSION=1.1.0" && exit 2)
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.xrd.train --version $(VERSION)
+
+# Offline (never run by CI): simulate the EBSD datasets (~30 min) unless present, train (MINUTES, default 55),
+# export and evaluate; then the classical baselines on the same held-out patterns, merged into the card.
+MINUTES ?= 55
+train-ebsd: $(VENV)/.test-installed
+	@test -n "$(VERSION)" || (echo "usage: make train-ebsd VERSION=1.1.0 [MINUTES=55]" && exit 2)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m training.ebsd.train --version $(VERSION) --minutes $(MINUTES)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m training.ebsd.baselines --card models/ebsd_indexer/$(VERSION)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

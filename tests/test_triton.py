@@ -212,6 +212,37 @@ def test_xrd_models_answer_the_same_on_triton(triton: TritonEndpoints, api_on_tr
                     assert abs(a[key] - b[key]) < 1e-5
 
 
+def test_ebsd_indexer_is_a_tensor_model(repository: Path) -> None:
+    """Normalised patterns in, the 15 x 15 axis map out; decoding to orientations stays in the API."""
+    config = parse_config(repository / "ebsd_indexer" / "config.pbtxt")
+    assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [
+        ("patterns", [60, 60], model_config_pb2.TYPE_FP32)]  # fmt: skip
+    assert [(o.name, list(o.dims)) for o in config.output] == [("axis_map", [15, 15])]
+
+
+def test_ebsd_indexer_answers_the_same_on_triton(triton: TritonEndpoints, api_on_triton: str, server_url: str) -> None:
+    """The EBSD graph on Triton HTTP and gRPC against in-process ONNX Runtime, within 1e-5; and the API's EBSD
+    endpoint through Triton against the in-process API."""
+    from matserve.codecs.ebsd import NOMINAL_PC, disorientation_deg, normalize_patterns
+
+    rng = np.random.default_rng(5)
+    inputs = {"patterns": normalize_patterns(rng.random((24, 60, 60)).astype(np.float32) * 255)}
+    reference = OnnxRuntime(intra_op_threads=1).run(Registry(MODELS_DIR).get("ebsd_indexer"), inputs)
+    for url in (triton.http_url, f"grpc://{triton.grpc_target}"):
+        transport = KServeTransport(url)
+        got, _ = transport.infer("ebsd_indexer", inputs, ["axis_map"], version="1")
+        transport.close()
+        np.testing.assert_allclose(got["axis_map"].reshape(reference["axis_map"].shape), reference["axis_map"],
+                                   atol=1e-5, rtol=0, err_msg=f"ebsd_indexer axis_map {url}")  # fmt: skip
+    body = {"patterns": (rng.random((5, 60, 60)) * 255).round().tolist(), "pc": list(NOMINAL_PC)}
+    via_triton = httpx.post(api_on_triton + "/v1/ebsd/index", json=body, timeout=60)
+    in_process = httpx.post(server_url + "/v1/ebsd/index", json=body, timeout=60)
+    assert via_triton.status_code == in_process.status_code == 200, via_triton.text
+    for a, b in zip(via_triton.json()["results"], in_process.json()["results"], strict=True):
+        assert disorientation_deg(np.array([a["quaternion"]]), np.array([b["quaternion"]]))[0] < 1e-3
+        assert abs(a["expected_error_deg"] - b["expected_error_deg"]) < 1e-4
+
+
 def test_grpc_sdk_matches_http_api_item_by_item(triton: TritonEndpoints, server_url: str) -> None:
     with Client(server_url) as http_client, Client.grpc(triton.grpc_target) as grpc_client:
         over_http = http_client.formation_enthalpy(MIXED)

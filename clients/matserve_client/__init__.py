@@ -24,6 +24,9 @@ from .exceptions import (
 )
 from .models import (
     TERMINAL_JOB_STATES,
+    EbsdIndexResult,
+    EbsdPixelError,
+    EbsdScanResult,
     FormationEnthalpyResult,
     Job,
     JobResultsPage,
@@ -43,6 +46,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientRequestError",
+    "EbsdIndexResult",
+    "EbsdPixelError",
+    "EbsdScanResult",
     "FormationEnthalpyResult",
     "InvalidInputError",
     "Job",

@@ -23,7 +23,16 @@ from ._base import (
     _Sleep,
     default_headers,
 )
-from .models import FormationEnthalpyResult, Job, JobResultsPage, ModelInfo, XrdNoveltyResult, XrdPhaseResult
+from .models import (
+    EbsdIndexResult,
+    EbsdScanResult,
+    FormationEnthalpyResult,
+    Job,
+    JobResultsPage,
+    ModelInfo,
+    XrdNoveltyResult,
+    XrdPhaseResult,
+)
 
 if TYPE_CHECKING:
     from .kserve import KServeClient
@@ -244,6 +253,112 @@ class Client(BaseClient):
         """
         return self._run(
             self._xrd_flow("/v1/xrd/novelty", XrdNoveltyResult, patterns, version, wavelength_angstrom, plots, progress)
+        )
+
+    def index_ebsd(
+        self,
+        patterns: Any,
+        pc: Any = None,
+        refine: bool = False,
+        version: str | None = None,
+        chunk_size: int | None = None,
+        progress: bool = False,
+        static_background: bool = False,
+    ) -> list[EbsdIndexResult]:
+        """Crystal orientations of EBSD patterns (nickel, m-3m) from ``POST /v1/ebsd/index``.
+
+        Parameters
+        ----------
+        patterns : array, path, or sequence of them
+            A numpy array (2-D: one pattern; 3-D: ``(n, rows, cols)``; 4-D: a scan, read row by row), nested
+            lists of one pattern, a path of a ``.npy`` (as arrays), ``.png`` or ``.tif``/``.tiff`` file (every
+            TIFF page a pattern), or a sequence of any of these. Square patterns of 60 to 1024 px; the server
+            area-resamples them to 60x60. Arrays and ``.npy`` files need numpy; image files are sent as they are.
+        pc : sequence of float, optional
+            Projection centre ``[PCx, PCy, PCz]`` (Bruker convention: fractions of detector width, height,
+            width) for every pattern, or one per pattern (``(n, 3)``, arrays and ``.npy`` only); default the
+            model's nominal PC. PCs outside the trained range get an :class:`InvalidInputError` stating it.
+        refine : bool, default False
+            Refine each orientation with kikuchipy on the server (much slower: about 10-30 patterns/s; sent 64
+            patterns per request).
+        version : str, optional
+            Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first request).
+        chunk_size : int, optional
+            Patterns (or image files) per request; default 1024 (64 with ``refine``).
+        progress : bool, default False
+            Show a tqdm progress bar over patterns (``pip install 'matserve-client[progress]'``).
+        static_background : bool, default False
+            With ``refine``: the server subtracts each request's mean pattern (a static-background estimate; at
+            least 9 patterns) before refining.
+
+        Returns
+        -------
+        list of EbsdIndexResult
+            One per pattern, in input order: Bunge Euler angles (degrees and radians), the unit quaternion
+            (sample -> crystal, fundamental zone), ``expected_error_deg``, ``confidence``, ``pc``; ``source`` names
+            the file (``path[k]`` for the k-th pattern of a TIFF or ``.npy``).
+
+        Raises
+        ------
+        InvalidInputError
+            A pattern or option cannot be used (422): the message names the pattern (``your pattern 6``) and
+            why (size, NaN, constant, PC or tilt out of range).
+        PayloadTooLargeError, NotFoundError, ServiceUnavailableError, MatserveConnectionError
+            As for :meth:`formation_enthalpy`.
+        ValueError, TypeError, FileNotFoundError
+            Inputs that are not patterns (checked before anything is sent).
+        """
+        return self._run(self._ebsd_index_flow(patterns, pc, refine, version, chunk_size, progress, static_background))
+
+    def index_ebsd_scan(
+        self,
+        path_or_array: Any,
+        pc: Any = None,
+        refine: bool = False,
+        version: str | None = None,
+        progress: bool = True,
+        chunk_rows: int | None = None,
+        static_background: bool = False,
+    ) -> EbsdScanResult:
+        """Index a whole EBSD scan into orientation maps and an IPF-Z colour map (``POST /v1/ebsd/scan``).
+
+        Parameters
+        ----------
+        path_or_array : array or path
+            A 4-D array ``(scan rows, scan cols, pattern rows, pattern cols)`` or a ``.npy`` file of one
+            (memory-mapped; sent in blocks of rows), or an HDF5 file kikuchipy reads (``.h5``/``.hdf5``: h5ebsd
+            from ``EBSD.save``, EDAX, Bruker, Oxford; uploaded as it is, up to the server's body limit, 256 MiB by
+            default; its PC is used unless ``pc`` is given).
+        pc : sequence of float, optional
+            ``[PCx, PCy, PCz]`` (Bruker convention) for every pixel, or one per pixel (``(rows, cols, 3)`` or
+            ``(rows * cols, 3)``; arrays only).
+        refine : bool, default False
+            Refine every orientation with kikuchipy (blocks of at most 256 patterns; slow).
+        version : str, optional
+            Model version; default the active one (pinned after the first block).
+        progress : bool, default True
+            A tqdm progress bar over patterns (arrays) or uploaded bytes (HDF5), when tqdm is installed.
+        chunk_rows : int, optional
+            Scan rows per request for arrays; default as many as fit in 4096 patterns (256 with ``refine``).
+        static_background : bool, default False
+            With ``refine``: subtract each block's mean pattern before refining (see :meth:`index_ebsd`).
+
+        Returns
+        -------
+        EbsdScanResult
+            Maps ``[rows][cols]`` (``None`` where a pixel failed, listed in ``errors``), ``ipf_z_rgb``, and
+            :meth:`~EbsdScanResult.save_ipf_png` / :meth:`~EbsdScanResult.arrays`.
+
+        Raises
+        ------
+        InvalidInputError
+            The scan or an option cannot be used (422), naming the block of rows it was in.
+        PayloadTooLargeError
+            An HDF5 file over the server's body limit or pattern limit (413): convert it to ``.npy`` and send
+            it as an array (blocks of rows).
+        """
+        return self._run(
+            self._ebsd_scan_flow(path_or_array, pc, refine, version, progress, chunk_rows, static_background)
         )
 
     def models(self) -> list[ModelInfo]:

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "TERMINAL_JOB_STATES",
+    "EbsdIndexResult",
+    "EbsdPixelError",
+    "EbsdScanResult",
     "FormationEnthalpyResult",
     "Job",
     "JobResultsPage",
@@ -156,6 +159,143 @@ class XrdNoveltyResult(BaseModel):
         for path, data in zip(paths, (self.reconstruction_png, self.latent_map_png), strict=True):
             path.write_bytes(data)
         return paths
+
+
+class EbsdIndexResult(BaseModel):
+    """Orientation of one EBSD pattern (nickel, m-3m).
+
+    Attributes
+    ----------
+    euler_bunge_deg : list of float
+        Bunge (ZXZ) Euler angles (phi1, Phi, phi2), degrees, of the orientation reduced to the m-3m fundamental
+        zone (orix's ``Orientation.reduce()``): phi1, phi2 in [0, 360), Phi in [0, 62.8].
+    euler_bunge_rad : list of float
+        The same angles, radians.
+    quaternion : list of float
+        Unit quaternion (a, b, c, d), orix convention, rotation from the sample to the crystal frame (as
+        kikuchipy's ``CrystalMap.rotations``), fundamental zone, ``a >= 0``.
+    expected_error_deg : float
+        The network's estimate of its own disorientation error, degrees.
+    confidence : float
+        ``exp(-expected_error_deg / 1 deg)``.
+    pc : list of float
+        Projection centre used (PCx, PCy, PCz), Bruker convention (fractions of detector width, height, width).
+    refined : bool
+        Whether the orientation was refined with kikuchipy (``refine=True``).
+    refinement_score : float or None
+        Normalised cross-correlation of the pattern with the simulation at the refined orientation.
+    refinement_change_deg : float or None
+        Disorientation between the CNN's and the refined orientation, degrees.
+    source : str or None
+        The file the pattern came from (``path`` or ``path[k]`` for the k-th pattern of a TIFF or ``.npy``).
+    model, version : str
+        Who answered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    euler_bunge_deg: list[float]
+    euler_bunge_rad: list[float]
+    quaternion: list[float]
+    expected_error_deg: float
+    confidence: float
+    pc: list[float]
+    refined: bool = False
+    refinement_score: float | None = None
+    refinement_change_deg: float | None = None
+    source: str | None = None
+    model: str
+    version: str
+
+
+class EbsdPixelError(BaseModel):
+    """A scan pixel that could not be indexed (row and column of the scan, 0-based)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    row: int
+    col: int
+    error: str
+
+
+class EbsdScanResult(BaseModel):
+    """An indexed EBSD scan: per-pixel maps ``[rows][cols]``, ``None`` where a pixel could not be indexed.
+
+    Attributes
+    ----------
+    rows, cols : int
+        Scan shape.
+    euler_bunge_deg : list
+        ``[rows][cols][3]`` Bunge Euler angles, degrees (conventions of :class:`EbsdIndexResult`).
+    quaternion : list
+        ``[rows][cols][4]`` unit quaternions (a, b, c, d), sample -> crystal, fundamental zone.
+    confidence, expected_error_deg : list
+        ``[rows][cols]`` as in :class:`EbsdIndexResult`.
+    refinement_score : list or None
+        ``[rows][cols]`` NCC scores when refined.
+    errors : list of EbsdPixelError
+        Pixels that could not be indexed, and why.
+    ipf_z_rgb : list
+        ``[rows][cols][3]`` IPF-Z colours (orix TSL key, uint8); failed pixels black.
+    pc : list of float
+        Mean projection centre used.
+    refined : bool
+        Whether orientations were refined.
+    model, version : str
+        Who answered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rows: int
+    cols: int
+    euler_bunge_deg: list[list[list[float] | None]]
+    quaternion: list[list[list[float] | None]]
+    confidence: list[list[float | None]]
+    expected_error_deg: list[list[float | None]]
+    refinement_score: list[list[float | None]] | None = None
+    errors: list[EbsdPixelError] = Field(default_factory=list)
+    ipf_z_rgb: list[list[list[int]]]
+    pc: list[float]
+    refined: bool = False
+    model: str
+    version: str
+
+    def arrays(self) -> dict[str, Any]:
+        """The maps as numpy arrays (NaN where a pixel failed): ``euler_bunge_deg`` ``(rows, cols, 3)``,
+        ``quaternion`` ``(rows, cols, 4)``, ``confidence``, ``expected_error_deg`` ``(rows, cols)``,
+        ``ipf_z_rgb`` uint8 ``(rows, cols, 3)`` (needs numpy)."""
+        import numpy as np
+
+        def filled(grid: list[Any], width: int | None) -> Any:
+            shape = (self.rows, self.cols) + ((width,) if width else ())
+            out = np.full(shape, np.nan)
+            for r, row in enumerate(grid):
+                for c, value in enumerate(row):
+                    if value is not None:
+                        out[r, c] = value
+            return out
+
+        arrays = {"euler_bunge_deg": filled(self.euler_bunge_deg, 3), "quaternion": filled(self.quaternion, 4),
+                  "confidence": filled(self.confidence, None), "expected_error_deg": filled(self.expected_error_deg, None),
+                  "ipf_z_rgb": np.asarray(self.ipf_z_rgb, dtype=np.uint8).reshape(self.rows, self.cols, 3)}  # fmt: skip
+        if self.refinement_score is not None:
+            arrays["refinement_score"] = filled(self.refinement_score, None)
+        return arrays
+
+    def ipf_png(self, scale: int | None = None) -> bytes:
+        """PNG bytes of the IPF-Z map, each pixel ``scale`` x ``scale`` (default: about 512 px on the long side)."""
+        from .ebsd_files import png_rgb
+
+        if scale is None:
+            scale = max(1, min(32, 512 // max(self.rows, self.cols, 1)))
+        return png_rgb(self.ipf_z_rgb, scale)
+
+    def save_ipf_png(self, path: str | Path, scale: int | None = None) -> Path:
+        """Write the IPF-Z map as a PNG (see :meth:`ipf_png`); returns the path."""
+        path = Path(path)
+        path.write_bytes(self.ipf_png(scale))
+        return path
 
 
 class ModelVersionInfo(BaseModel):

@@ -5,6 +5,8 @@
     matserve serve [--host 127.0.0.1] [--port 3000]          # every registry model on one HTTP server
     matserve predict formation-enthalpy NaCl Fe2O3 [--json]  # call a server through the SDK
     matserve predict xrd scan.xy other.csv [--plots DIR]      # phase + novelty of pattern files
+    matserve predict ebsd a.png b.tif c.npy [--pc X,Y,Z] [--refine]  # orientations of EBSD patterns
+    matserve predict ebsd-scan scan.h5 [--ipf map.png]       # orientation map + IPF-Z PNG of a scan
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
@@ -78,6 +80,67 @@ def _predict_xrd(args: argparse.Namespace) -> int:
     for p, n in zip(phases, novelty, strict=True):
         print(f"{Path(p.source or '').name:<32} {p.phase:<14} {p.probability:6.3f} {n.novelty_percentile:11.1f} "
               f"{'yes' if n.is_novel else 'no':>6}  {n.nearest_known_phase}")  # fmt: skip
+    return 0
+
+
+def _pc_argument(text: str) -> list[float]:
+    """``--pc 0.425,0.213,0.501`` -> three floats."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pc takes PCx,PCy,PCz, e.g. 0.425,0.213,0.501; got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"--pc takes three numbers PCx,PCy,PCz; got {len(values)}")
+    return values
+
+
+def _predict_ebsd(args: argparse.Namespace) -> int:
+    """Orientation of every pattern of the files (PNG, TIFF pages, .npy), one line per pattern."""
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            results = client.index_ebsd([str(f) for f in args.files], pc=args.pc, refine=args.refine,
+                                        version=args.version)  # fmt: skip
+    except (MatserveError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.model_dump() for r in results], indent=2))
+        return 0
+    print(f"# {results[0].model} {results[0].version}; Bunge Euler angles in degrees, m-3m fundamental zone")
+    refined = any(r.refined for r in results)
+    print(f"{'pattern':<36} {'phi1':>8} {'Phi':>8} {'phi2':>8} {'exp.err':>8} {'conf.':>6}"
+          + (f" {'NCC':>6}" if refined else ""))  # fmt: skip
+    for r in results:
+        phi1, phi, phi2 = r.euler_bunge_deg
+        line = f"{Path(r.source or '').name:<36} {phi1:8.3f} {phi:8.3f} {phi2:8.3f} {r.expected_error_deg:8.3f} "
+        line += f"{r.confidence:6.3f}" + (f" {r.refinement_score:6.3f}" if r.refinement_score is not None else "")
+        print(line)
+    return 0
+
+
+def _predict_ebsd_scan(args: argparse.Namespace) -> int:
+    """Orientation map of a scan (.npy or HDF5); ``--ipf`` writes the IPF-Z PNG."""
+    from matserve_client import Client, MatserveError
+
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            scan = client.index_ebsd_scan(str(args.file), pc=args.pc, refine=args.refine, version=args.version,
+                                          progress=not args.json)  # fmt: skip
+    except (MatserveError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.ipf is not None:
+        scan.save_ipf_png(args.ipf)
+    if args.json:
+        print(json.dumps(scan.model_dump(), indent=None))
+        return 0
+    indexed = scan.rows * scan.cols - len(scan.errors)
+    print(f"# {scan.model} {scan.version}: {scan.rows} x {scan.cols} scan, {indexed} indexed, {len(scan.errors)} failed"
+          + (f"; IPF-Z map written to {args.ipf}" if args.ipf is not None else ""))  # fmt: skip
+    for error in scan.errors[:20]:
+        print(f"row {error.row} col {error.col}: {error.error}")
     return 0
 
 
@@ -258,6 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     xrd.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write reconstruction/latent-map PNGs")
     client_options(xrd)
     xrd.set_defaults(handler=_predict_xrd)
+
+    ebsd = targets.add_parser("ebsd", help="crystal orientations of EBSD pattern files (.png, .tif, .npy)")
+    ebsd.add_argument("files", nargs="+", type=Path)
+    ebsd.add_argument("--pc", type=_pc_argument, default=None, metavar="X,Y,Z",
+                      help="projection centre PCx,PCy,PCz (Bruker convention; default the model's nominal PC)")  # fmt: skip
+    ebsd.add_argument("--refine", action="store_true", help="refine with kikuchipy on the server (slower)")
+    ebsd.add_argument("--version", default=None, help="pin a model version")
+    client_options(ebsd)
+    ebsd.set_defaults(handler=_predict_ebsd)
+    ebsd_scan = targets.add_parser("ebsd-scan", help="orientation map of an EBSD scan (4-D .npy or HDF5)")
+    ebsd_scan.add_argument("file", type=Path)
+    ebsd_scan.add_argument("--pc", type=_pc_argument, default=None, metavar="X,Y,Z", help="projection centre")
+    ebsd_scan.add_argument("--refine", action="store_true", help="refine with kikuchipy (at most 256 per request)")
+    ebsd_scan.add_argument("--version", default=None, help="pin a model version")
+    ebsd_scan.add_argument("--ipf", type=Path, default=None, metavar="PNG", help="write the IPF-Z colour map")
+    client_options(ebsd_scan)
+    ebsd_scan.set_defaults(handler=_predict_ebsd_scan)
 
     models = commands.add_parser("models", help="list the models a server serves")
     client_options(models)

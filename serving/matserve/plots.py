@@ -4,6 +4,8 @@
   residual underneath: where the model could not explain the pattern.
 * :func:`xrd_latent_map_png`: the VAE's latent map (2-d projection), validation patterns of the known phases
   coloured by phase, the queried pattern(s) marked.
+* :func:`ipf_z_rgb` and :func:`rgb_png`: the IPF-Z colour map of an EBSD scan (orix's TSL colour key), one
+  pixel per pattern, upscaled without interpolation.
 """
 
 from __future__ import annotations
@@ -90,3 +92,48 @@ def xrd_latent_map_png(
     axes.set_title(title, fontsize=9)
     axes.legend(loc="best", fontsize=7, markerscale=2)
     return _png(figure)
+
+
+def ipf_z_rgb(quaternions: np.ndarray) -> np.ndarray:
+    """IPF-Z colours of m-3m orientations, as orix's ``IPFColorKeyTSL(symmetry.Oh)`` colours them.
+
+    Parameters
+    ----------
+    quaternions : numpy.ndarray
+        ``(n, 4)`` unit quaternions (a, b, c, d), sample -> crystal (orix/kikuchipy convention).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(n, 3)`` RGB: the crystal direction parallel to the sample Z axis (the surface normal) in the
+        m-3m standard triangle, red [001], green [101], blue [111] (the TSL key). orix is imported on first use.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from orix.plot import IPFColorKeyTSL
+        from orix.quaternion import Orientation, symmetry
+        from orix.vector import Vector3d
+
+        quaternions = np.asarray(quaternions, dtype=np.float64).reshape(-1, 4)
+        if not len(quaternions):
+            return np.zeros((0, 3), dtype=np.uint8)
+        key = IPFColorKeyTSL(symmetry.Oh, direction=Vector3d.zvector())
+        rgb = key.orientation2color(Orientation(quaternions, symmetry=symmetry.Oh))
+    return np.clip(np.rint(np.asarray(rgb).reshape(-1, 3) * 255), 0, 255).astype(np.uint8)
+
+
+def ipf_scale(rows: int, cols: int, target_px: int = 512, max_scale: int = 32) -> int:
+    """Integer upscaling so that a map's longer side is about ``target_px`` pixels (1 for big maps)."""
+    return max(1, min(max_scale, target_px // max(rows, cols, 1)))
+
+
+def rgb_png(rgb: np.ndarray, scale: int = 1) -> bytes:
+    """PNG of a uint8 ``(rows, cols, 3)`` image, each pixel repeated ``scale`` x ``scale`` times (nearest)."""
+    from PIL import Image
+
+    image = np.repeat(np.repeat(np.asarray(rgb, dtype=np.uint8), scale, axis=0), scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

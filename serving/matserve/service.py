@@ -9,6 +9,10 @@ service, so that every error, validation and size limit answers with the same
 * ``POST /v1/xrd/phase`` and ``POST /v1/xrd/novelty``: ``{"patterns": [{"two_theta_deg": [...], "intensity":
   [...]}, ...]}`` or ``{"pattern": {...}}``, optional ``wavelength_angstrom`` and ``version``; novelty also
   ``"plots": true`` for PNGs (base64) of the reconstruction and the latent map
+* ``POST /v1/ebsd/index``: EBSD patterns as JSON, PNG, TIFF, NPY or multipart file parts (options in the body or
+  the query: ``pc``, ``refine``, ``static_background``, ``version``, tilts) -> orientations; see
+  :mod:`matserve.ebsd_api`
+* ``POST /v1/ebsd/scan``: a scan (4-D NPY or HDF5) -> orientation maps and an IPF-Z PNG
 * ``POST /v1/jobs``: ``{"model": ..., "inputs": [...], "version": optional}`` -> 202 and a job to poll
 * ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/results?offset=&limit=``, ``DELETE /v1/jobs/{id}`` (cancel)
 * ``GET /v1/models``: registry listing with card summaries, and how the cache and jobs are backed
@@ -26,8 +30,10 @@ Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -40,7 +46,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from matserve import ebsd_api
 from matserve.cache import make_cache
+from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge
 from matserve.codecs.xrd import MAX_POINTS, WAVELENGTH_RANGE_ANGSTROM, PatternInput
 from matserve.errors import (
     Forbidden,
@@ -56,6 +64,7 @@ from matserve.errors import (
 from matserve.jobs import JobInfo, JobNotFound, make_job_store
 from matserve.metrics import JOBS
 from matserve.models.base import Prediction, ServedModel
+from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size, warm_up
 from matserve.models.formation_enthalpy import Formula
 from matserve.models.xrd_novelty import XrdNoveltyModel, calibration
 from matserve.registry import Registry
@@ -69,6 +78,8 @@ SETTINGS = Settings()
 JOBS_PATH = "/jobs"
 XRD_PHASE_PATH = "/xrd/phase"
 XRD_NOVELTY_PATH = "/xrd/novelty"
+EBSD_INDEX_PATH = "/ebsd/index"
+EBSD_SCAN_PATH = "/ebsd/scan"
 MAX_PLOT_PATTERNS = 16
 XRD_EXAMPLE = '{"patterns": [{"two_theta_deg": [20.0, 20.02, ...], "intensity": [12, 15, ...]}]}'
 
@@ -261,7 +272,11 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorRespons
 
 
 class RequestLimits:
-    """ASGI middleware: POST bodies must be JSON and at most ``max_body_bytes`` (415 / 413 otherwise).
+    """ASGI middleware: POST bodies of an accepted content type and at most ``max_body_bytes`` (415 / 413 otherwise).
+
+    The size limit holds for every content type (JSON, binary and multipart bodies alike): a declared
+    ``Content-Length`` over it is refused before the body is read, and a body that turns out larger (chunked)
+    is cut off at the limit.
 
     Parameters
     ----------
@@ -270,22 +285,38 @@ class RequestLimits:
         Limit of every POST route not in ``route_max_body_bytes``.
     route_max_body_bytes : mapping of str to int, optional
         Limits of particular routes, by path inside the app (e.g. ``{"/jobs": 64 * 2**20}``).
+    route_media_types : mapping of str to tuple of str, optional
+        Content types of particular routes (e.g. the EBSD routes take images and arrays); every other route
+        takes ``application/json`` only.
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, route_max_body_bytes: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        route_max_body_bytes: Mapping[str, int] | None = None,
+        route_media_types: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.route_max_body_bytes = dict(route_max_body_bytes or {})
+        self.route_media_types = dict(route_media_types or {})
 
-    def limit(self, scope: Scope) -> int:
-        """The body limit of the request's route, in bytes."""
+    @staticmethod
+    def _route(scope: Scope) -> str:
         path = scope.get("path", "")
         root_path = scope.get("root_path", "")
         if root_path and path.startswith(root_path):  # mounted app (BentoML mounts this one at /v1)
             path = path[len(root_path) :]
-        return self.route_max_body_bytes.get(path.rstrip("/") or "/", self.max_body_bytes)
+        return path.rstrip("/") or "/"
+
+    def limit(self, scope: Scope) -> int:
+        """The body limit of the request's route, in bytes."""
+        return self.route_max_body_bytes.get(self._route(scope), self.max_body_bytes)
+
+    def media_types(self, scope: Scope) -> tuple[str, ...]:
+        """The content types the request's route accepts."""
+        return self.route_media_types.get(self._route(scope), ("application/json",))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -294,9 +325,14 @@ class RequestLimits:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         empty = headers.get("content-length") == "0" and "transfer-encoding" not in headers
-        if media_type != "application/json" and not empty:  # a body-less POST (admin actions) has no type
+        accepted = self.media_types(scope)
+        if media_type not in accepted and not empty:  # a body-less POST (admin actions) has no type
+            if accepted == ("application/json",):
+                hint = "send JSON with 'Content-Type: application/json'"
+            else:
+                hint = "accepted here: " + ", ".join(accepted)
             error: MatserveError = UnsupportedMediaType(
-                f"content type {media_type or '(none)'!r} is not accepted; send JSON with 'Content-Type: application/json'"
+                f"content type {media_type or '(none)'!r} is not accepted; {hint}"
             )
             await _send_error(error, send)
             return
@@ -354,6 +390,8 @@ def validation_error(exc: RequestValidationError, path: str = "") -> MatserveErr
     errors = exc.errors()
     if "/xrd/" in path:
         example = XRD_EXAMPLE
+    elif "/ebsd/" in path:
+        example = ebsd_api.EBSD_EXAMPLE
     elif "/jobs" in path:
         example = '{"model": "formation_enthalpy", "inputs": ["NaCl"]}'
     else:
@@ -396,7 +434,10 @@ app.add_middleware(
         JOBS_PATH: SETTINGS.max_job_body_bytes,
         XRD_PHASE_PATH: SETTINGS.max_xrd_body_bytes,
         XRD_NOVELTY_PATH: SETTINGS.max_xrd_body_bytes,
+        EBSD_INDEX_PATH: SETTINGS.max_ebsd_body_bytes,
+        EBSD_SCAN_PATH: SETTINGS.max_ebsd_body_bytes,
     },
+    route_media_types={EBSD_INDEX_PATH: ebsd_api.INDEX_MEDIA_TYPES, EBSD_SCAN_PATH: ebsd_api.SCAN_MEDIA_TYPES},
 )
 
 
@@ -437,6 +478,12 @@ async def _matserve_error(_: Request, exc: MatserveError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers or None)
 
 
+@app.exception_handler(EbsdInputError)
+async def _ebsd_input_error(_: Request, exc: EbsdInputError) -> JSONResponse:
+    error: MatserveError = PayloadTooLarge(str(exc)) if isinstance(exc, EbsdTooLarge) else InvalidInput(str(exc))
+    return JSONResponse(error.to_body(), status_code=error.status)
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     error = validation_error(exc, request.url.path)
@@ -460,6 +507,8 @@ class MatServe:
         self.workers = EmbeddedWorkers(self.jobs, self.models, SETTINGS.embedded_workers, SETTINGS.job_chunk_pause_s)
         if self.models:
             self.workers.start()
+        if SETTINGS.ebsd_preload and "ebsd_indexer" in self.models:
+            threading.Thread(target=warm_up, name="matserve-ebsd-warm-up", daemon=True).start()
         logger.info(
             "serving %s from %s; cache: %s; jobs: %s store, %d embedded worker(s)",
             ", ".join(self.models) or "nothing",
@@ -542,6 +591,91 @@ class MatServe:
         self._raise_item_errors(request, results)
         await anyio.to_thread.run_sync(_add_xrd_plots, version, results, curves)
         return JSONResponse({"model": version.name, "version": version.version, "results": results})
+
+    def _ebsd(self) -> EbsdIndexerModel:
+        model = self._model("ebsd_indexer")
+        assert isinstance(model, EbsdIndexerModel)
+        return model
+
+    @app.post(
+        EBSD_INDEX_PATH,
+        response_model=ebsd_api.EbsdIndexResponse,
+        responses=ERROR_RESPONSES,
+        summary="Crystal orientations (Bunge Euler angles, quaternion) of EBSD patterns, optionally refined",
+        openapi_extra=ebsd_api.openapi_index_body(),
+    )
+    async def ebsd_index(self, http_request: Request) -> JSONResponse:
+        """Index EBSD patterns of nickel (m-3m): JSON arrays, PNG/TIFF images, NPY arrays or multipart file parts.
+
+        Square patterns of 60 to 1024 px are area-resampled to 60x60; any pattern that cannot be used makes the
+        request 422, naming it (``patterns[3]: constant pattern ...``). ``refine=true`` refines each orientation
+        with kikuchipy (at most 256 patterns per request).
+        """
+        kind = ebsd_api.media_type(http_request)
+        query = dict(http_request.query_params)
+        limit = SETTINGS.max_ebsd_patterns
+        sources = None
+        if kind == "application/json":
+            request = await _parse_body(http_request, ebsd_api.EbsdIndexRequest)
+            options = ebsd_api.merge_options(request, query)
+            patterns, labels = await anyio.to_thread.run_sync(ebsd_api.decode_json_patterns, request, limit)
+        elif kind == "multipart/form-data":
+            files, fields = await ebsd_api.read_form(http_request, limit)
+            options = ebsd_api.merge_options(ebsd_api.options_from(fields, "form field"), query)
+            patterns, labels, sources = await anyio.to_thread.run_sync(ebsd_api.decode_index_body, kind, b"", files,
+                                                                       limit)  # fmt: skip
+        else:
+            body = await http_request.body()
+            options = ebsd_api.options_from(query, "query parameter")
+            patterns, labels, sources = await anyio.to_thread.run_sync(ebsd_api.decode_index_body, kind, body, [],
+                                                                       limit)  # fmt: skip
+        model = self._ebsd()
+        ebsd_api.check_geometry(model.geometry(options.version), options)
+        if options.refine:
+            check_refine_size(len(patterns), SETTINGS.max_ebsd_refine_patterns)
+        run = functools.partial(model.index, list(patterns), options.pc, options.version, options.refine,
+                                options.static_background)  # fmt: skip
+        prediction = await anyio.to_thread.run_sync(run)
+        for i, result in enumerate(prediction.results):
+            result["source"] = sources[i] if sources else None
+        failed = ebsd_api.item_errors(labels, prediction.results)
+        if failed is not None:
+            raise failed
+        return JSONResponse({"model": prediction.model, "version": prediction.version, "results": prediction.results})
+
+    @app.post(
+        EBSD_SCAN_PATH,
+        response_model=ebsd_api.EbsdScanResponse,
+        responses=ERROR_RESPONSES,
+        summary="Orientation map of an EBSD scan (4-D NPY or HDF5), with an IPF-Z colour PNG",
+        openapi_extra=ebsd_api.openapi_scan_body(),
+    )
+    async def ebsd_scan(self, http_request: Request) -> JSONResponse:
+        """Index a scan pixel by pixel: Euler angles, quaternions, confidence and expected error per pixel (``null``
+        and an entry in ``errors`` where a pattern cannot be used), and the IPF-Z map as RGB and PNG."""
+        kind = ebsd_api.media_type(http_request)
+        query = dict(http_request.query_params)
+        if kind == "multipart/form-data":
+            files, fields = await ebsd_api.read_form(http_request, 1)
+            if len(files) != 1:
+                raise InvalidInput("send the scan as exactly one file part (a 4-D .npy or an HDF5 file)")
+            data = files[0][1]
+            options = ebsd_api.merge_options(ebsd_api.options_from(fields, "form field"), query)
+        else:
+            data = await http_request.body()
+            options = ebsd_api.options_from(query, "query parameter")
+        scan, file_pc, file_tilts = await anyio.to_thread.run_sync(ebsd_api.decode_scan, data, kind,
+                                                                   SETTINGS.max_ebsd_scan_patterns)  # fmt: skip
+        del data
+        model = self._ebsd()
+        ebsd_api.check_geometry(model.geometry(options.version), options, file_tilts)
+        if options.refine:
+            check_refine_size(scan.shape[0] * scan.shape[1], SETTINGS.max_ebsd_refine_patterns)
+        pc = options.pc if options.pc is not None else file_pc
+        run = functools.partial(model.index_scan, scan, pc, options.version, options.refine, options.static_background)
+        version, orientations = await anyio.to_thread.run_sync(run)
+        body = await anyio.to_thread.run_sync(ebsd_api.scan_response, version, orientations)
+        return JSONResponse(body)
 
     def _xrd_response(self, request: XrdRequest, model: str, version: str, results: list[dict]) -> JSONResponse:
         self._raise_item_errors(request, results)

@@ -50,6 +50,21 @@ class Settings:
     max_xrd_body_bytes : int
         Largest body of the XRD routes (``MATSERVE_MAX_XRD_BODY_BYTES``, 64 MiB: 1024 patterns of 2048
         points as JSON are ~45 MB), else 413.
+    max_ebsd_patterns : int
+        Most EBSD patterns in one ``POST /v1/ebsd/index`` request (``MATSERVE_MAX_EBSD_PATTERNS``, 4096), else 413.
+    max_ebsd_scan_patterns : int
+        Most patterns in one ``POST /v1/ebsd/scan`` request (``MATSERVE_MAX_EBSD_SCAN_PATTERNS``, 250,000), else
+        413; the SDK sends bigger scans in row blocks.
+    max_ebsd_refine_patterns : int
+        Most patterns one ``refine=true`` request may carry (``MATSERVE_MAX_EBSD_REFINE_PATTERNS``, 256), else
+        413: refinement runs at about 10-30 patterns/s on 2 cores.
+    max_ebsd_body_bytes : int
+        Largest body of the EBSD routes, JSON, binary or multipart (``MATSERVE_MAX_EBSD_BODY_BYTES``, 256 MiB),
+        else 413.
+    ebsd_preload : bool
+        ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix and load the Ni master pattern in a
+        background thread at start-up, so that the first refinement, HDF5 scan or IPF map does not pay the
+        10-20 s import (start-up itself stays fast).
     ort_threads : int
         ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).
     ort_spinning : bool
@@ -112,6 +127,11 @@ class Settings:
     max_formulas: int = field(default_factory=lambda: _int("MATSERVE_MAX_FORMULAS", 10_000))
     max_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_PATTERNS", 1024))
     max_xrd_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_XRD_BODY_BYTES", 64 * MIB))
+    max_ebsd_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_PATTERNS", 4096))
+    max_ebsd_scan_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_SCAN_PATTERNS", 250_000))
+    max_ebsd_refine_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_REFINE_PATTERNS", 256))
+    max_ebsd_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_BODY_BYTES", 256 * MIB))
+    ebsd_preload: bool = field(default_factory=lambda: _bool("MATSERVE_EBSD_PRELOAD", False))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))
     admin_token: str | None = field(default_factory=lambda: _optional_str("MATSERVE_ADMIN_TOKEN"), repr=False)

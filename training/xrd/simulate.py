@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from matserve.codecs.xrd import MODEL_GRID_DEG, N_POINTS, TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG
+from training.npz import write_npz
 from training.xrd.structures import (
     CACHE_PATH,
     CU_KA_WAVELENGTH_A,
@@ -513,21 +512,6 @@ def mixing_sweep(
 
 
 # --------------------------------------------------------------------------- dataset writing
-
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """Write a compressed ``.npz`` byte-for-byte reproducibly (fixed zip timestamps); return its sha256."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue())
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _stack_params(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

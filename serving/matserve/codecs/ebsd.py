@@ -1,0 +1,719 @@
+"""EBSD pattern codec: any square detector image -> the indexer's normalised 60x60 tensor.
+
+One function (:func:`normalize_patterns`) is used by the simulator's training pipeline, the HTTP API and
+the Triton python backend, so train/serve skew is impossible by construction.
+
+Conventions
+-----------
+* Patterns are ``(n, rows, cols)`` arrays of detector intensities (any real dtype; uint8/uint16 cameras
+  or floats). Row 0 is the top of the detector, as in kikuchipy.
+* The model's detector is square, 60x60 pixels. Square patterns of any size from 60 to
+  :data:`MAX_PATTERN_SIDE` pixels are area-resampled (binned) to 60x60; the projection centre, being a
+  fraction of the detector size, is unchanged by binning. Non-square or smaller patterns are rejected.
+* The projection centre (PC) is in the Bruker convention used by kikuchipy: ``(PCx, PCy, PCz)`` as
+  fractions of the detector width, height and width. The sample is tilted 70 deg and the detector is
+  not tilted; :data:`PC_RANGE` is the range the model was trained on.
+* Normalisation: subtract a dynamic background (the pattern blurred by a Gaussian of
+  :data:`BACKGROUND_SIGMA_PX` pixels, reflecting at the borders), then scale each pattern to zero mean
+  and unit standard deviation, and clip to +-:data:`CLIP_SIGMA`.
+
+Serving side (below the training part): decoding uploads (:func:`decode_patterns`: PNG 8/16-bit grey or RGB,
+TIFF with one pattern per page, NPY of 2 to 4 dimensions), per-pattern checks with messages
+(:func:`encode_patterns`: square 60-1024 px, finite, not constant), the trained geometry (:class:`Geometry`:
+PC range, tilts) and the orientation conventions of the answers (:func:`reduce_to_fundamental_zone`,
+:func:`quaternion_to_euler_bunge`, :func:`disorientation_deg`: numpy versions of orix's, m-3m, so that
+serving needs no orix import; tests compare them with orix).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, NotRequired
+
+import numpy as np
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict
+
+PATTERN_SIDE_PX = 60
+MAX_PATTERN_SIDE = 1024
+NOMINAL_PC = (0.425, 0.213, 0.501)
+PC_HALF_WIDTH = 0.05
+PC_RANGE = tuple((c - PC_HALF_WIDTH, c + PC_HALF_WIDTH) for c in NOMINAL_PC)
+SAMPLE_TILT_DEG = 70.0
+DETECTOR_TILT_DEG = 0.0
+BACKGROUND_SIGMA_PX = 6.0
+CLIP_SIGMA = 6.0
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_matrix(side: int, sigma_px: float) -> np.ndarray:
+    """Gaussian smoothing matrix ``(side, side)`` float32 with reflecting borders (scipy's ``reflect``)."""
+    radius = int(np.ceil(4 * sigma_px))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma_px) ** 2)
+    kernel /= kernel.sum()
+    weights = np.zeros((side, side), dtype=np.float64)
+    for row in range(side):
+        columns = row + offsets
+        columns = np.where(columns < 0, -columns - 1, columns)
+        columns = np.where(columns >= side, 2 * side - columns - 1, columns)
+        np.add.at(weights[row], np.clip(columns, 0, side - 1), kernel)
+    return weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _area_resampling_matrix(side_in: int, side_out: int) -> np.ndarray:
+    """Area-averaging matrix ``(side_out, side_in)``: output pixel = mean of the input it covers."""
+    edges = np.linspace(0.0, side_in, side_out + 1)
+    weights = np.zeros((side_out, side_in), dtype=np.float64)
+    for out_index in range(side_out):
+        start, stop = edges[out_index], edges[out_index + 1]
+        for in_index in range(int(np.floor(start)), int(np.ceil(stop))):
+            overlap = min(stop, in_index + 1) - max(start, in_index)
+            if overlap > 0:
+                weights[out_index, in_index] = overlap
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.astype(np.float32)
+
+
+def resample_patterns(patterns: np.ndarray, side_px: int = PATTERN_SIDE_PX) -> np.ndarray:
+    """Area-resample square patterns ``(n, s, s)`` to ``(n, side_px, side_px)`` float32.
+
+    Parameters
+    ----------
+    patterns
+        Square patterns, ``s >= side_px``.
+    side_px
+        Output side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 patterns; a copy (as float32) when ``s == side_px``.
+    """
+    patterns = np.asarray(patterns, dtype=np.float32)
+    side_in = patterns.shape[-1]
+    if side_in == side_px:
+        return patterns
+    matrix = _area_resampling_matrix(side_in, side_px)
+    return np.matmul(np.matmul(matrix, patterns), matrix.T)
+
+
+def normalize_patterns(patterns: np.ndarray) -> np.ndarray:
+    """Normalise 60x60 patterns for the indexer: dynamic background removal, then standardisation.
+
+    Parameters
+    ----------
+    patterns
+        ``(n, 60, 60)`` detector intensities, any real dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 60, 60)`` float32, zero mean and unit standard deviation per pattern, clipped to
+        +-``CLIP_SIGMA``. A constant pattern gives all zeros (the API rejects those before).
+    """
+    patterns = np.asarray(patterns, dtype=np.float32)
+    side = patterns.shape[-1]
+    blur = _gaussian_matrix(side, BACKGROUND_SIGMA_PX)
+    background = np.matmul(np.matmul(blur, patterns), blur.T)
+    flattened = (patterns - background).reshape(len(patterns), -1)
+    flattened -= flattened.mean(axis=1, keepdims=True)
+    std = flattened.std(axis=1, keepdims=True)
+    flattened /= np.where(std > 0, std, 1.0)
+    np.clip(flattened, -CLIP_SIGMA, CLIP_SIGMA, out=flattened)
+    return flattened.reshape(patterns.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Serving side: decoding uploads, checking patterns and geometry, orientation conventions
+# ----------------------------------------------------------------------------------------------------------------
+#
+# Everything below is used by the HTTP API (and its batch jobs); the training code uses only the part above.
+
+ACCEPTED_FORMATS = (
+    "PNG (8/16-bit grey or RGB), TIFF (8/16-bit or float, grey or RGB, one pattern per page), "
+    "NPY (2-D: one pattern, 3-D: (n, rows, cols) patterns, 4-D: (scan rows, scan cols, rows, cols))"
+)
+"""What the EBSD endpoints read, for error messages."""
+SIZE_RULE = (
+    f"accepted: square patterns from {PATTERN_SIDE_PX}x{PATTERN_SIDE_PX} to {MAX_PATTERN_SIDE}x{MAX_PATTERN_SIDE} px; "
+    f"larger ones are area-resampled (binned) to {PATTERN_SIDE_PX}x{PATTERN_SIDE_PX}, the projection centre is unchanged"
+)
+TILT_TOLERANCE_DEG = 0.5
+"""Accepted deviation of ``sample_tilt_deg`` / ``detector_tilt_deg`` from the trained geometry, degrees."""
+RESAMPLE_CHUNK_PIXELS = 16 * 2**20
+"""Input pixels resampled per step (bounds the float32 working memory to ~64 MB)."""
+
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"II+\x00": "tiff",  # BigTIFF
+    b"MM\x00+": "tiff",
+    b"\x93NUMPY": "npy",
+    b"\x89HDF\r\n\x1a\n": "hdf5",
+}
+
+
+class PatternError(ValueError):
+    """One pattern that cannot be used (the request's other patterns are fine), with the reason."""
+
+
+class EbsdInputError(ValueError):
+    """A request that cannot be used as a whole (unreadable bytes, bad geometry, wrong dimensions): HTTP 422."""
+
+
+class EbsdTooLarge(EbsdInputError):
+    """A request over a size limit (patterns per request, pixels per pattern): HTTP 413."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The detector geometry a model version was trained for (from its card's ``geometry``).
+
+    Attributes
+    ----------
+    nominal_pc : tuple of float
+        Default projection centre (PCx, PCy, PCz), Bruker convention (fractions of detector width, height,
+        width), used when a request gives none.
+    pc_half_width : float
+        Accepted PC: each coordinate within +-this of ``nominal_pc`` (fractions of the detector size).
+    sample_tilt_deg, detector_tilt_deg : float
+        Sample tilt about the microscope X axis and detector tilt, degrees; requests must match within
+        :data:`TILT_TOLERANCE_DEG`.
+    """
+
+    nominal_pc: tuple[float, float, float] = NOMINAL_PC
+    pc_half_width: float = PC_HALF_WIDTH
+    sample_tilt_deg: float = SAMPLE_TILT_DEG
+    detector_tilt_deg: float = DETECTOR_TILT_DEG
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> Geometry:
+        """The card's ``geometry`` (the codec's constants for keys it lacks)."""
+        geometry = card.get("geometry") or {}
+        return cls(
+            nominal_pc=tuple(float(v) for v in geometry.get("nominal_pc", NOMINAL_PC)),  # type: ignore[arg-type]
+            pc_half_width=float(geometry.get("pc_half_width", PC_HALF_WIDTH)),
+            sample_tilt_deg=float(geometry.get("sample_tilt_deg", SAMPLE_TILT_DEG)),
+            detector_tilt_deg=float(geometry.get("detector_tilt_deg", DETECTOR_TILT_DEG)),
+        )
+
+    @property
+    def pc_range(self) -> tuple[tuple[float, float], ...]:
+        """(low, high) of PCx, PCy, PCz."""
+        return tuple((c - self.pc_half_width, c + self.pc_half_width) for c in self.nominal_pc)
+
+    def describe_pc_range(self) -> str:
+        """``PCx 0.375-0.475, PCy 0.163-0.263, PCz 0.451-0.551``."""
+        return ", ".join(f"{name} {low:.3f}-{high:.3f}" for name, (low, high) in zip(("PCx", "PCy", "PCz"),
+                                                                                   self.pc_range, strict=True))  # fmt: skip
+
+    def check_tilts(self, sample_tilt_deg: float | None, detector_tilt_deg: float | None) -> None:
+        """Refuse tilts the model was not trained for (``None``: not given, assumed to match).
+
+        Raises
+        ------
+        EbsdInputError
+            Saying which geometry the model was trained for.
+        """
+        for name, value, trained in (("sample_tilt_deg", sample_tilt_deg, self.sample_tilt_deg),
+                                     ("detector_tilt_deg", detector_tilt_deg, self.detector_tilt_deg)):  # fmt: skip
+            if value is None:
+                continue
+            if not np.isfinite(value) or abs(value - trained) > TILT_TOLERANCE_DEG:
+                raise EbsdInputError(
+                    f"{name} {value:g} is not supported: the model was trained for a sample tilt of "
+                    f"{self.sample_tilt_deg:g} deg and a detector tilt of {self.detector_tilt_deg:g} deg "
+                    f"(+-{TILT_TOLERANCE_DEG} deg accepted)"
+                )
+
+    def projection_centres(self, pc: object, n: int) -> np.ndarray:
+        """The PC of each of ``n`` patterns, checked against the trained range.
+
+        Parameters
+        ----------
+        pc : array-like or None
+            ``None`` (the nominal PC), one PC ``[PCx, PCy, PCz]`` for every pattern, or ``(n, 3)``, one per pattern.
+            Bruker convention, fractions of the detector width, height and width.
+        n : int
+            Number of patterns.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(n, 3)``.
+
+        Raises
+        ------
+        EbsdInputError
+            Wrong shape, non-finite values, or a PC outside the trained range (the message states the range).
+        """
+        if pc is None:
+            return np.tile(np.asarray(self.nominal_pc, dtype=np.float32), (n, 1))
+        try:
+            values = np.asarray(pc, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise EbsdInputError("pc must be numbers: [PCx, PCy, PCz] or one such triple per pattern") from None
+        if values.shape == (3,):
+            values = np.tile(values, (n, 1))
+        if values.shape != (n, 3):
+            raise EbsdInputError(
+                f"pc has shape {list(values.shape)}; send one [PCx, PCy, PCz] for every pattern, or one per "
+                f"pattern ({n} x 3)"
+            )
+        if not np.isfinite(values).all():
+            raise EbsdInputError("pc contains NaN or infinite values")
+        low = np.array([r[0] for r in self.pc_range]) - 1e-9
+        high = np.array([r[1] for r in self.pc_range]) + 1e-9
+        outside = ((values < low) | (values > high)).any(axis=1)
+        if outside.any():
+            first = int(np.argmax(outside))
+            shown = ", ".join(f"{v:.4f}" for v in values[first])
+            where = "" if n == 1 else f" (pattern {first}; {int(outside.sum())} of {n} outside)"
+            raise EbsdInputError(
+                f"projection centre ({shown}){where} is outside the range the model supports: "
+                f"{self.describe_pc_range()} (Bruker convention: fractions of detector width, height, width; "
+                f"trained around ({', '.join(f'{v:g}' for v in self.nominal_pc)}) +-{self.pc_half_width:g})"
+            )
+        return values.astype(np.float32)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``"png"``, ``"tiff"``, ``"npy"`` or ``"hdf5"`` from the first bytes, else ``None``."""
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _describe_bytes(data: bytes) -> str:
+    head = data[:16]
+    if not data:
+        return "the body is empty"
+    return f"it starts with {head!r}"
+
+
+def _check_side(rows: int, cols: int, what: str) -> None:
+    if rows > MAX_PATTERN_SIDE or cols > MAX_PATTERN_SIDE:
+        raise EbsdTooLarge(f"{what} is {rows}x{cols} px, over the limit of {MAX_PATTERN_SIDE}x{MAX_PATTERN_SIDE}; "
+                           + SIZE_RULE)  # fmt: skip
+
+
+def _grey(image: np.ndarray, what: str) -> np.ndarray:
+    """2-D grey from 2-D, or from RGB(A) ``(rows, cols, 3|4)`` by ITU-R 601 luma (float32)."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3].astype(np.float32)
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    raise EbsdInputError(f"{what} has shape {list(image.shape)}; expected a grey or RGB image")
+
+
+def decode_png(data: bytes, what: str = "the PNG image") -> np.ndarray:
+    """One pattern ``(1, rows, cols)`` from PNG bytes (8/16-bit grey, palette, RGB(A) -> grey)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            cols, rows = image.size
+            _check_side(rows, cols, what)
+            if image.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr"):
+                image = image.convert("RGB" if image.mode in ("P", "PA", "CMYK", "YCbCr") else "L")
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise EbsdInputError(f"{what} cannot be decoded as PNG ({error})") from None
+    return _grey(array, what)[None]
+
+
+def decode_tiff(data: bytes, what: str = "the TIFF image") -> list[np.ndarray]:
+    """Every page of a TIFF as a pattern: a list of ``(1, rows, cols)`` arrays (grey; RGB -> grey)."""
+    import tifffile
+
+    stacks: list[np.ndarray] = []
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            for index, page in enumerate(tiff.pages):
+                shape = page.shape
+                where = what if len(tiff.pages) == 1 else f"{what}, page {index}"
+                planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)  # RGB in planes
+                if len(shape) < 2:
+                    raise EbsdInputError(f"{where} has shape {list(shape)}; expected a 2-D image")
+                _check_side(*((int(shape[1]), int(shape[2])) if planar else (int(shape[0]), int(shape[1]))), where)
+                image = np.asarray(page.asarray())
+                stacks.append(_grey(np.moveaxis(image, 0, -1) if planar else image, where)[None])
+    except EbsdInputError:
+        raise
+    except Exception as error:  # tifffile raises many types on corrupt files
+        raise EbsdInputError(f"{what} cannot be decoded as TIFF ({type(error).__name__}: {error})") from None
+    if not stacks:
+        raise EbsdInputError(f"{what} has no pages")
+    return stacks
+
+
+def decode_npy(data: bytes, what: str = "the NPY array") -> np.ndarray:
+    """The array of an ``.npy`` file (numeric dtypes only; the header is checked before the data is read)."""
+    buffer = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(buffer)
+        if major == 1:
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+    except ValueError as error:
+        raise EbsdInputError(f"{what} has a broken NPY header ({error})") from None
+    if dtype.kind not in "uif":
+        raise EbsdInputError(f"{what} has dtype {dtype}; send integer or floating-point intensities")
+    if len(shape) < 2:
+        raise EbsdInputError(f"{what} has shape {list(shape)}; " + ACCEPTED_FORMATS)
+    _check_side(int(shape[-2]), int(shape[-1]), f"{what} (patterns)")
+    buffer.seek(0)
+    try:
+        return np.load(buffer, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise EbsdInputError(f"{what} cannot be read ({error}); is the file complete?") from None
+
+
+def as_pattern_stack(array: np.ndarray, what: str) -> np.ndarray:
+    """2-D (one pattern), 3-D (n patterns) or 4-D (a scan, flattened row by row) -> ``(n, rows, cols)``."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        return array
+    if array.ndim == 4:
+        return array.reshape(-1, *array.shape[2:])
+    raise EbsdInputError(
+        f"{what} has {array.ndim} dimensions (shape {list(array.shape)}); send 2-D (one pattern), 3-D "
+        "(n, rows, cols) or 4-D (scan rows, scan cols, rows, cols)"
+    )
+
+
+def decode_patterns(data: bytes, declared: str | None = None, what: str = "the body") -> list[np.ndarray]:
+    """Patterns from an upload, as a list of ``(n, rows, cols)`` stacks (a multi-page TIFF gives one per page).
+
+    Parameters
+    ----------
+    data : bytes
+        PNG, TIFF or NPY bytes; the format is recognised from the bytes (``declared`` is only used in messages).
+    declared : str, optional
+        The declared content type.
+    what : str
+        How messages name this upload.
+
+    Raises
+    ------
+    EbsdInputError
+        Bytes that are none of the accepted formats, or that cannot be decoded (the message names the
+        accepted formats); :class:`EbsdTooLarge` for images over :data:`MAX_PATTERN_SIDE`.
+    """
+    kind = sniff_format(data)
+    if kind == "png":
+        return [decode_png(data, what)]
+    if kind == "tiff":
+        return decode_tiff(data, what)
+    if kind == "npy":
+        return [as_pattern_stack(decode_npy(data, what), what)]
+    declared_text = f" (declared {declared})" if declared else ""
+    if kind == "hdf5":
+        raise EbsdInputError(f"{what} is an HDF5 file{declared_text}; send HDF5 scans to POST /v1/ebsd/scan")
+    raise EbsdInputError(
+        f"{what}{declared_text} is not a PNG, TIFF or NPY file ({_describe_bytes(data)}); accepted: {ACCEPTED_FORMATS}"
+    )
+
+
+def _pattern_errors(stack: np.ndarray) -> list[str | None]:
+    """Per-pattern refusal reason (``None``: fine) of a ``(n, side, side)`` stack, vectorised."""
+    flat = stack.reshape(len(stack), -1)
+    errors: list[str | None] = [None] * len(stack)
+    if stack.dtype.kind == "f":
+        bad = ~np.isfinite(flat).all(axis=1)
+        for i in np.flatnonzero(bad):
+            errors[i] = "pattern contains NaN or infinite values; send finite intensities"
+    else:
+        bad = np.zeros(len(stack), dtype=bool)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    for i in np.flatnonzero((low == high) & ~bad):
+        errors[i] = (f"constant pattern (every pixel is {float(low[i]):g}): there are no Kikuchi bands to index; "
+                     "check the exposure and the camera")  # fmt: skip
+    return errors
+
+
+@dataclass
+class EbsdBatch:
+    """Patterns of a request, checked and on the model's 60x60 detector, with per-item errors.
+
+    Attributes
+    ----------
+    results : list of dict
+        One per input item: ``pc`` and ``error`` (``None``, or why the pattern was refused); the model adds its
+        outputs.
+    rows : list of int
+        Positions in ``results`` of the patterns below.
+    resampled : numpy.ndarray
+        float32 ``(len(rows), 60, 60)``: the intensities, area-resampled, before normalisation.
+    patterns : numpy.ndarray
+        float32 ``(len(rows), 60, 60)``: :func:`normalize_patterns` of ``resampled`` (the network's input).
+    pc : numpy.ndarray
+        float32 ``(len(rows), 3)`` projection centres (Bruker convention).
+    """
+
+    results: list[dict[str, Any]]
+    rows: list[int]
+    resampled: np.ndarray
+    patterns: np.ndarray
+    pc: np.ndarray
+
+
+def _resample_chunked(stack: np.ndarray) -> np.ndarray:
+    """:func:`resample_patterns` in chunks of at most :data:`RESAMPLE_CHUNK_PIXELS` input pixels."""
+    per = max(1, RESAMPLE_CHUNK_PIXELS // (stack.shape[-1] * stack.shape[-2]))
+    if len(stack) <= per:
+        return resample_patterns(stack)
+    return np.concatenate([resample_patterns(stack[i : i + per]) for i in range(0, len(stack), per)])
+
+
+def pattern_shape_error(pattern: np.ndarray) -> str | None:
+    """Why a pattern's shape or dtype cannot be used (``None``: it can)."""
+    if pattern.ndim != 2:
+        return f"a pattern is a 2-D image; got shape {list(pattern.shape)}"
+    rows_px, cols_px = pattern.shape
+    if rows_px != cols_px:
+        return f"pattern is {rows_px}x{cols_px} px (rows x cols), not square; {SIZE_RULE}"
+    if not PATTERN_SIDE_PX <= rows_px <= MAX_PATTERN_SIDE:
+        return f"pattern is {rows_px}x{cols_px} px; {SIZE_RULE}"
+    if pattern.dtype.kind not in "uifb":
+        return f"pattern has dtype {pattern.dtype}; send numbers"
+    return None
+
+
+def encode_patterns(patterns: Sequence[np.ndarray | str], pc: np.ndarray) -> EbsdBatch:
+    """Check, resample and normalise patterns whose projection centres are already checked.
+
+    Parameters
+    ----------
+    patterns : sequence of numpy.ndarray or str
+        2-D detector images (any numeric dtype, square, 60 to :data:`MAX_PATTERN_SIDE` px; views are fine),
+        or a string: the reason an item was already refused.
+    pc : numpy.ndarray
+        ``(len(patterns), 3)`` projection centres from :meth:`Geometry.projection_centres`.
+
+    Returns
+    -------
+    EbsdBatch
+        Refused patterns (wrong shape or dtype, NaN/inf, constant) get their ``error``; the others go on.
+        Patterns of one shape and dtype are checked, resampled and normalised together.
+    """
+    results: list[dict[str, Any]] = []
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for i, pattern in enumerate(patterns):
+        error = pattern if isinstance(pattern, str) else pattern_shape_error(pattern)
+        results.append({"pc": None, "error": error})
+        if error is None:
+            by_shape.setdefault((*pattern.shape, pattern.dtype.str), []).append(i)  # type: ignore[union-attr]
+    keep: list[int] = []
+    parts: list[np.ndarray] = []
+    for indices in by_shape.values():
+        stack = np.stack([patterns[i] for i in indices])  # type: ignore[misc]
+        errors = _pattern_errors(stack)
+        good = [k for k, error in enumerate(errors) if error is None]
+        for k, error in enumerate(errors):
+            if error is not None:
+                results[indices[k]]["error"] = error
+        if good:
+            parts.append(_resample_chunked(stack[good] if len(good) < len(stack) else stack))
+            keep.extend(indices[k] for k in good)
+    order = np.argsort(keep, kind="stable")
+    rows = [keep[k] for k in order]
+    if rows:
+        resampled = np.concatenate(parts)[order] if len(parts) > 1 else parts[0][order]
+        pc_rows = np.asarray(pc, dtype=np.float32)[rows]
+    else:
+        resampled = np.zeros((0, PATTERN_SIDE_PX, PATTERN_SIDE_PX), dtype=np.float32)
+        pc_rows = np.zeros((0, 3), dtype=np.float32)
+    for row, values in zip(rows, np.round(pc_rows.astype(np.float64), 6).tolist(), strict=True):
+        results[row]["pc"] = values
+    normalised = normalize_patterns(resampled) if rows else resampled.copy()
+    return EbsdBatch(results=results, rows=rows, resampled=resampled, patterns=normalised, pc=pc_rows)
+
+
+def encode_batch(items: Sequence[Any], geometry: Geometry | None = None) -> EbsdBatch:
+    """Check, resample and normalise job-style items (each checked on its own, with its own PC).
+
+    Parameters
+    ----------
+    items : sequence
+        Each a mapping ``{"pattern": 2-D array-like, "pc": [PCx, PCy, PCz] or None}`` (see
+        :class:`EbsdPatternInput`).
+    geometry : Geometry, optional
+        Trained geometry (default: the codec's constants): the PC range and the default PC.
+
+    Returns
+    -------
+    EbsdBatch
+        A refused item (bad pattern or PC) gets its ``error``; the others go on.
+    """
+    geometry = geometry or Geometry()
+    patterns: list[np.ndarray | str] = []
+    pc = np.tile(np.asarray(geometry.nominal_pc, dtype=np.float32), (len(items), 1))
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping) or "pattern" not in item:
+            patterns.append('an item is an object {"pattern": [[...], ...], "pc": [PCx, PCy, PCz]}')
+            continue
+        try:
+            pattern = np.asarray(item["pattern"])
+        except ValueError:
+            pattern = np.empty(0, dtype=object)
+        if pattern.dtype == object:
+            patterns.append("pattern rows have different lengths or are not numbers; send a rectangular 2-D array")
+            continue
+        try:
+            pc[i] = geometry.projection_centres(item.get("pc"), 1)[0]
+        except EbsdInputError as error:
+            patterns.append(str(error))
+            continue
+        patterns.append(pattern)
+    return encode_patterns(patterns, pc)
+
+
+class EbsdPatternInput(TypedDict):
+    """One pattern on the wire (JSON object), as batch jobs (``POST /v1/jobs``, model ``ebsd_indexer``) take it.
+
+    Attributes
+    ----------
+    pattern : list of list of float
+        Detector intensities, rows x cols, square, 60 to 1024 px (resampled to 60x60).
+    pc : list of float, optional
+        Projection centre ``[PCx, PCy, PCz]`` (Bruker convention); default the model's nominal PC.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    pattern: Annotated[list[Annotated[list[float], Field(max_length=MAX_PATTERN_SIDE)]],
+                       Field(max_length=MAX_PATTERN_SIDE)]  # fmt: skip
+    pc: NotRequired[list[float] | None]
+
+
+# -- orientations ------------------------------------------------------------------------------------------------
+
+
+def _cubic_rotations() -> np.ndarray:
+    """The 24 proper rotations of m-3m (point group 432) as unit quaternions (a >= 0 representatives)."""
+    half = 0.5
+    root = 1 / np.sqrt(2)
+    candidates: set[tuple[float, ...]] = set()
+    for axis in range(4):  # identity and the three 2-fold axes <100>
+        q = [0.0] * 4
+        q[axis] = 1.0
+        candidates.add(tuple(q))
+    for signs in np.ndindex(2, 2, 2):  # 3-fold axes <111>: (1/2)(1, +-1, +-1, +-1)
+        candidates.add((half, *(half * (1 - 2 * s) for s in signs)))
+    for i in range(4):  # 4-fold <100> and 2-fold <110>: (1/sqrt2)(e_i +- e_j)
+        for j in range(i + 1, 4):
+            for sign in (1.0, -1.0):
+                q = [0.0] * 4
+                q[i], q[j] = root, sign * root
+                if q[0] < 0 or (q[0] == 0 and next(v for v in q if v != 0) < 0):
+                    q = [-v for v in q]
+                candidates.add(tuple(q))
+    rotations = np.array(sorted(candidates, reverse=True))
+    assert len(rotations) == 24
+    return rotations
+
+
+CUBIC_ROTATIONS = _cubic_rotations()
+"""float64 ``(24, 4)``: the proper rotations of the m-3m Laue group (432), orix's (a, b, c, d) convention."""
+CUBIC_FZ_MAX_ANGLE_DEG = 62.8
+"""Largest rotation angle of an orientation in the m-3m fundamental zone (62.80 deg), degrees."""
+
+
+def quaternion_multiply(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hamilton product ``p * q`` of quaternions ``(..., 4)`` (broadcast), (a, b, c, d) with a the scalar part."""
+    a1, b1, c1, d1 = np.moveaxis(p, -1, 0)
+    a2, b2, c2, d2 = np.moveaxis(q, -1, 0)
+    return np.stack([
+        a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
+        a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
+        a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
+        a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
+    ], axis=-1)  # fmt: skip
+
+
+def reduce_to_fundamental_zone(quaternions: np.ndarray) -> np.ndarray:
+    """Map orientations to the m-3m fundamental zone: the symmetry-equivalent with the smallest rotation angle.
+
+    Parameters
+    ----------
+    quaternions : numpy.ndarray
+        ``(n, 4)`` unit quaternions (a, b, c, d), orix convention, rotations from the sample to the crystal
+        frame (as ``kikuchipy``'s ``CrystalMap.rotations``); they are normalised first.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, 4)``: ``s * q`` for the crystal symmetry ``s`` of 432 with the largest ``|a|``, with
+        the sign chosen so that ``a >= 0``. This is the orientation ``orix.quaternion.Orientation(q,
+        symmetry=Oh).reduce()`` returns (the same rotation; up to the sign and ties on the zone's boundary),
+        computed with one matrix product instead of importing orix.
+    """
+    q = np.asarray(quaternions, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    # scalar part of s * q for every symmetry s: a_s a_q - b_s b_q - c_s c_q - d_s d_q
+    conjugated = CUBIC_ROTATIONS * np.array([1.0, -1.0, -1.0, -1.0])
+    scalar = q @ conjugated.T  # (n, 24)
+    best = np.abs(scalar).argmax(axis=1)
+    reduced = quaternion_multiply(CUBIC_ROTATIONS[best], q)
+    reduced *= np.where(reduced[:, :1] < 0, -1.0, 1.0)
+    return reduced
+
+
+def quaternion_to_euler_bunge(quaternions: np.ndarray) -> np.ndarray:
+    """Bunge (ZXZ, passive) Euler angles of unit quaternions, radians, as ``orix`` ``Rotation.to_euler()``.
+
+    Parameters
+    ----------
+    quaternions : numpy.ndarray
+        ``(n, 4)`` unit quaternions (a, b, c, d).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, 3)``: (phi1, Phi, phi2) in radians, phi1 and phi2 in [0, 2 pi), Phi in [0, pi]
+        (Rowenhorst et al. 2015, eq. A.14 with P = +1, the formula orix uses).
+    """
+    q = np.asarray(quaternions, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    a, b, c, d = q.T
+    q_ad = a * a + d * d
+    q_bc = b * b + c * c
+    chi = np.sqrt(q_ad * q_bc)
+    euler = np.zeros((len(q), 3))
+    regular = chi >= 1e-9
+    safe = np.where(regular, chi, 1.0)
+    euler[:, 0] = np.arctan2((b * d - a * c) / safe, (-a * b - c * d) / safe)
+    euler[:, 1] = np.arctan2(2 * chi, q_ad - q_bc)
+    euler[:, 2] = np.arctan2((a * c + b * d) / safe, (c * d - a * b) / safe)
+    # Degenerate cases (Phi = 0 or pi): all of the rotation in phi1.
+    zero_phi = ~regular & (q_bc < 1e-9)
+    pi_phi = ~regular & ~zero_phi
+    euler[zero_phi] = np.stack([np.arctan2(-2 * a * d, a * a - d * d), np.zeros(len(a)), np.zeros(len(a))],
+                               axis=1)[zero_phi]  # fmt: skip
+    euler[pi_phi] = np.stack([np.arctan2(-2 * b * c, b * b - c * c), np.full(len(a), np.pi), np.zeros(len(a))],
+                             axis=1)[pi_phi]  # fmt: skip
+    euler[np.abs(euler) < 1e-9] = 0.0
+    return np.mod(euler, 2 * np.pi)
+
+
+def disorientation_deg(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """m-3m disorientation angle between orientations ``p`` and ``q`` ``(n, 4)``, degrees (0 for equivalents)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    conjugate = q * np.array([1.0, -1.0, -1.0, -1.0])
+    misorientation = quaternion_multiply(p, conjugate)  # p q^-1 in the crystal frame's symmetry: s p q^-1
+    scalar = np.abs(misorientation @ (CUBIC_ROTATIONS * np.array([1.0, -1.0, -1.0, -1.0])).T).max(axis=1)
+    return np.degrees(2 * np.arccos(np.clip(scalar, -1.0, 1.0)))

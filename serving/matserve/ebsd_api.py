@@ -1,0 +1,479 @@
+"""The EBSD endpoints' transport: request bodies in (JSON, PNG, TIFF, NPY, multipart, HDF5), typed answers out.
+
+``POST /v1/ebsd/index`` reads patterns from
+
+* ``application/json``: ``{"pattern": [[...], ...]}`` (one) or ``{"patterns": [[[...]], ...]}`` (many), with
+  the options below as body fields;
+* ``image/png``, ``image/tiff`` (every page a pattern), ``application/x-npy`` / ``application/octet-stream``
+  (an ``.npy`` file: 2-D one pattern, 3-D ``(n, rows, cols)``, 4-D ``(scan rows, scan cols, rows, cols)`` read
+  row by row); the format is recognised from the bytes, options come as query parameters;
+* ``multipart/form-data``: one or more file parts (PNG, TIFF or NPY, in order), options as form fields or
+  query parameters.
+
+``POST /v1/ebsd/scan`` reads one scan: a 4-D ``.npy`` ``(rows, cols, h, w)`` or an HDF5 file kikuchipy reads
+(``kikuchipy.load``: its own h5ebsd, EDAX/Bruker/Oxford HDF5), as the body (``application/x-npy``,
+``application/x-hdf5``, ``application/octet-stream``) or as the one file part of a multipart body.
+
+Options (query parameters, form fields or JSON fields): ``pc`` (``0.42,0.21,0.50``; JSON also ``[[...], ...]``
+one per pattern), ``refine``, ``static_background``, ``version``, ``sample_tilt_deg``, ``detector_tilt_deg``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from matserve.codecs.ebsd import (
+    ACCEPTED_FORMATS,
+    EbsdInputError,
+    EbsdTooLarge,
+    Geometry,
+    as_pattern_stack,
+    decode_npy,
+    decode_patterns,
+    sniff_format,
+)
+from matserve.errors import InvalidInput, MalformedRequest, PayloadTooLarge
+
+INDEX_MEDIA_TYPES = ("application/json", "image/png", "image/tiff", "application/x-npy", "application/octet-stream",
+                     "multipart/form-data")  # fmt: skip
+SCAN_MEDIA_TYPES = ("application/x-npy", "application/x-hdf5", "application/x-hdf", "application/octet-stream",
+                    "multipart/form-data")  # fmt: skip
+EBSD_EXAMPLE = '{"patterns": [[[12, 15, ...], ...]], "pc": [0.425, 0.213, 0.501], "refine": false}'
+DEFAULT_KIKUCHIPY_PC = (0.5, 0.5, 0.5)
+"""kikuchipy's default detector PC: a file carrying exactly this is taken to have no PC of its own."""
+
+
+class EbsdOptions(BaseModel):
+    """Options of both EBSD endpoints.
+
+    Attributes
+    ----------
+    pc : list of float, or list of list of float, optional
+        Projection centre ``[PCx, PCy, PCz]`` (Bruker convention: fractions of detector width, height, width) for
+        every pattern, or one per pattern; default the model's nominal PC (or, for HDF5 scans, the file's).
+    refine : bool
+        Refine each CNN orientation with kikuchipy (slow; at most 256 patterns per request).
+    static_background : bool
+        With ``refine``: subtract the mean of the request's patterns (a static-background estimate) before the
+        refinement's background removal (at least 9 patterns; best with a whole scan).
+    version : str, optional
+        Registry version of ``ebsd_indexer``.
+    sample_tilt_deg, detector_tilt_deg : float, optional
+        The measurement's geometry; the model supports 70 and 0 deg (+-0.5 deg) only; other values get a 422.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pc: list[float] | list[list[float]] | list[list[list[float]]] | None = Field(
+        default=None, examples=[[0.425, 0.213, 0.501]]
+    )
+    refine: bool = False
+    static_background: bool = False
+    version: str | None = Field(default=None, examples=[None])
+    sample_tilt_deg: float | None = Field(default=None, examples=[70.0])
+    detector_tilt_deg: float | None = Field(default=None, examples=[0.0])
+
+    @field_validator("pc", mode="before")
+    @classmethod
+    def _pc_from_text(cls, value: Any) -> Any:
+        """``"0.42,0.21,0.50"`` (query/form) or a JSON list as text -> a list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("pc is not valid JSON; send e.g. 0.425,0.213,0.501") from None
+        try:
+            return [float(part) for part in text.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"pc must be three numbers separated by commas, e.g. 0.425,0.213,0.501; got {value!r}"
+            ) from None
+
+
+class EbsdIndexRequest(EbsdOptions):
+    """A JSON body of ``POST /v1/ebsd/index``: ``pattern`` (one 2-D array) or ``patterns`` (a list of them)."""
+
+    pattern: list[list[float]] | None = None
+    patterns: list[list[list[float]]] | None = Field(default=None, min_length=1)
+
+
+class EbsdResult(BaseModel):
+    """One pattern's orientation (see :mod:`matserve.models.ebsd_indexer` for the conventions)."""
+
+    euler_bunge_deg: list[float] = Field(description="Bunge ZXZ (phi1, Phi, phi2), degrees, m-3m fundamental zone")
+    euler_bunge_rad: list[float] = Field(description="the same angles in radians")
+    quaternion: list[float] = Field(description="unit quaternion (a, b, c, d), sample -> crystal, a >= 0, orix")
+    expected_error_deg: float = Field(description="the network's estimate of its own error, degrees")
+    confidence: float = Field(description="exp(-expected_error_deg / 1 deg)")
+    pc: list[float] = Field(description="projection centre used (PCx, PCy, PCz), Bruker convention")
+    refined: bool
+    refinement_score: float | None = Field(default=None, description="NCC of the refined orientation")
+    refinement_change_deg: float | None = Field(default=None, description="CNN -> refined disorientation, degrees")
+    source: str | None = Field(default=None, description="file part (and page/index) of a multipart upload")
+
+
+class EbsdIndexResponse(BaseModel):
+    model: str
+    version: str
+    results: list[EbsdResult]
+
+
+class EbsdPixelError(BaseModel):
+    row: int
+    col: int
+    error: str
+
+
+class EbsdScanResponse(BaseModel):
+    """An orientation map: per-pixel lists ``[rows][cols]...``; ``null`` where a pixel could not be indexed."""
+
+    model: str
+    version: str
+    rows: int
+    cols: int
+    refined: bool
+    indexed: int
+    failed: int
+    pc: list[float] = Field(description="mean projection centre used")
+    euler_bunge_deg: list[list[list[float] | None]]
+    quaternion: list[list[list[float] | None]]
+    confidence: list[list[float | None]]
+    expected_error_deg: list[list[float | None]]
+    refinement_score: list[list[float | None]] | None = None
+    errors: list[EbsdPixelError]
+    ipf_z_rgb: list[list[list[int]]] = Field(description="IPF-Z colours (orix TSL key), uint8; failed pixels black")
+    ipf_z_png: str = Field(description="base64 PNG of the IPF-Z map, each pixel ipf_z_png_scale x ipf_z_png_scale")
+    ipf_z_png_scale: int
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def options_from(values: dict[str, Any], where: str) -> EbsdOptions:
+    """Options from query parameters / form fields (strings), with clear messages."""
+    try:
+        return EbsdOptions.model_validate(values)
+    except ValidationError as error:
+        raise InvalidInput(_option_errors(error, where)) from None
+
+
+def _option_errors(error: ValidationError, where: str) -> str:
+    parts = []
+    for e in error.errors():
+        name = str(e["loc"][0]) if e["loc"] else "body"
+        if name == "pc" and e["type"] != "value_error":
+            message = ("pc: send [PCx, PCy, PCz] (e.g. 0.425,0.213,0.501), or one such triple per pattern "
+                       "(per pixel for scans: [rows][cols][3])")  # fmt: skip
+            if message not in parts:
+                parts.append(message)
+        elif e["type"] == "extra_forbidden":
+            parts.append(f"unknown {where} {name!r}; accepted: {', '.join(EbsdOptions.model_fields)}")
+        else:
+            parts.append(f"{name}: {e['msg']}")
+    return "; ".join(parts[:5])
+
+
+def merge_options(body: EbsdOptions, query: dict[str, str]) -> EbsdOptions:
+    """Body options plus query options; the same option in both is refused."""
+    if not query:
+        return body
+    from_query = options_from(query, "query parameter")
+    given = body.model_fields_set & from_query.model_fields_set
+    if given:
+        raise InvalidInput(f"{', '.join(sorted(given))}: given both in the body and in the query; give each once")
+    values = {name: getattr(body, name) for name in body.model_fields_set if name in EbsdOptions.model_fields}
+    values.update({name: getattr(from_query, name) for name in from_query.model_fields_set})
+    return EbsdOptions.model_validate(values)
+
+
+async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """File parts ``(filename, bytes)`` in order, and the form fields, of a multipart body."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=50)
+    except HTTPException as error:
+        if "Too many files" in str(error.detail):
+            raise PayloadTooLarge(f"too many file parts: at most {max_files} per request") from None
+        raise MalformedRequest(f"the multipart body cannot be parsed: {error.detail}") from None
+    files: list[tuple[str, bytes]] = []
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((value.filename or key, await value.read()))
+            await value.close()
+        else:
+            if key in fields:
+                raise InvalidInput(f"form field {key!r} is given twice")
+            fields[key] = value
+    return files, fields
+
+
+def decode_index_body(
+    kind: str, body: bytes, files: list[tuple[str, bytes]], max_patterns: int
+) -> tuple[list[np.ndarray], list[str], list[str | None] | None]:
+    """Patterns, their labels in messages and (multipart) their sources, from a binary or multipart body."""
+    patterns: list[np.ndarray] = []
+    labels: list[str] = []
+    sources: list[str | None] | None = None
+    if kind == "multipart/form-data":
+        sources = []
+        if not files:
+            raise InvalidInput(f"the multipart body has no file part; send patterns as files ({ACCEPTED_FORMATS})")
+        for name, data in files:
+            stacks = decode_patterns(data, None, f"file {name!r}")
+            count = sum(len(s) for s in stacks)
+            k = 0
+            for stack in stacks:
+                for pattern in stack:
+                    labels.append(
+                        f"patterns[{len(patterns)}] (file {name!r}" + (f", pattern {k})" if count > 1 else ")")
+                    )
+                    sources.append(f"{name}[{k}]" if count > 1 else name)
+                    patterns.append(pattern)
+                    k += 1
+            _check_count(len(patterns), max_patterns)
+    else:
+        for stack in decode_patterns(body, kind):
+            _check_count(len(patterns) + len(stack), max_patterns)
+            labels.extend(f"patterns[{len(patterns) + k}]" for k in range(len(stack)))
+            patterns.extend(stack)
+    return patterns, labels, sources
+
+
+def decode_json_patterns(request: EbsdIndexRequest, max_patterns: int) -> tuple[list[np.ndarray | str], list[str]]:
+    """The patterns of a JSON body as arrays (rows of unequal length become per-item errors)."""
+    if (request.pattern is None) == (request.patterns is None):
+        raise InvalidInput(
+            f"send either 'pattern' (one 2-D array) or 'patterns' (a list of them), not "
+            f"{'both' if request.pattern is not None else 'neither'}; e.g. {EBSD_EXAMPLE}"
+        )
+    items = [request.pattern] if request.pattern is not None else list(request.patterns or [])
+    _check_count(len(items), max_patterns)
+    patterns: list[np.ndarray | str] = []
+    for item in items:
+        try:
+            patterns.append(np.asarray(item, dtype=np.float32))
+        except ValueError:
+            patterns.append("pattern rows have different lengths; send a rectangular 2-D array")
+    labels = ["pattern"] if request.pattern is not None else [f"patterns[{i}]" for i in range(len(items))]
+    return patterns, labels
+
+
+def _check_count(count: int, max_patterns: int) -> None:
+    if count > max_patterns:
+        raise PayloadTooLarge(
+            f"too many patterns: at most {max_patterns} per request (got {count} so far); split them (the Python SDK "
+            "does), or send a scan to POST /v1/ebsd/scan"
+        )
+
+
+def decode_scan(data: bytes, declared: str | None, max_patterns: int) -> tuple[np.ndarray, np.ndarray | None,
+                                                                               dict[str, float]]:  # fmt: skip
+    """A scan ``(rows, cols, h, w)`` from NPY or HDF5 bytes, with the file's PC and tilts (HDF5 only).
+
+    Raises
+    ------
+    EbsdInputError
+        Not NPY or HDF5, not 4-D, unreadable by kikuchipy; :class:`EbsdTooLarge` over ``max_patterns``.
+    """
+    kind = sniff_format(data)
+    if kind == "npy":
+        scan = decode_npy(data, "the scan")
+        if scan.ndim != 4:
+            raise EbsdInputError(
+                f"a scan is a 4-D array (scan rows, scan cols, pattern rows, pattern cols); got shape "
+                f"{list(scan.shape)}" + ("; send single patterns to POST /v1/ebsd/index" if scan.ndim < 4 else "")
+            )
+        _check_scan_size(scan.shape[0] * scan.shape[1], max_patterns)
+        return scan, None, {}
+    if kind == "hdf5":
+        return _read_hdf5_scan(data, max_patterns)
+    declared_text = f" (declared {declared})" if declared else ""
+    if kind in ("png", "tiff"):
+        raise EbsdInputError(f"the body is a {kind.upper()} image{declared_text}; a scan is a 4-D NPY array or an "
+                             "HDF5 file; send single images to POST /v1/ebsd/index")  # fmt: skip
+    raise EbsdInputError(
+        f"the body{declared_text} is neither a 4-D NPY array nor an HDF5 file ({'empty' if not data else repr(data[:16])}); "
+        "accepted: .npy (scan rows, scan cols, rows, cols) or an HDF5 file kikuchipy reads (h5ebsd, EDAX, Bruker, Oxford)"
+    )
+
+
+def _check_scan_size(count: int, max_patterns: int) -> None:
+    if count > max_patterns:
+        raise EbsdTooLarge(f"the scan has {count} patterns, over the limit of {max_patterns} per request; send it in "
+                           "row blocks (the Python SDK's index_ebsd_scan does)")  # fmt: skip
+
+
+def _read_hdf5_scan(data: bytes, max_patterns: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """Read an HDF5 scan with ``kikuchipy.load`` from a temporary file (kikuchipy is imported here)."""
+    with tempfile.TemporaryDirectory(prefix="matserve-ebsd-") as folder:
+        path = os.path.join(folder, "scan.h5")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import kikuchipy
+
+            try:
+                loaded = kikuchipy.load(path, lazy=False)
+            except Exception as error:  # readers raise many types on foreign or broken files
+                raise EbsdInputError(
+                    f"the HDF5 file cannot be read by kikuchipy ({type(error).__name__}: {error}); accepted: h5ebsd "
+                    "(kikuchipy's EBSD.save), EDAX, Bruker and Oxford HDF5"
+                ) from None
+        if isinstance(loaded, list):
+            raise EbsdInputError(f"the HDF5 file holds {len(loaded)} scans; send one at a time")
+        if type(loaded).__name__ not in ("EBSD", "LazyEBSD"):
+            raise EbsdInputError(f"the HDF5 file holds a {type(loaded).__name__}, not EBSD patterns")
+        array = np.asarray(loaded.data)
+        detector = loaded.detector
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise EbsdInputError(f"the HDF5 scan has shape {list(array.shape)}; expected (rows, cols, h, w)")
+    _check_scan_size(array.shape[0] * array.shape[1], max_patterns)
+    pc = np.asarray(detector.pc, dtype=np.float64).reshape(-1, 3)
+    file_pc = None
+    if not np.allclose(pc, DEFAULT_KIKUCHIPY_PC):
+        file_pc = pc[0] if len(pc) == 1 or np.allclose(pc, pc[0]) else pc
+        if file_pc.ndim == 2 and len(file_pc) != array.shape[0] * array.shape[1]:
+            file_pc = pc.mean(axis=0)
+    tilts = {"sample_tilt_deg": float(detector.sample_tilt), "detector_tilt_deg": float(detector.tilt)}
+    return array, file_pc, tilts
+
+
+def check_geometry(geometry: Geometry, options: EbsdOptions, file_tilts: dict[str, float] | None = None) -> None:
+    """Refuse tilts the model was not trained for (the request's, then the file's)."""
+    geometry.check_tilts(options.sample_tilt_deg, options.detector_tilt_deg)
+    if file_tilts and options.sample_tilt_deg is None and options.detector_tilt_deg is None:
+        try:
+            geometry.check_tilts(file_tilts.get("sample_tilt_deg"), file_tilts.get("detector_tilt_deg"))
+        except EbsdInputError as error:
+            raise EbsdInputError(f"the file's detector geometry: {error}") from None
+
+
+def item_errors(labels: list[str], results: list[dict[str, Any]]) -> InvalidInput | None:
+    """422 naming every pattern that could not be used (the first 10 in full; one line if they all agree)."""
+    failed = [(labels[i], r["error"]) for i, r in enumerate(results) if r.get("error")]
+    if not failed:
+        return None
+    messages = {error for _, error in failed}
+    if len(failed) > 1 and len(messages) == 1:
+        shown = f"all of {failed[0][0]} to {failed[-1][0]}: {failed[0][1]}"
+    else:
+        shown = "; ".join(f"{label}: {error}" for label, error in failed[:10])
+        shown += f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+    return InvalidInput(f"{len(failed)} of {len(results)} pattern(s) cannot be used: {shown}")
+
+
+def openapi_index_body() -> dict[str, Any]:
+    """OpenAPI request body and query parameters of ``POST /v1/ebsd/index``."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    multipart = {"schema": {"type": "object", "properties": {"files": {"type": "array", "items": {"type": "string",
+                 "format": "binary"}}, **{k: {"type": "string"} for k in EbsdOptions.model_fields}}}}  # fmt: skip
+    return {
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": EbsdIndexRequest.model_json_schema()}, "image/png": binary,
+            "image/tiff": binary, "application/x-npy": binary, "application/octet-stream": binary,
+            "multipart/form-data": multipart}},
+        "parameters": _query_parameters(),
+    }  # fmt: skip
+
+
+def openapi_scan_body() -> dict[str, Any]:
+    """OpenAPI request body and query parameters of ``POST /v1/ebsd/scan``."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {"required": True, "content": {t: binary for t in SCAN_MEDIA_TYPES if t != "multipart/form-data"}
+                        | {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+                            "type": "string", "format": "binary"}}}}}},
+        "parameters": _query_parameters(),
+    }  # fmt: skip
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    descriptions = {
+        "pc": "projection centre PCx,PCy,PCz (Bruker convention), e.g. 0.425,0.213,0.501",
+        "refine": "true: refine each orientation with kikuchipy (at most 256 patterns)",
+        "static_background": "true: with refine, subtract the request's mean pattern first (>= 9 patterns)",
+        "version": "registry version of ebsd_indexer",
+        "sample_tilt_deg": "sample tilt, degrees (70 supported)",
+        "detector_tilt_deg": "detector tilt, degrees (0 supported)",
+    }
+    return [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+            for name, text in descriptions.items()]  # fmt: skip
+
+
+__all__ = [
+    "EBSD_EXAMPLE",
+    "INDEX_MEDIA_TYPES",
+    "SCAN_MEDIA_TYPES",
+    "EbsdIndexRequest",
+    "EbsdIndexResponse",
+    "EbsdOptions",
+    "EbsdScanResponse",
+    "EbsdTooLarge",
+    "as_pattern_stack",
+]
+
+
+def scan_response(model: Any, scan: Any) -> dict[str, Any]:
+    """The JSON answer of ``POST /v1/ebsd/scan`` (maps, per-pixel errors, IPF-Z colours and PNG).
+
+    Parameters
+    ----------
+    model : ModelVersion
+        The version that answered.
+    scan : ScanOrientations
+        From :meth:`~matserve.models.ebsd_indexer.EbsdIndexerModel.index_scan`.
+    """
+    import base64
+
+    from matserve.plots import ipf_scale, ipf_z_rgb, rgb_png
+
+    rows, cols = scan.rows, scan.cols
+    found = scan.orientations
+    indexed = np.flatnonzero(scan.indexed)
+
+    def grid(values: np.ndarray | None, decimals: int) -> list[Any] | None:
+        """Per-pixel values (``(m,)`` or ``(m, k)`` over the indexed pixels) as ``[rows][cols]`` with nulls."""
+        if values is None:
+            return None
+        flat: list[Any] = [None] * (rows * cols)
+        for index, value in zip(indexed.tolist(), np.round(values, decimals).tolist(), strict=True):
+            flat[index] = value
+        return [flat[r * cols : (r + 1) * cols] for r in range(rows)]
+
+    rgb = np.zeros((rows * cols, 3), dtype=np.uint8)
+    rgb[indexed] = ipf_z_rgb(found.quaternion)
+    rgb_map = rgb.reshape(rows, cols, 3)
+    scale = ipf_scale(rows, cols)
+    return {
+        "model": model.name, "version": model.version, "rows": rows, "cols": cols,
+        "refined": found.refinement_score is not None, "indexed": len(indexed), "failed": len(scan.errors),
+        "pc": np.round(scan.pc.mean(axis=0).astype(np.float64), 6).tolist(),
+        "euler_bunge_deg": grid(np.degrees(found.euler_bunge_rad), 6),
+        "quaternion": grid(found.quaternion, 8),
+        "confidence": grid(found.confidence, 6),
+        "expected_error_deg": grid(found.expected_error_deg, 6),
+        "refinement_score": grid(found.refinement_score, 6),
+        "errors": [{"row": i // cols, "col": i % cols, "error": e} for i, e in sorted(scan.errors.items())],
+        "ipf_z_rgb": rgb_map.tolist(),
+        "ipf_z_png": base64.b64encode(rgb_png(rgb_map, scale)).decode("ascii"),
+        "ipf_z_png_scale": scale,
+    }  # fmt: skip

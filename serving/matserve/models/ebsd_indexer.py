@@ -1,0 +1,514 @@
+"""EBSD indexer: Kikuchi patterns in, crystal orientations (m-3m, nickel) out.
+
+Patterns are checked, area-resampled to 60x60 and normalised by :mod:`matserve.codecs.ebsd` (the function the
+training simulator uses); the network answers a cube-axis proximity map per pattern, which
+:mod:`matserve.codecs.orientation` turns into the orientation for the pattern's PC by least squares; the fit's
+residual, calibrated on validation data, is the error estimate.
+
+Conventions of every result
+---------------------------
+* ``quaternion``: unit quaternion (a, b, c, d), orix convention, the rotation from the sample to the crystal
+  frame (as ``kikuchipy``'s ``CrystalMap.rotations``), reduced to the m-3m fundamental zone (the
+  symmetry-equivalent with the smallest rotation angle, at most 62.8 deg; orix's ``Orientation.reduce()``),
+  with ``a >= 0``: equal orientations give equal numbers.
+* ``euler_bunge_rad`` / ``euler_bunge_deg``: Bunge (ZXZ, passive) Euler angles (phi1, Phi, phi2) of that
+  quaternion, as orix's ``Rotation.to_euler()`` (phi1, phi2 in [0, 360) deg; Phi in [0, 62.8] deg here).
+* ``expected_error_deg``: the estimated disorientation error, degrees (RMS residual of the least-squares fit
+  of the axis map times the card's ``orientation_decoding.error_deg_per_fit_residual``);
+  ``confidence = exp(-expected_error_deg / 1 deg)`` (1 for a perfect estimate, 0.37 at 1 deg, 0.05 at 3 deg).
+* ``pc``: the projection centre used, Bruker convention (PCx, PCy, PCz fractions of detector width, height,
+  width).
+
+``refine=True`` (:meth:`EbsdIndexerModel.index`) then refines each CNN orientation with kikuchipy's
+``EBSD.refine_orientation`` (Nelder-Mead, NCC against the Ni master pattern shipped in the kikuchipy wheel,
+20 kV, the same PC) and answers the refined orientation with ``refined: true``, the NCC ``refinement_score``
+and ``refinement_change_deg`` (disorientation between the CNN and the refined orientation). kikuchipy and orix
+are imported on first use only (about 10-20 s on this 2-core machine): indexing without refinement needs
+neither.
+
+Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
+does per pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from matserve.codecs.ebsd import (
+    CUBIC_ROTATIONS,
+    EbsdBatch,
+    EbsdInputError,
+    EbsdPatternInput,
+    EbsdTooLarge,
+    Geometry,
+    disorientation_deg,
+    encode_batch,
+    encode_patterns,
+    normalize_patterns,
+    quaternion_multiply,
+    quaternion_to_euler_bunge,
+    reduce_to_fundamental_zone,
+)
+from matserve.codecs.orientation import orientations_from_axis_map
+from matserve.metrics import ITEMS, REQUESTS
+from matserve.models.base import Prediction, ServedModel
+from matserve.registry import ModelVersion
+
+logger = logging.getLogger("matserve.ebsd")
+
+INPUT_PATTERNS = "patterns"
+OUTPUT_AXIS_MAP = "axis_map"
+OUTPUT_QUATERNION = "quaternion"
+OUTPUT_ERROR = "expected_error_deg"
+RUN_BATCH = 1024
+"""Most patterns per runtime call (or the card's ``serving.max_batch_size``, Triton's limit, if smaller); also
+bounds ONNX Runtime's working memory."""
+SCAN_CHUNK = 4096
+"""Patterns a scan is decoded, normalised and indexed in at a time."""
+CONFIDENCE_SCALE_DEG = 1.0
+"""``confidence = exp(-expected_error_deg / CONFIDENCE_SCALE_DEG)``."""
+REFINE_ENERGY_KV = 20
+"""Beam energy of the master pattern used by refinement, kV (the one energy the bundled Ni master pattern has)."""
+REFINE_TRUST_REGION_DEG = 3.0
+"""Refinement searches +-this around the CNN's Euler angles (each of phi1, Phi, phi2), degrees."""
+MIN_STATIC_BACKGROUND_PATTERNS = 9
+"""``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
+
+
+def confidence(expected_error_deg: np.ndarray) -> np.ndarray:
+    """``exp(-expected_error_deg / 1 deg)``: 1 for no expected error, 0.37 at 1 deg, 0.05 at 3 deg."""
+    return np.exp(-np.clip(np.asarray(expected_error_deg, dtype=np.float64), 0.0, None) / CONFIDENCE_SCALE_DEG)
+
+
+@dataclass
+class Orientations:
+    """Indexing results as arrays, one row per indexed pattern.
+
+    Attributes
+    ----------
+    quaternion : numpy.ndarray
+        ``(m, 4)`` unit quaternions, fundamental zone, ``a >= 0`` (see the module docstring).
+    euler_bunge_rad : numpy.ndarray
+        ``(m, 3)`` Bunge Euler angles, radians.
+    expected_error_deg : numpy.ndarray
+        ``(m,)`` the network's error estimate, degrees.
+    confidence : numpy.ndarray
+        ``(m,)`` ``exp(-expected_error_deg / 1 deg)``.
+    refinement_score : numpy.ndarray or None
+        ``(m,)`` NCC of the refined orientation (``None`` without refinement).
+    refinement_change_deg : numpy.ndarray or None
+        ``(m,)`` disorientation between the CNN and the refined orientation, degrees.
+    """
+
+    quaternion: np.ndarray
+    euler_bunge_rad: np.ndarray
+    expected_error_deg: np.ndarray
+    confidence: np.ndarray
+    refinement_score: np.ndarray | None = None
+    refinement_change_deg: np.ndarray | None = None
+
+    @classmethod
+    def from_network(cls, outputs: dict[str, np.ndarray]) -> Orientations:
+        """From the network's ``quaternion`` and ``expected_error_deg`` outputs."""
+        quaternion = reduce_to_fundamental_zone(outputs[OUTPUT_QUATERNION])
+        error = np.asarray(outputs[OUTPUT_ERROR], dtype=np.float64).reshape(-1)
+        return cls(quaternion, quaternion_to_euler_bunge(quaternion), error, confidence(error))
+
+    def refined(self, quaternion: np.ndarray, score: np.ndarray) -> Orientations:
+        """The same patterns with refined orientations (the CNN's error estimate and confidence are kept)."""
+        reduced = reduce_to_fundamental_zone(quaternion)
+        return Orientations(reduced, quaternion_to_euler_bunge(reduced), self.expected_error_deg, self.confidence,
+                            np.asarray(score, dtype=np.float64), disorientation_deg(self.quaternion, reduced))  # fmt: skip
+
+    def fill(self, results: list[dict[str, Any]], rows: list[int]) -> None:
+        """Write each orientation into its result dict (rows: positions in ``results``), rounded for JSON."""
+        quaternion = np.round(self.quaternion, 8).tolist()
+        radians = np.round(self.euler_bunge_rad, 8).tolist()
+        degrees = np.round(np.degrees(self.euler_bunge_rad), 6).tolist()
+        error = np.round(self.expected_error_deg, 6).tolist()
+        conf = np.round(self.confidence, 6).tolist()
+        score = None if self.refinement_score is None else np.round(self.refinement_score, 6).tolist()
+        change = None if self.refinement_change_deg is None else np.round(self.refinement_change_deg, 6).tolist()
+        for k, row in enumerate(rows):
+            results[row].update({
+                "euler_bunge_deg": degrees[k], "euler_bunge_rad": radians[k], "quaternion": quaternion[k],
+                "expected_error_deg": error[k], "confidence": conf[k], "refined": score is not None,
+                "refinement_score": None if score is None else score[k],
+                "refinement_change_deg": None if change is None else change[k],
+            })  # fmt: skip
+
+
+EMPTY_RESULT = {"euler_bunge_deg": None, "euler_bunge_rad": None, "quaternion": None, "expected_error_deg": None,
+                "confidence": None, "refined": False, "refinement_score": None, "refinement_change_deg": None}  # fmt: skip
+
+
+@dataclass
+class PreparedEbsd:
+    """Encoded patterns of a request and the geometry of the version that indexes them."""
+
+    batch: EbsdBatch
+    geometry: Geometry
+
+
+@dataclass
+class ScanOrientations:
+    """A scan indexed pixel by pixel (row-major ``rows x cols``).
+
+    Attributes
+    ----------
+    rows, cols : int
+        Scan shape.
+    indexed : numpy.ndarray
+        bool ``(rows * cols,)``: pixels with an orientation.
+    orientations : Orientations
+        One row per indexed pixel, in pixel order.
+    errors : dict of int to str
+        Flat pixel index -> why it was not indexed.
+    pc : numpy.ndarray
+        ``(rows * cols, 3)`` projection centres used.
+    """
+
+    rows: int
+    cols: int
+    indexed: np.ndarray
+    orientations: Orientations
+    errors: dict[int, str]
+    pc: np.ndarray
+
+
+class EbsdIndexerModel(ServedModel[PreparedEbsd]):
+    """Orientation regressor served from ``models/ebsd_indexer/<version>`` (trained geometry and phase in the card).
+
+    Batch jobs and :meth:`__call__` take :class:`~matserve.codecs.ebsd.EbsdPatternInput` items; the HTTP API
+    uses :meth:`index` (decoded arrays, optional refinement) and :meth:`index_scan`.
+    """
+
+    name = "ebsd_indexer"
+    item_type = EbsdPatternInput
+
+    def geometry(self, version: str | None = None) -> Geometry:
+        """The detector geometry a version was trained for."""
+        return Geometry.from_card(self.card(version))
+
+    # -- the lifecycle (jobs, __call__) ----------------------------------------------------------------------
+
+    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedEbsd:
+        geometry = Geometry.from_card(model.card)
+        return self._prepared(encode_batch(items, geometry), geometry)
+
+    def predict(self, prepared: PreparedEbsd, model: ModelVersion) -> dict[str, np.ndarray]:
+        """Run the network (axis maps), then least squares and decoding for each pattern's PC
+        (:func:`matserve.codecs.orientation.orientations_from_axis_map`): ``quaternion`` and
+        ``expected_error_deg`` (the fit residual times the card's validation calibration)."""
+        batch = prepared.batch
+        if not batch.rows:
+            return {}
+        size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
+        maps = np.concatenate([
+            np.asarray(self.runtime.run(model, {INPUT_PATTERNS: batch.patterns[i : i + size]})[OUTPUT_AXIS_MAP])
+            for i in range(0, len(batch.rows), size)
+        ])  # fmt: skip
+        quaternion, residual = orientations_from_axis_map(maps, batch.pc)
+        deg_per_residual = float(model.card.get("orientation_decoding", {}).get("error_deg_per_fit_residual", 1.0))
+        return {OUTPUT_QUATERNION: quaternion, OUTPUT_ERROR: deg_per_residual * residual}
+
+    def postprocess(self, prepared: PreparedEbsd, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        results = prepared.batch.results
+        if prepared.batch.rows:
+            Orientations.from_network(outputs).fill(results, prepared.batch.rows)
+        return results
+
+    @staticmethod
+    def _prepared(batch: EbsdBatch, geometry: Geometry) -> PreparedEbsd:
+        for result in batch.results:
+            for key, value in EMPTY_RESULT.items():
+                result.setdefault(key, value)
+        return PreparedEbsd(batch, geometry)
+
+    # -- the HTTP API's entry points ---------------------------------------------------------------------------
+
+    def index(
+        self,
+        patterns: list[np.ndarray | str],
+        pc: object = None,
+        version: str | None = None,
+        refine: bool = False,
+        static_background: bool = False,
+    ) -> Prediction:
+        """Index decoded patterns (one result per pattern, refused ones with ``error``), optionally refined.
+
+        Parameters
+        ----------
+        patterns : list of numpy.ndarray or str
+            2-D detector images (or the reason an item was refused while decoding).
+        pc : array-like, optional
+            ``[PCx, PCy, PCz]`` for all patterns or ``(n, 3)``; default the card's nominal PC.
+        version : str, optional
+            Registry version (default the active one).
+        refine : bool
+            Refine each orientation with kikuchipy (see :func:`refine_orientations`).
+        static_background : bool
+            With ``refine``: subtract the mean of the request's patterns (an estimate of the camera's static
+            background) before the refinement's background removal; needs at least
+            :data:`MIN_STATIC_BACKGROUND_PATTERNS` patterns. The network's input is never changed.
+
+        Raises
+        ------
+        EbsdInputError
+            A PC outside the trained range, or refinement options that cannot be used.
+        """
+        model = self.version(version)
+        geometry = Geometry.from_card(model.card)
+        centres = geometry.projection_centres(pc, len(patterns))
+        labels = {"model": model.name, "version": model.version}
+        try:
+            with self._timed(labels, "preprocess"):
+                prepared = self._prepared(encode_patterns(patterns, centres), geometry)
+            with self._timed(labels, "predict"):
+                outputs = self.predict(prepared, model)
+            with self._timed(labels, "postprocess"):
+                batch = prepared.batch
+                if batch.rows:
+                    orientations = Orientations.from_network(outputs)
+                    if refine:
+                        with self._timed(labels, "refine"):
+                            orientations = refine_batch(batch, orientations, model, static_background)
+                    orientations.fill(batch.results, batch.rows)
+        except Exception:
+            REQUESTS.labels(**labels, outcome="error").inc()
+            raise
+        REQUESTS.labels(**labels, outcome="ok").inc()
+        failed = len(batch.results) - len(batch.rows)
+        ITEMS.labels(**labels, outcome="ok").inc(len(batch.rows))
+        ITEMS.labels(**labels, outcome="error").inc(failed)
+        return Prediction(model=model.name, version=model.version, results=batch.results)
+
+    def index_scan(
+        self,
+        scan: np.ndarray,
+        pc: object = None,
+        version: str | None = None,
+        refine: bool = False,
+        static_background: bool = False,
+    ) -> tuple[ModelVersion, ScanOrientations]:
+        """Index a scan ``(rows, cols, h, w)`` pixel by pixel, :data:`SCAN_CHUNK` patterns at a time.
+
+        Parameters
+        ----------
+        scan : numpy.ndarray
+            ``(rows, cols, h, w)`` patterns, any numeric dtype.
+        pc : array-like, optional
+            ``[PCx, PCy, PCz]``, or ``(rows, cols, 3)`` / ``(rows * cols, 3)`` per pixel; default nominal.
+        version, refine, static_background
+            As for :meth:`index` (refinement is done over the whole scan at the end).
+
+        Returns
+        -------
+        model : ModelVersion
+            The version that answered.
+        scan : ScanOrientations
+            Orientations of the indexed pixels and the reasons of the others.
+        """
+        model = self.version(version)
+        geometry = Geometry.from_card(model.card)
+        rows, cols = int(scan.shape[0]), int(scan.shape[1])
+        flat = scan.reshape(rows * cols, *scan.shape[2:])
+        if pc is not None:
+            pc = np.asarray(pc, dtype=np.float64)
+            if pc.shape == (rows, cols, 3):
+                pc = pc.reshape(rows * cols, 3)
+        centres = geometry.projection_centres(pc, len(flat))
+        labels = {"model": model.name, "version": model.version}
+        indexed = np.zeros(len(flat), dtype=bool)
+        errors: dict[int, str] = {}
+        parts: list[Orientations] = []
+        normalised: list[np.ndarray] = []
+        resampled: list[np.ndarray] = []
+        try:
+            for start in range(0, len(flat), SCAN_CHUNK):
+                with self._timed(labels, "preprocess"):
+                    batch = encode_patterns(list(flat[start : start + SCAN_CHUNK]), centres[start : start + SCAN_CHUNK])
+                for k, result in enumerate(batch.results):
+                    if result["error"]:
+                        errors[start + k] = result["error"]
+                if not batch.rows:
+                    continue
+                indexed[np.asarray(batch.rows) + start] = True
+                with self._timed(labels, "predict"):
+                    outputs = self.predict(PreparedEbsd(batch, geometry), model)
+                parts.append(Orientations.from_network(outputs))
+                if refine:
+                    normalised.append(batch.patterns)
+                    resampled.append(batch.resampled)
+            orientations = _concatenate(parts)
+            if refine and len(orientations.quaternion):
+                whole = EbsdBatch(results=[], rows=list(range(int(indexed.sum()))), resampled=np.concatenate(resampled),
+                                  patterns=np.concatenate(normalised), pc=centres[indexed])  # fmt: skip
+                with self._timed(labels, "refine"):
+                    orientations = refine_batch(whole, orientations, model, static_background)
+        except Exception:
+            REQUESTS.labels(**labels, outcome="error").inc()
+            raise
+        REQUESTS.labels(**labels, outcome="ok").inc()
+        ITEMS.labels(**labels, outcome="ok").inc(int(indexed.sum()))
+        ITEMS.labels(**labels, outcome="error").inc(len(errors))
+        return model, ScanOrientations(rows, cols, indexed, orientations, errors, centres)
+
+
+def _concatenate(parts: list[Orientations]) -> Orientations:
+    if not parts:
+        empty = np.zeros(0)
+        return Orientations(np.zeros((0, 4)), np.zeros((0, 3)), empty, empty)
+    return Orientations(*(np.concatenate([getattr(p, name) for p in parts])
+                          for name in ("quaternion", "euler_bunge_rad", "expected_error_deg", "confidence")))  # fmt: skip
+
+
+# -- refinement (kikuchipy, imported on first use) ------------------------------------------------------------------
+
+_REFINE_LOCK = threading.Lock()
+_MASTER_PATTERN: Any = None
+
+
+def master_pattern() -> Any:
+    """The Ni master pattern shipped inside the kikuchipy wheel (square Lambert, both hemispheres), loaded once.
+
+    Never downloads anything (``kikuchipy.data.nickel_ebsd_master_pattern_small`` reads a file of the wheel).
+    """
+    global _MASTER_PATTERN
+    if _MASTER_PATTERN is None:
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import kikuchipy
+
+            _MASTER_PATTERN = kikuchipy.data.nickel_ebsd_master_pattern_small(projection="lambert", hemisphere="both")
+        logger.info("kikuchipy and the Ni master pattern loaded in %.1f s", time.perf_counter() - started)
+    return _MASTER_PATTERN
+
+
+def warm_up() -> None:
+    """Import kikuchipy/orix and load the master pattern now (``MATSERVE_EBSD_PRELOAD``), not at the first
+    refinement, scan upload or IPF map."""
+    try:
+        with _REFINE_LOCK:
+            master_pattern()
+        from matserve.plots import ipf_z_rgb
+
+        ipf_z_rgb(np.array([[1.0, 0.0, 0.0, 0.0]]))
+    except Exception:  # pragma: no cover - a warm-up failure only costs the first request its time
+        logger.exception("EBSD warm-up failed")
+
+
+def _well_conditioned(quaternions: np.ndarray) -> np.ndarray:
+    """The symmetry-equivalent of each orientation whose Bunge Phi is closest to 90 deg.
+
+    Refinement searches Euler space; near Phi = 0 (or 180 deg) phi1 and phi2 describe the same rotation
+    (gimbal lock) and the search is ill-conditioned. Equivalent orientations give the same pattern.
+    """
+    equivalents = quaternion_multiply(CUBIC_ROTATIONS[:, None, :], quaternions[None, :, :])  # (24, m, 4)
+    a, b, c, d = np.moveaxis(equivalents, -1, 0)
+    cos_phi = (a * a + d * d) - (b * b + c * c)  # cos(Phi) of each equivalent
+    best = np.abs(cos_phi).argmin(axis=0)
+    return equivalents[best, np.arange(len(quaternions))]
+
+
+def refine_orientations(
+    patterns: np.ndarray, pc: np.ndarray, quaternions: np.ndarray, trust_region_deg: float = REFINE_TRUST_REGION_DEG
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine orientations with ``kikuchipy.signals.EBSD.refine_orientation``.
+
+    Parameters
+    ----------
+    patterns : numpy.ndarray
+        ``(m, 60, 60)`` background-removed patterns.
+    pc : numpy.ndarray
+        ``(m, 3)`` projection centres (Bruker convention); sample tilt 70 deg, detector tilt 0 deg.
+    quaternions : numpy.ndarray
+        ``(m, 4)`` starting orientations (sample -> crystal, orix convention).
+    trust_region_deg : float
+        The search stays within +-this of the start in each Bunge Euler angle, degrees.
+
+    Returns
+    -------
+    quaternions : numpy.ndarray
+        ``(m, 4)`` refined orientations (not reduced to the fundamental zone).
+    scores : numpy.ndarray
+        ``(m,)`` normalised cross-correlation between each pattern and the simulation at its refined
+        orientation (-1 to 1).
+
+    Notes
+    -----
+    SciPy's Nelder-Mead (``method="minimize"``) maximises the NCC between the pattern and patterns projected
+    from the Ni master pattern (20 kV, kikuchipy's bundled one) at the pattern's PC, in a box of
+    ``trust_region_deg`` around the start. Refinements run one at a time (they use every core).
+    """
+    with _REFINE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp = master_pattern()
+        import kikuchipy
+        from orix.crystal_map import CrystalMap, PhaseList
+        from orix.quaternion import Rotation
+
+        count = len(patterns)
+        if count == 1:  # a one-point crystal map has shape (), which kikuchipy does not match with (1,): use two
+            patterns, pc, quaternions = (np.concatenate([x, x]) for x in (patterns, np.atleast_2d(pc), quaternions))
+        signal = kikuchipy.signals.EBSD(np.ascontiguousarray(patterns, dtype=np.float32))
+        detector = kikuchipy.detectors.EBSDDetector(shape=patterns.shape[1:], pc=np.asarray(pc, dtype=np.float64),
+                                                    sample_tilt=70.0, tilt=0.0)  # fmt: skip
+        start = _well_conditioned(np.asarray(quaternions, dtype=np.float64))
+        xmap = CrystalMap(
+            rotations=Rotation(start), phase_list=PhaseList(mp.phase), x=np.arange(len(start), dtype=float)
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # kikuchipy prints a progress bar and a speed line
+            refined = signal.refine_orientation(
+                xmap=xmap, detector=detector, master_pattern=mp, energy=REFINE_ENERGY_KV, method="minimize",
+                method_kwargs={"method": "Nelder-Mead"}, trust_region=[trust_region_deg] * 3,
+            )  # fmt: skip
+        refined_quaternions = np.asarray(refined.rotations.data, dtype=np.float64).reshape(-1, 4)[:count]
+        return refined_quaternions, np.asarray(refined.prop["scores"], dtype=np.float64).reshape(-1)[:count]
+
+
+def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersion,
+                 static_background: bool) -> Orientations:  # fmt: skip
+    """Refine a batch's CNN orientations (see :func:`refine_orientations`); checks the card's phase is Ni.
+
+    Raises
+    ------
+    EbsdInputError
+        The version's phase has no master pattern here, or ``static_background`` with too few patterns.
+    """
+    phase = (model.card.get("phase") or {}).get("name", "ni")
+    if str(phase).lower() not in ("ni", "nickel"):
+        raise EbsdInputError(f"refinement needs a master pattern of the model's phase ({phase!r}); only Ni is bundled")
+    patterns = batch.patterns
+    if static_background:
+        if len(batch.rows) < MIN_STATIC_BACKGROUND_PATTERNS:
+            raise EbsdInputError(
+                f"static_background needs at least {MIN_STATIC_BACKGROUND_PATTERNS} patterns from different grains "
+                f"(their mean is the background estimate); got {len(batch.rows)}"
+            )
+        patterns = normalize_patterns(batch.resampled - batch.resampled.mean(axis=0, keepdims=True))
+    started = time.perf_counter()
+    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion)
+    elapsed = time.perf_counter() - started
+    logger.info("refined %d orientation(s) in %.2f s (%.1f patterns/s)", len(scores), elapsed,
+                len(scores) / max(elapsed, 1e-9))  # fmt: skip
+    return orientations.refined(quaternions, scores)
+
+
+def check_refine_size(count: int, limit: int) -> None:
+    """Refuse refinement of more than ``limit`` patterns in one request (413)."""
+    if count > limit:
+        raise EbsdTooLarge(
+            f"refine=true takes at most {limit} patterns per request (refinement runs at about 10-30 patterns/s); "
+            f"got {count}: send fewer (the Python SDK sends 64 at a time) or leave refine off"
+        )
