@@ -40,7 +40,7 @@ def test_pipeline_writes_a_verified_version_with_a_complete_card(tiny_ebsd_regis
     assert card["split"]["sizes"]["train"] == 300 and card["split"]["sizes"]["test_noisy"] == 40
     assert {"train_000.npz", "test_noisy_000.npz", "test_low_dose_000.npz"} <= set(card["data"]["fingerprint_sha256"])
     assert card["onnx"]["parity_max_abs_axis_map"] <= 1e-4
-    assert card["training"]["steps"] == 12 and len(card["training"]["validation_per_epoch"]) == 2
+    assert card["training"]["steps"] == 12 and len(card["training"]["validation_per_epoch"]) >= 2
     for name in ("test_clean", "test_noisy", "test_pc_shifted", "test_low_dose", "real_nickel_ebsd_small"):
         metrics = card["metrics"][name]
         assert 0.0 <= metrics["mean_disorientation_deg"] <= 62.8  # the largest m-3m disorientation

@@ -124,8 +124,10 @@ class Schedule(keras.callbacks.Callback):
             rate *= (self.step + 1) / self.warmup_steps
         self.model.optimizer.learning_rate.assign(rate)
         self.model.disorientation_weight.assign(networks.DISORIENTATION_WEIGHT * max(0.0, 2 * fraction - 1))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.step += 1
-        if fraction >= self.stop_at:
+        if self.fraction() >= self.stop_at:
             self.model.stop_training = True
 
 
@@ -172,13 +174,15 @@ def train(args: argparse.Namespace, data: dict[str, dict[str, np.ndarray]]) -> t
     """Fit the network; returns it (best validation epoch's weights) and the training history."""
     keras.utils.set_random_seed(args.seed)
     network = networks.indexer()
+    if args.resume is not None:  # continue from a checkpoint (e.g. runs/train_<version>/best.weights.h5)
+        network.load_weights(str(args.resume))
     model = networks.IndexerTraining(network)
     train_x, val_x = normalised(data["train"]), normalised(data["val"])
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     schedule = Schedule(args.learning_rate, args.steps, None if args.steps else args.minutes)
     validation = ValidationDisorientation(network, val_x, data["val"], args.work / "best.weights.h5")
     started = time.perf_counter()
-    if "train_easy" in data:  # curriculum: the easy recipe for the first CURRICULUM_FRACTION of the budget
+    if "train_easy" in data and not args.no_curriculum:  # curriculum: the easy recipe for the first CURRICULUM_FRACTION of the budget
         schedule.stop_at = CURRICULUM_FRACTION
         model.fit(
             dataset(normalised(data["train_easy"]), data["train_easy"], args.batch_size, args.seed),
@@ -220,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-only", action="store_true", help="skip training: export the saved best weights")
+    parser.add_argument("--resume", type=Path, default=None, help="start from these weights (.weights.h5)")
+    parser.add_argument("--no-curriculum", action="store_true", help="skip the train_easy stage (e.g. when resuming)")
     args = parser.parse_args(argv)
     args.work = args.runs / f"train_{args.version}"
     args.work.mkdir(parents=True, exist_ok=True)
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
             "seed": args.seed,
+            "curriculum": None if args.no_curriculum else {"split": "train_easy", "fraction": CURRICULUM_FRACTION},
+            "resumed_from": None if args.resume is None else str(args.resume),
         },
         "metrics": metrics,
         "onnx": {"opset": 17, "parity_max_abs_axis_map": parity},
