@@ -182,7 +182,9 @@ def train(args: argparse.Namespace, data: dict[str, dict[str, np.ndarray]]) -> t
     schedule = Schedule(args.learning_rate, args.steps, None if args.steps else args.minutes)
     validation = ValidationDisorientation(network, val_x, data["val"], args.work / "best.weights.h5")
     started = time.perf_counter()
-    if "train_easy" in data and not args.no_curriculum:  # curriculum: the easy recipe for the first CURRICULUM_FRACTION of the budget
+    if (
+        "train_easy" in data and not args.no_curriculum
+    ):  # curriculum: the easy recipe for the first CURRICULUM_FRACTION of the budget
         schedule.stop_at = CURRICULUM_FRACTION
         model.fit(
             dataset(normalised(data["train_easy"]), data["train_easy"], args.batch_size, args.seed),
