@@ -10,22 +10,24 @@ import pytest
 from PIL import Image
 
 from matserve.codecs.ebsd import (
-    CUBIC_FZ_MAX_ANGLE_DEG,
-    CUBIC_ROTATIONS,
     NOMINAL_PC,
     PC_RANGE,
     EbsdInputError,
     EbsdTooLarge,
     Geometry,
     decode_patterns,
-    disorientation_deg,
     encode_batch,
     encode_patterns,
     normalize_patterns,
+    resample_patterns,
+)
+from matserve.codecs.orientation import (
+    CUBIC_FZ_MAX_ANGLE_DEG,
+    CUBIC_ROTATIONS,
+    disorientation_deg,
     quaternion_multiply,
     quaternion_to_euler_bunge,
     reduce_to_fundamental_zone,
-    resample_patterns,
 )
 
 

@@ -223,7 +223,8 @@ def test_ebsd_indexer_is_a_tensor_model(repository: Path) -> None:
 def test_ebsd_indexer_answers_the_same_on_triton(triton: TritonEndpoints, api_on_triton: str, server_url: str) -> None:
     """The EBSD graph on Triton HTTP and gRPC against in-process ONNX Runtime, within 1e-5; and the API's EBSD
     endpoint through Triton against the in-process API."""
-    from matserve.codecs.ebsd import NOMINAL_PC, disorientation_deg, normalize_patterns
+    from matserve.codecs.ebsd import NOMINAL_PC, normalize_patterns
+    from matserve.codecs.orientation import disorientation_deg
 
     rng = np.random.default_rng(5)
     inputs = {"patterns": normalize_patterns(rng.random((24, 60, 60)).astype(np.float32) * 255)}

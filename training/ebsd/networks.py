@@ -21,8 +21,6 @@ decoded from the predicted map (least squares and the decoder's power iterations
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -32,6 +30,7 @@ from matserve.codecs.ebsd import PATTERN_SIDE_PX
 from matserve.codecs.orientation import (
     AXIS_MAP_SIDE,
     CIRCLE_DIRECTIONS,
+    CUBIC_ROTATIONS,
     DETECTOR_TO_SAMPLE,
     EMBEDDING_INDICES,
     EMBEDDING_MULTIPLICITY,
@@ -52,14 +51,6 @@ DECODER_FILTERS: tuple[int, int] = (64, 32)
 DISORIENTATION_WEIGHT = 0.05
 
 
-@functools.cache
-def proper_symmetry_quaternions() -> np.ndarray:
-    """The 24 proper rotations of m-3m (point group 432) as orix quaternions ``(24, 4)``."""
-    from orix.quaternion import symmetry
-
-    return np.asarray(symmetry.O.data, dtype=np.float32)
-
-
 def quaternion_multiply(p: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
     """Hamilton product ``p q`` of broadcastable ``(..., 4)`` quaternions ``(a, b, c, d)``."""
     a1, b1, c1, d1 = tf.unstack(p, axis=-1)
@@ -77,7 +68,7 @@ def quaternion_multiply(p: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
 
 def symmetry_equivalents(q_true: tf.Tensor) -> tf.Tensor:
     """The 24 crystal-symmetry equivalents ``s_k q`` of ``(N, 4)`` orientations -> ``(N, 24, 4)``."""
-    symmetry = tf.constant(proper_symmetry_quaternions())
+    symmetry = tf.constant(CUBIC_ROTATIONS, tf.float32)
     return quaternion_multiply(symmetry[None, :, :], q_true[:, None, :])
 
 

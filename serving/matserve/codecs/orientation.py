@@ -2,7 +2,8 @@
 
 Conventions: orix unit quaternions ``(a, b, c, d)`` with ``a >= 0``; the orientation maps the sample frame
 to the crystal frame (as in kikuchipy crystal maps); its matrix's rows are the crystal's cube axes expressed
-in the sample frame.
+in the sample frame. The fundamental-zone reduction, Bunge Euler angles and disorientation below are numpy
+versions of orix's (m-3m), so that serving needs no orix import; tests compare them with orix.
 """
 
 from __future__ import annotations
@@ -253,3 +254,125 @@ def orientations_from_axis_map(values: np.ndarray, pc: np.ndarray) -> tuple[np.n
     ``(n, side, side)`` and PCs ``(n, 3)`` (Bruker convention)."""
     embedding, residual = embedding_from_axis_map(values, pc)
     return decode_cubic_embedding(embedding), residual
+
+
+# --------------------------------------------------------------------------- symmetry, FZ, Euler angles
+
+
+def _cubic_rotations() -> np.ndarray:
+    """The 24 proper rotations of m-3m (point group 432) as unit quaternions (a >= 0 representatives)."""
+    half = 0.5
+    root = 1 / np.sqrt(2)
+    candidates: set[tuple[float, ...]] = set()
+    for axis in range(4):  # identity and the three 2-fold axes <100>
+        q = [0.0] * 4
+        q[axis] = 1.0
+        candidates.add(tuple(q))
+    for signs in np.ndindex(2, 2, 2):  # 3-fold axes <111>: (1/2)(1, +-1, +-1, +-1)
+        candidates.add((half, *(half * (1 - 2 * s) for s in signs)))
+    for i in range(4):  # 4-fold <100> and 2-fold <110>: (1/sqrt2)(e_i +- e_j)
+        for j in range(i + 1, 4):
+            for sign in (1.0, -1.0):
+                q = [0.0] * 4
+                q[i], q[j] = root, sign * root
+                if q[0] < 0 or (q[0] == 0 and next(v for v in q if v != 0) < 0):
+                    q = [-v for v in q]
+                candidates.add(tuple(q))
+    rotations = np.array(sorted(candidates, reverse=True))
+    assert len(rotations) == 24
+    return rotations
+
+
+CUBIC_ROTATIONS = _cubic_rotations()
+"""float64 ``(24, 4)``: the proper rotations of the m-3m Laue group (432), orix's (a, b, c, d) convention."""
+CUBIC_FZ_MAX_ANGLE_DEG = 62.8
+"""Largest rotation angle of an orientation in the m-3m fundamental zone (62.80 deg), degrees."""
+
+
+def quaternion_multiply(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hamilton product ``p * q`` of quaternions ``(..., 4)`` (broadcast), (a, b, c, d) with a the scalar part."""
+    a1, b1, c1, d1 = np.moveaxis(p, -1, 0)
+    a2, b2, c2, d2 = np.moveaxis(q, -1, 0)
+    return np.stack([
+        a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
+        a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
+        a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
+        a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
+    ], axis=-1)  # fmt: skip
+
+
+def reduce_to_fundamental_zone(quaternions: np.ndarray) -> np.ndarray:
+    """Map orientations to the m-3m fundamental zone: the symmetry-equivalent with the smallest rotation angle.
+
+    Parameters
+    ----------
+    quaternions : numpy.ndarray
+        ``(n, 4)`` unit quaternions (a, b, c, d), orix convention, rotations from the sample to the crystal
+        frame (as ``kikuchipy``'s ``CrystalMap.rotations``); they are normalised first.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, 4)``: ``s * q`` for the crystal symmetry ``s`` of 432 with the largest ``|a|``, with
+        the sign chosen so that ``a >= 0``. This is the orientation ``orix.quaternion.Orientation(q,
+        symmetry=Oh).reduce()`` returns (the same rotation; up to the sign and ties on the zone's boundary),
+        computed with one matrix product instead of importing orix.
+    """
+    q = np.asarray(quaternions, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    # scalar part of s * q for every symmetry s: a_s a_q - b_s b_q - c_s c_q - d_s d_q
+    conjugated = CUBIC_ROTATIONS * np.array([1.0, -1.0, -1.0, -1.0])
+    scalar = q @ conjugated.T  # (n, 24)
+    best = np.abs(scalar).argmax(axis=1)
+    reduced = quaternion_multiply(CUBIC_ROTATIONS[best], q)
+    reduced *= np.where(reduced[:, :1] < 0, -1.0, 1.0)
+    return reduced
+
+
+def quaternion_to_euler_bunge(quaternions: np.ndarray) -> np.ndarray:
+    """Bunge (ZXZ, passive) Euler angles of unit quaternions, radians, as ``orix`` ``Rotation.to_euler()``.
+
+    Parameters
+    ----------
+    quaternions : numpy.ndarray
+        ``(n, 4)`` unit quaternions (a, b, c, d).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, 3)``: (phi1, Phi, phi2) in radians, phi1 and phi2 in [0, 2 pi), Phi in [0, pi]
+        (Rowenhorst et al. 2015, eq. A.14 with P = +1, the formula orix uses).
+    """
+    q = np.asarray(quaternions, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    a, b, c, d = q.T
+    q_ad = a * a + d * d
+    q_bc = b * b + c * c
+    chi = np.sqrt(q_ad * q_bc)
+    euler = np.zeros((len(q), 3))
+    regular = chi >= 1e-9
+    safe = np.where(regular, chi, 1.0)
+    euler[:, 0] = np.arctan2((b * d - a * c) / safe, (-a * b - c * d) / safe)
+    euler[:, 1] = np.arctan2(2 * chi, q_ad - q_bc)
+    euler[:, 2] = np.arctan2((a * c + b * d) / safe, (c * d - a * b) / safe)
+    # Degenerate cases (Phi = 0 or pi): all of the rotation in phi1.
+    zero_phi = ~regular & (q_bc < 1e-9)
+    pi_phi = ~regular & ~zero_phi
+    euler[zero_phi] = np.stack([np.arctan2(-2 * a * d, a * a - d * d), np.zeros(len(a)), np.zeros(len(a))],
+                               axis=1)[zero_phi]  # fmt: skip
+    euler[pi_phi] = np.stack([np.arctan2(-2 * b * c, b * b - c * c), np.full(len(a), np.pi), np.zeros(len(a))],
+                             axis=1)[pi_phi]  # fmt: skip
+    euler[np.abs(euler) < 1e-9] = 0.0
+    return np.mod(euler, 2 * np.pi)
+
+
+def disorientation_deg(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """m-3m disorientation angle between orientations ``p`` and ``q`` ``(n, 4)``, degrees (0 for equivalents)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    conjugate = q * np.array([1.0, -1.0, -1.0, -1.0])
+    misorientation = quaternion_multiply(p, conjugate)  # p q^-1 in the crystal frame's symmetry: s p q^-1
+    scalar = np.abs(misorientation @ (CUBIC_ROTATIONS * np.array([1.0, -1.0, -1.0, -1.0])).T).max(axis=1)
+    return np.degrees(2 * np.arccos(np.clip(scalar, -1.0, 1.0)))

@@ -44,21 +44,23 @@ from typing import Any
 import numpy as np
 
 from matserve.codecs.ebsd import (
-    CUBIC_ROTATIONS,
     EbsdBatch,
     EbsdInputError,
     EbsdPatternInput,
     EbsdTooLarge,
     Geometry,
-    disorientation_deg,
     encode_batch,
     encode_patterns,
     normalize_patterns,
+)
+from matserve.codecs.orientation import (
+    CUBIC_ROTATIONS,
+    disorientation_deg,
+    orientations_from_axis_map,
     quaternion_multiply,
     quaternion_to_euler_bunge,
     reduce_to_fundamental_zone,
 )
-from matserve.codecs.orientation import orientations_from_axis_map
 from matserve.metrics import ITEMS, REQUESTS
 from matserve.models.base import Prediction, ServedModel
 from matserve.registry import ModelVersion
