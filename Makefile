@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench bench-serving bench-xrd bench-ebsd triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd clean
+.PHONY: serve test lint bench bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-xrd: $(VENV)/.test-installed
 bench-ebsd: $(VENV)/.test-installed
 	PYTHONPATH=. $(BIN)/python bench/bench_ebsd.py
 
+# Scattering sorter: images/s end to end (decode + preprocess + model) for 195x487, 1043x981 and 1679x1475 images.
+bench-scattering: $(VENV)/.test-installed
+	PYTHONPATH=. $(BIN)/python bench/bench_scattering.py
+
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
 bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 	$(BIN)/python bench/bench_serving_paths.py
@@ -81,6 +85,13 @@ train-ebsd: $(VENV)/.test-installed
 	@test -n "$(VERSION)" || (echo "usage: make train-ebsd VERSION=1.1.0 [MINUTES=55]" && exit 2)
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.ebsd.train --version $(VERSION) --minutes $(MINUTES)
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.ebsd.baselines --card models/ebsd_indexer/$(VERSION)
+
+# Offline (never run by CI): simulate the scattering datasets (~20 min) unless present, train both networks
+# (the served CNN and the seed's LeNet) plus the histogram-feature baseline, export and evaluate.
+train-scattering: $(VENV)/.test-installed
+	@test -n "$(VERSION)" || (echo "usage: make train-scattering VERSION=1.1.0" && exit 2)
+	test -f training/scattering/runs/data_seed0/manifest.json || PYTHONUNBUFFERED=1 $(BIN)/python -m training.scattering.simulate
+	PYTHONUNBUFFERED=1 $(BIN)/python -m training.scattering.train --version $(VERSION)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

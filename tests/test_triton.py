@@ -244,6 +244,42 @@ def test_ebsd_indexer_answers_the_same_on_triton(triton: TritonEndpoints, api_on
         assert abs(a["expected_error_deg"] - b["expected_error_deg"]) < 1e-4
 
 
+def test_scattering_sorter_answers_the_same_on_triton(
+    repository: Path, triton: TritonEndpoints, api_on_triton: str, server_url: str
+) -> None:
+    """The sorter's four outputs (Grad-CAM maps included) on Triton HTTP and gRPC against in-process ONNX Runtime,
+    within 1e-5; and the API's sort endpoint through Triton against the in-process API."""
+    from matserve.codecs.scattering import encode_image
+
+    config = parse_config(repository / "scattering_sorter" / "config.pbtxt")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [128, 128, 2])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [
+        ("technique_probabilities", [4]), ("geometry_probabilities", [2]), ("feature_probabilities", [5]),
+        ("class_activation_maps", [16, 16, 11])]  # fmt: skip
+    rng = np.random.default_rng(6)
+    images = [(rng.poisson(5.0, (195, 487)) + 50 * (rng.random((195, 487)) < 0.01)).astype(np.int32) for _ in range(3)]
+    inputs = {"images": np.stack([encode_image(image).tensor for image in images])}
+    version = Registry(MODELS_DIR).get("scattering_sorter")
+    reference = OnnxRuntime(intra_op_threads=1).run(version, inputs)
+    names = [o.name for o in config.output]
+    for url in (triton.http_url, f"grpc://{triton.grpc_target}"):
+        transport = KServeTransport(url)
+        got, _ = transport.infer("scattering_sorter", inputs, names, version="1")
+        transport.close()
+        for name in names:
+            np.testing.assert_allclose(got[name].reshape(reference[name].shape), reference[name], atol=1e-5, rtol=0,
+                                       err_msg=f"scattering_sorter {name} {url}")  # fmt: skip
+    body = {"images": [image.tolist() for image in images[:2]], "saliency": True}
+    via_triton = httpx.post(api_on_triton + "/v1/scattering/sort", json=body, timeout=60)
+    in_process = httpx.post(server_url + "/v1/scattering/sort", json=body, timeout=60)
+    assert via_triton.status_code == in_process.status_code == 200, via_triton.text
+    for a, b in zip(via_triton.json()["results"], in_process.json()["results"], strict=True):
+        for key in ("technique", "geometry", "features", "saliency_label"):
+            assert a[key] == b[key], key
+        for key in ("technique_probabilities", "geometry_probabilities", "feature_probabilities"):
+            np.testing.assert_allclose(list(a[key].values()), list(b[key].values()), atol=1e-5)
+
+
 def test_grpc_sdk_matches_http_api_item_by_item(triton: TritonEndpoints, server_url: str) -> None:
     with Client(server_url) as http_client, Client.grpc(triton.grpc_target) as grpc_client:
         over_http = http_client.formation_enthalpy(MIXED)

@@ -32,6 +32,8 @@ from .models import (
     JobResultsPage,
     ModelInfo,
     ModelVersionInfo,
+    ScatteringFileResult,
+    ScatteringResult,
     XrdNoveltyResult,
     XrdPhaseResult,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "NotFoundError",
     "PatternFileError",
     "PayloadTooLargeError",
+    "ScatteringFileResult",
+    "ScatteringResult",
     "ServerError",
     "ServiceUnavailableError",
     "UnexpectedResponseError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +31,8 @@ from .models import (
     Job,
     JobResultsPage,
     ModelInfo,
+    ScatteringFileResult,
+    ScatteringResult,
     XrdNoveltyResult,
     XrdPhaseResult,
 )
@@ -361,6 +364,98 @@ class AsyncClient(BaseClient):
         """
         return await self._run(
             self._ebsd_scan_flow(path_or_array, pc, refine, version, progress, chunk_rows, static_background)
+        )
+
+    async def sort_scattering(
+        self,
+        path_or_array: Any,
+        *,
+        saliency: bool = False,
+        saliency_label: str | None = None,
+        version: str | None = None,
+    ) -> list[ScatteringResult]:
+        """Technique, geometry and features of 2D X-ray detector images (``POST /v1/scattering/sort``).
+
+        Parameters
+        ----------
+        path_or_array : path, bytes or array
+            A detector file (TIFF, CBF, EDF, HDF5/NeXus, NPY, PNG; uploaded as it is, the server recognises the
+            format from the bytes; every frame of a multi-frame file is sorted), the bytes of one, or a 2D numpy
+            array of counts (sent as ``.npy``; needs numpy). Integer gaps (negative values, or the unsigned
+            maximum) and an HDF5 file's Eiger ``pixel_mask`` are masked by the server.
+        saliency : bool, default False
+            Also return a PNG per image with the Grad-CAM map of the predicted technique over the image
+            (``result.save_saliency_png(path)``); at most 64 frames per request then.
+        saliency_label : str, optional
+            Draw this label's map instead (any technique, geometry or feature label; implies ``saliency``).
+        version : str, optional
+            Model version, e.g. ``"1.0.0"``; default the server's active one.
+
+        Returns
+        -------
+        list of ScatteringResult
+            One per frame, in file order; ``source`` is the path (``path[frame k]``, 0-based, for frame ``k`` of
+            a multi-frame file). A frame that cannot be sorted (e.g. constant) has ``error`` set when other
+            frames of the file could be sorted.
+
+        Raises
+        ------
+        InvalidInputError
+            No frame can be sorted (422; the message names each and why), or a bad option.
+        ClientRequestError
+            415: the bytes are in no accepted format (the message lists them).
+        PayloadTooLargeError
+            Over the server's body (64 MiB), frame (256) or decoded-pixel limits (413).
+        NotFoundError, ServiceUnavailableError, MatserveConnectionError
+            As for :meth:`formation_enthalpy`.
+        FileNotFoundError, ValueError, TypeError
+            A missing file, an array that is not 2D, or an input of another type (checked before sending).
+        """
+        return await self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version))
+
+    async def sort_scattering_folder(
+        self,
+        folder: str | os.PathLike[str],
+        pattern: str = "*",
+        *,
+        progress: bool = True,
+        saliency: bool = False,
+        saliency_label: str | None = None,
+        version: str | None = None,
+        recursive: bool = False,
+    ) -> list[ScatteringFileResult]:
+        """Sort every detector file of a folder, one request per file, recording each file's outcome.
+
+        Parameters
+        ----------
+        folder : path
+            The folder.
+        pattern : str, default "*"
+            Glob on file names (e.g. ``"*_0001.cbf"``); only files with a supported suffix are taken
+            (``.tif``, ``.tiff``, ``.cbf``, ``.edf``, ``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, ``.nx5``, ``.npy``,
+            ``.png``), in path order.
+        progress : bool, default True
+            A tqdm progress bar over files, when tqdm is installed.
+        saliency, saliency_label, version
+            As for :meth:`sort_scattering` (the version that answers the first file is pinned for the rest).
+        recursive : bool, default False
+            Also take the files of subfolders.
+
+        Returns
+        -------
+        list of ScatteringFileResult
+            One per file, in path order: its ``results`` (one per frame), or ``error`` (and ``status_code``) when
+            the server refused it (unreadable, no usable image, too large) or it could not be read here.
+
+        Raises
+        ------
+        NotADirectoryError
+            ``folder`` is not a folder.
+        NotFoundError, ServiceUnavailableError, MatserveConnectionError
+            An unknown ``version``, or a server that cannot sort at all: every file would fail the same way.
+        """
+        return await self._run(
+            self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label, version)
         )
 
     async def models(self) -> list[ModelInfo]:

@@ -48,12 +48,15 @@ from .models import (
     Job,
     JobResultsPage,
     ModelInfo,
+    ScatteringFileResult,
+    ScatteringResult,
     XrdNoveltyResult,
     XrdPhaseResult,
     _FormationEnthalpyResponse,
     _JobResultsResponse,
     _ModelsResponse,
 )
+from .scattering_files import ScatteringUpload, scattering_files, scattering_upload
 from .xrd_files import XrdPattern, read_pattern
 
 logger = logging.getLogger("matserve_client")
@@ -81,7 +84,9 @@ EBSD_SCAN_BLOCK_PATTERNS = 4096
 """Patterns per row block of a scan sent to ``/v1/ebsd/scan`` (256 with refinement, the server's limit)."""
 EBSD_SCAN_REFINE_BLOCK_PATTERNS = 256
 EBSD_TIMEOUT_S = 600.0
-"""Read timeout of EBSD scan uploads and refinement requests, seconds (at least the client's own)."""
+"""Read timeout of EBSD scan uploads and refinement requests, and of scattering uploads, seconds (at least the
+client's own)."""
+SCATTERING_PATH = "/v1/scattering/sort"
 DEFAULT_JOB_PAGE_SIZE = 1000
 """Results per page when reading a job's results."""
 DEFAULT_JOB_POLL_S = 1.0
@@ -772,6 +777,86 @@ class BaseClient:
             params=params, timeout=timeout,
         )  # fmt: skip
 
+    # -- scattering sorter ---------------------------------------------------------------------------------------
+
+    def _scattering_flow(
+        self, path_or_array: Any, saliency: bool, saliency_label: str | None, version: str | None
+    ) -> Flow[list[ScatteringResult]]:
+        """Sort one file, ``bytes`` or 2D array: one result per frame."""
+        return (yield from self._scattering_upload_flow(scattering_upload(path_or_array), saliency, saliency_label,
+                                                        version))  # fmt: skip
+
+    def _scattering_upload_flow(
+        self, upload: ScatteringUpload, saliency: bool, saliency_label: str | None, version: str | None
+    ) -> Flow[list[ScatteringResult]]:
+        params: dict[str, str] = {}
+        if saliency:
+            params["saliency"] = "true"
+        if saliency_label is not None:
+            params["saliency_label"] = saliency_label
+        if version is not None:
+            params["version"] = version
+        timeout = self._long_timeout()
+        headers = {"Content-Type": upload.content_type}
+        sent_name = None
+        if upload.name is not None:  # the server names the file's frames after it (in results and messages)
+            sent_name = Path(upload.name).name
+            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(sent_name, safe='')}"
+
+        def build() -> httpx.Request:
+            return self._http.build_request("POST", SCATTERING_PATH, content=upload.data, params=params,
+                                            timeout=timeout, headers=headers)  # fmt: skip
+
+        response = yield from self._request("POST", SCATTERING_PATH, build=build)
+        payload = parse_body(response, _XrdResponse)
+        if version is not None and payload.version != version:
+            raise UnexpectedResponseError(f"expected model version {version!r} but the server answered with "
+                                          f"{payload.version!r}", response=response)  # fmt: skip
+        results = []
+        for item in payload.results:
+            fields = dict(item)
+            encoded = fields.pop("saliency_png_base64", None)
+            fields["saliency_png"] = base64.b64decode(encoded) if encoded else None
+            fields["source"] = _scattering_source(fields.get("source"), sent_name, upload.name)
+            results.append(ScatteringResult(**fields, model=payload.model, version=payload.version))
+        return results
+
+    def _scattering_folder_flow(
+        self,
+        folder: str | os.PathLike[str],
+        pattern: str,
+        recursive: bool,
+        progress: bool,
+        saliency: bool,
+        saliency_label: str | None,
+        version: str | None,
+    ) -> Flow[list[ScatteringFileResult]]:
+        """One request per file (version pinned after the first answer); refusals recorded per file."""
+        files = scattering_files(folder, pattern, recursive)
+        bar = _optional_bar(len(files), "file", "scattering") if progress else None
+        answers: list[ScatteringFileResult] = []
+        pinned = version
+        try:
+            for path in files:
+                try:
+                    upload = scattering_upload(path)
+                    results = yield from self._scattering_upload_flow(upload, saliency, saliency_label, pinned)
+                except (NotFoundError, ServiceUnavailableError):
+                    raise  # an unknown version or a server that cannot sort: every file would fail the same way
+                except (ClientRequestError, ServerError) as exc:
+                    answers.append(ScatteringFileResult(path=str(path), error=exc.message, status_code=exc.status_code))
+                except OSError as exc:
+                    answers.append(ScatteringFileResult(path=str(path), error=f"{type(exc).__name__}: {exc}"))
+                else:
+                    pinned = results[0].version if results else pinned
+                    answers.append(ScatteringFileResult(path=str(path), results=results))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return answers
+
     # -- batch jobs --------------------------------------------------------------------------------------------
 
     def _submit_job_flow(self, model: str, inputs: Sequence[Any] | str, version: str | None) -> Flow[Job]:
@@ -910,6 +995,15 @@ def _ebsd_params(pc: Any, refine: bool, version: str | None, static_background: 
 
 
 _SOURCE_INDEX = re.compile(r"(.*)\[(\d+)\]")
+
+
+def _scattering_source(source: Any, sent_name: str | None, path: str | None) -> str | None:
+    """The server's ``name``/``name[frame k]`` as ``path``/``path[frame k]`` for an uploaded file."""
+    if sent_name is None or path is None or not isinstance(source, str):
+        return source
+    if source == sent_name or source.startswith(sent_name + "["):
+        return path + source[len(sent_name) :]
+    return source
 
 
 def _file_sources(files: list[Path], results: list[dict[str, Any]]) -> list[str]:

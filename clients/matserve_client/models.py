@@ -17,6 +17,8 @@ __all__ = [
     "JobResultsPage",
     "ModelInfo",
     "ModelVersionInfo",
+    "ScatteringFileResult",
+    "ScatteringResult",
     "XrdNoveltyResult",
     "XrdPhaseResult",
 ]
@@ -296,6 +298,107 @@ class EbsdScanResult(BaseModel):
         path = Path(path)
         path.write_bytes(self.ipf_png(scale))
         return path
+
+
+class ScatteringResult(BaseModel):
+    """Technique, geometry and features of one 2D X-ray detector image (one frame of a file).
+
+    Attributes
+    ----------
+    source : str or None
+        The image: the file path (``path[frame k]`` for frame ``k``, 0-based, of a multi-frame file), or the
+        server's name for arrays and bytes (``body``, ``body[frame k]``).
+    technique : str or None
+        Most probable technique: ``saxs``, ``waxs``, ``gisaxs`` or ``giwaxs`` (the version's card labels).
+    technique_probabilities : dict of str to float or None
+        Probability of every technique (they sum to 1).
+    geometry : str or None
+        Most probable geometry: ``transmission`` or ``grazing``.
+    geometry_probabilities : dict of str to float or None
+        Probability of every geometry (they sum to 1).
+    features : list of str or None
+        Features present (probability at least the card's ``feature_threshold``, 0.5), among ``rings``,
+        ``arcs``, ``rods``, ``bragg_peaks``, ``diffuse_halo``.
+    feature_probabilities : dict of str to float or None
+        Independent probability of every feature (multi-label: they need not sum to 1).
+    detector_shape : list of int or None
+        ``[rows, cols]`` of the image, pixels.
+    valid_fraction : float or None
+        Share of the detector's pixels that were valid (not gaps, masked, negative or saturated), 0-1.
+    saliency_png : bytes or None
+        With ``saliency=True``: an RGB PNG of the image as the network saw it (log intensity, grey) with the
+        Grad-CAM map of :attr:`saliency_label` over it (see :meth:`save_saliency_png`).
+    saliency_label : str or None
+        The label whose map the PNG shows.
+    error : str or None
+        Why this image could not be sorted (the other images of the file still are); ``None`` on success.
+    model, version : str
+        Who answered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str | None = None
+    technique: str | None = None
+    technique_probabilities: dict[str, float] | None = None
+    geometry: str | None = None
+    geometry_probabilities: dict[str, float] | None = None
+    features: list[str] | None = None
+    feature_probabilities: dict[str, float] | None = None
+    detector_shape: list[int] | None = None
+    valid_fraction: float | None = None
+    saliency_png: bytes | None = Field(default=None, repr=False)
+    saliency_label: str | None = None
+    error: str | None = None
+    model: str
+    version: str
+
+    @property
+    def ok(self) -> bool:
+        """``True`` if the image was sorted (no :attr:`error`)."""
+        return self.error is None and self.technique is not None
+
+    def save_saliency_png(self, path: str | Path) -> Path:
+        """Write the saliency PNG to ``path``; returns the path.
+
+        Raises
+        ------
+        ValueError
+            No PNG in this result: call ``sort_scattering(..., saliency=True)``.
+        """
+        if self.saliency_png is None:
+            raise ValueError("no saliency PNG in this result: call sort_scattering(..., saliency=True)")
+        path = Path(path)
+        path.write_bytes(self.saliency_png)
+        return path
+
+
+class ScatteringFileResult(BaseModel):
+    """The answer for one file of a folder (:meth:`Client.sort_scattering_folder`).
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    results : list of ScatteringResult
+        One per frame of the file (empty when :attr:`error` is set).
+    error : str or None
+        Why the file could not be sorted (unreadable, no usable image, over a size limit, ...); ``None`` on success.
+    status_code : int or None
+        The HTTP status of the refusal, when the server refused the file.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    results: list[ScatteringResult] = Field(default_factory=list)
+    error: str | None = None
+    status_code: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the file was sorted (some of its frames may still carry an ``error``)."""
+        return self.error is None
 
 
 class ModelVersionInfo(BaseModel):

@@ -7,6 +7,7 @@
     matserve predict xrd scan.xy other.csv [--plots DIR]      # phase + novelty of pattern files
     matserve predict ebsd a.png b.tif c.npy [--pc X,Y,Z] [--refine]  # orientations of EBSD patterns
     matserve predict ebsd-scan scan.h5 [--ipf map.png]       # orientation map + IPF-Z PNG of a scan
+    matserve predict scattering a.cbf b.h5 [--saliency-png OUT]  # technique/geometry/features of detector images
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
@@ -142,6 +143,60 @@ def _predict_ebsd_scan(args: argparse.Namespace) -> int:
     for error in scan.errors[:20]:
         print(f"row {error.row} col {error.col}: {error.error}")
     return 0
+
+
+def _saliency_path(out: Path, source: str, single: bool) -> Path:
+    """Where a frame's saliency PNG goes: ``out`` itself for one frame and a ``.png`` name, else a file in the
+    folder ``out`` named after the image (``scan_0001.saliency.png``, ``stack_frame3.saliency.png``)."""
+    if single and out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    base, _, frame = Path(source).name.partition("[frame ")
+    stem = Path(base).stem + (f"_frame{frame.rstrip(']')}" if frame else "")
+    return out / f"{stem}.saliency.png"
+
+
+def _predict_scattering(args: argparse.Namespace) -> int:
+    """Technique, geometry and features of every frame of the files, one line per frame; ``--saliency-png`` writes
+    the Grad-CAM PNGs. A file the server refuses is reported and the others go on (exit code 1)."""
+    from matserve_client import Client, ClientRequestError, MatserveError, ServerError
+
+    saliency = args.saliency_png is not None or args.saliency_label is not None
+    rows: list[Any] = []
+    failed: list[tuple[str, str]] = []
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            for path in args.files:
+                try:
+                    rows.extend(client.sort_scattering(str(path), saliency=saliency, saliency_label=args.saliency_label,
+                                                       version=args.version))  # fmt: skip
+                except (ClientRequestError, ServerError, OSError, ValueError) as error:
+                    failed.append((str(path), getattr(error, "message", None) or str(error)))
+    except MatserveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.saliency_png is not None:
+        drawn = [r for r in rows if r.saliency_png is not None]
+        for r in drawn:
+            r.save_saliency_png(_saliency_path(args.saliency_png, r.source or "image", len(drawn) == 1))
+    for path, message in failed:
+        print(f"error: {path}: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.model_dump(exclude={"saliency_png"}) for r in rows]
+                         + [{"source": path, "error": message} for path, message in failed], indent=2))  # fmt: skip
+        return 1 if failed else 0
+    if rows:
+        print(f"# {rows[0].model} {rows[0].version}; probabilities of the most probable class")
+        print(f"{'image':<36} {'technique':<9} {'p':>6}  {'geometry':<12} {'p':>6}  features")
+    for r in rows:
+        name = Path(r.source or "").name
+        if r.error:
+            print(f"{name:<36} error: {r.error}")
+            continue
+        print(f"{name:<36} {r.technique:<9} {r.technique_probabilities[r.technique]:6.3f}  {r.geometry:<12} "
+              f"{r.geometry_probabilities[r.geometry]:6.3f}  {', '.join(r.features) or '-'}")  # fmt: skip
+    return 1 if failed else 0
 
 
 def _print_formation_enthalpy_table(results: Sequence[Any]) -> None:
@@ -338,6 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     ebsd_scan.add_argument("--ipf", type=Path, default=None, metavar="PNG", help="write the IPF-Z colour map")
     client_options(ebsd_scan)
     ebsd_scan.set_defaults(handler=_predict_ebsd_scan)
+
+    scattering = targets.add_parser(
+        "scattering", help="technique, geometry and features of 2D X-ray detector images (.tif .cbf .edf .h5 .npy .png)"
+    )
+    scattering.add_argument("files", nargs="+", type=Path)
+    scattering.add_argument("--saliency-png", type=Path, default=None, metavar="OUT",
+                            help="write Grad-CAM PNGs: OUT.png for a single image, else into the folder OUT")  # fmt: skip
+    scattering.add_argument("--saliency-label", default=None, metavar="LABEL",
+                            help="draw this label's map (default the predicted technique)")  # fmt: skip
+    scattering.add_argument("--version", default=None, help="pin a model version")
+    client_options(scattering)
+    scattering.set_defaults(handler=_predict_scattering)
 
     models = commands.add_parser("models", help="list the models a server serves")
     client_options(models)

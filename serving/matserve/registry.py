@@ -12,6 +12,7 @@ the highest valid version.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -87,10 +88,64 @@ class ModelVersion:
         """Path of a file the card lists."""
         return self.path / key
 
+    def tensor_specs(self, kind: str) -> list[dict[str, Any]]:
+        """The graph's ``inputs`` or ``outputs`` as ``[{"name", "dtype", "shape", ...}]`` (see :func:`tensor_specs`)."""
+        return tensor_specs(self, kind)
+
     def summary(self) -> dict[str, Any]:
         """What ``GET /v1/models`` shows for this version."""
         keys = ("task", "description", "created", "code_commit", "inputs", "outputs", "metrics", "baselines")
         return {"name": self.name, "version": self.version, **{k: self.card[k] for k in keys if k in self.card}}
+
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+                "tensor(string)": "bytes"}  # fmt: skip
+
+
+def tensor_specs(model: ModelVersion, kind: str) -> list[dict[str, Any]]:
+    """A card's ``inputs`` or ``outputs`` as a list of ``{"name", "dtype", "shape", ...}`` (batch axis ``-1``).
+
+    Cards give them either as that list, or as a mapping of names to (possibly empty) specs, e.g.
+    ``{"images": {"shape": [null, 128, 128, 2], "dtype": "float32"}, "class_activation_maps": {}}``; then the
+    order is the mapping's, and a missing ``dtype`` or ``shape`` is read from ``model.onnx`` (with ONNX Runtime,
+    which every serving environment has). Unknown dimensions (``null``, symbolic) become ``-1``.
+
+    Parameters
+    ----------
+    model : ModelVersion
+    kind : {"inputs", "outputs"}
+    """
+    if kind not in ("inputs", "outputs"):
+        raise ValueError(f"kind is 'inputs' or 'outputs', not {kind!r}")
+    declared = model.card[kind]
+    if isinstance(declared, list):
+        return [dict(spec) for spec in declared]
+    specs = []
+    graph: dict[str, dict[str, Any]] | None = None
+    for name, spec in dict(declared).items():
+        spec = dict(spec or {})
+        if "dtype" not in spec or "shape" not in spec:
+            graph = graph if graph is not None else _graph_specs(str(model.file("model.onnx")), kind)
+            if name not in graph:
+                raise RegistryError(f"{model.path}: card {kind} name {name!r}, which model.onnx does not have")
+            spec = {**graph[name], **spec}
+        shape = [-1 if d is None else int(d) for d in spec["shape"]]
+        specs.append({**spec, "name": name, "shape": shape})
+    return specs
+
+
+@functools.lru_cache(maxsize=32)
+def _graph_specs(path: str, kind: str) -> dict[str, dict[str, Any]]:
+    """``{name: {"dtype", "shape"}}`` of an ONNX graph's inputs or outputs (unknown dimensions ``-1``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    nodes = session.get_inputs() if kind == "inputs" else session.get_outputs()
+    return {node.name: {"dtype": _ONNX_DTYPES.get(node.type, node.type),
+                        "shape": [d if isinstance(d, int) else -1 for d in node.shape]} for node in nodes}  # fmt: skip
 
 
 def verify(path: Path) -> ModelVersion:

@@ -13,6 +13,9 @@ service, so that every error, validation and size limit answers with the same
   the query: ``pc``, ``refine``, ``static_background``, ``version``, tilts) -> orientations; see
   :mod:`matserve.ebsd_api`
 * ``POST /v1/ebsd/scan``: a scan (4-D NPY or HDF5) -> orientation maps and an IPF-Z PNG
+* ``POST /v1/scattering/sort``: 2D X-ray detector images as a file (TIFF, CBF, EDF, HDF5, NPY, PNG), multipart
+  file parts or JSON arrays (options ``saliency``, ``saliency_label``, ``version``) -> technique, geometry and
+  features per frame, optionally a Grad-CAM PNG; see :mod:`matserve.scattering_api`
 * ``POST /v1/jobs``: ``{"model": ..., "inputs": [...], "version": optional}`` -> 202 and a job to poll
 * ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/results?offset=&limit=``, ``DELETE /v1/jobs/{id}`` (cancel)
 * ``GET /v1/models``: registry listing with card summaries, and how the cache and jobs are backed
@@ -46,9 +49,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from matserve import ebsd_api
+from matserve import ebsd_api, scattering_api
 from matserve.cache import make_cache
+from matserve.codecs.detector_files import FrameBudget
 from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge
+from matserve.codecs.scattering import ImageError
 from matserve.codecs.xrd import MAX_POINTS, WAVELENGTH_RANGE_ANGSTROM, PatternInput
 from matserve.errors import (
     Forbidden,
@@ -66,6 +71,7 @@ from matserve.metrics import JOBS
 from matserve.models.base import Prediction, ServedModel
 from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size, warm_up
 from matserve.models.formation_enthalpy import Formula
+from matserve.models.scattering_sorter import ScatteringSorterModel
 from matserve.models.xrd_novelty import XrdNoveltyModel, calibration
 from matserve.registry import Registry
 from matserve.runtimes import make_runtime
@@ -80,6 +86,7 @@ XRD_PHASE_PATH = "/xrd/phase"
 XRD_NOVELTY_PATH = "/xrd/novelty"
 EBSD_INDEX_PATH = "/ebsd/index"
 EBSD_SCAN_PATH = "/ebsd/scan"
+SCATTERING_SORT_PATH = "/scattering/sort"
 MAX_PLOT_PATTERNS = 16
 XRD_EXAMPLE = '{"patterns": [{"two_theta_deg": [20.0, 20.02, ...], "intensity": [12, 15, ...]}]}'
 
@@ -392,6 +399,8 @@ def validation_error(exc: RequestValidationError, path: str = "") -> MatserveErr
         example = XRD_EXAMPLE
     elif "/ebsd/" in path:
         example = ebsd_api.EBSD_EXAMPLE
+    elif "/scattering/" in path:
+        example = scattering_api.SCATTERING_EXAMPLE
     elif "/jobs" in path:
         example = '{"model": "formation_enthalpy", "inputs": ["NaCl"]}'
     else:
@@ -436,8 +445,13 @@ app.add_middleware(
         XRD_NOVELTY_PATH: SETTINGS.max_xrd_body_bytes,
         EBSD_INDEX_PATH: SETTINGS.max_ebsd_body_bytes,
         EBSD_SCAN_PATH: SETTINGS.max_ebsd_body_bytes,
+        SCATTERING_SORT_PATH: SETTINGS.max_scattering_body_bytes,
     },
-    route_media_types={EBSD_INDEX_PATH: ebsd_api.INDEX_MEDIA_TYPES, EBSD_SCAN_PATH: ebsd_api.SCAN_MEDIA_TYPES},
+    route_media_types={
+        EBSD_INDEX_PATH: ebsd_api.INDEX_MEDIA_TYPES,
+        EBSD_SCAN_PATH: ebsd_api.SCAN_MEDIA_TYPES,
+        SCATTERING_SORT_PATH: scattering_api.SORT_MEDIA_TYPES,
+    },
 )
 
 
@@ -481,6 +495,12 @@ async def _matserve_error(_: Request, exc: MatserveError) -> JSONResponse:
 @app.exception_handler(EbsdInputError)
 async def _ebsd_input_error(_: Request, exc: EbsdInputError) -> JSONResponse:
     error: MatserveError = PayloadTooLarge(str(exc)) if isinstance(exc, EbsdTooLarge) else InvalidInput(str(exc))
+    return JSONResponse(error.to_body(), status_code=error.status)
+
+
+@app.exception_handler(ImageError)
+async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
+    error = scattering_api.error_status(exc)
     return JSONResponse(error.to_body(), status_code=error.status)
 
 
@@ -676,6 +696,58 @@ class MatServe:
         version, orientations = await anyio.to_thread.run_sync(run)
         body = await anyio.to_thread.run_sync(ebsd_api.scan_response, version, orientations)
         return JSONResponse(body)
+
+    def _scattering(self) -> ScatteringSorterModel:
+        model = self._model("scattering_sorter")
+        assert isinstance(model, ScatteringSorterModel)
+        return model
+
+    @app.post(
+        SCATTERING_SORT_PATH,
+        response_model=scattering_api.ScatteringSortResponse,
+        responses=ERROR_RESPONSES,
+        summary="Technique, geometry and features of 2D X-ray scattering images, optionally with a Grad-CAM PNG",
+        openapi_extra=scattering_api.openapi_sort_body(),
+    )
+    async def scattering_sort(self, http_request: Request) -> JSONResponse:
+        """Sort detector images: a TIFF, CBF, EDF, HDF5/NeXus, NPY or PNG file as the body (every frame an image),
+        multipart file parts (plus an optional ``mask`` part), or JSON ``image``/``images`` arrays.
+
+        One result per frame, in order, named by ``source``; an image that cannot be used (constant, too few valid
+        pixels, wrong size) gets an ``error`` while the others are answered. 422 when no image can be used, 415 for
+        files in no accepted format, 413 over the body, frame or pixel limits.
+        """
+        kind = scattering_api.media_type(http_request)
+        query = dict(http_request.query_params)
+        budget = FrameBudget(SETTINGS.max_scattering_frames, SETTINGS.max_scattering_pixels)
+        model = self._scattering()
+        if kind == "application/json":
+            request = await _parse_body(http_request, scattering_api.ScatteringSortRequest)
+            options = scattering_api.merge_options(request, query)
+            model.check_options(options.version, options.saliency_label)
+            items = await anyio.to_thread.run_sync(scattering_api.decode_json, request, budget)
+            del request  # the nested lists: the arrays are in items now
+        elif kind == "multipart/form-data":
+            files, masks, fields = await scattering_api.read_form(http_request, SETTINGS.max_scattering_frames + 1)
+            options = scattering_api.merge_options(scattering_api.options_from(fields, "form field"), query)
+            model.check_options(options.version, options.saliency_label)
+            items = await anyio.to_thread.run_sync(scattering_api.decode_multipart, files, masks, budget)
+            del files, masks
+        else:
+            options = scattering_api.options_from(query, "query parameter")
+            model.check_options(options.version, options.saliency_label)
+            body = await http_request.body()
+            name = scattering_api.body_filename(http_request)
+            items = await anyio.to_thread.run_sync(scattering_api.decode_body, kind, body, budget, name)
+            del body
+        scattering_api.check_saliency(options, len(items.items))
+        run = functools.partial(model.sort, items.items, options.version, options.saliency, options.saliency_label)
+        prediction = await anyio.to_thread.run_sync(run)
+        failed = scattering_api.failures(items, prediction.results)
+        if failed is not None:
+            raise failed
+        results = [{"source": label, **result} for label, result in zip(items.labels, prediction.results, strict=True)]
+        return JSONResponse({"model": prediction.model, "version": prediction.version, "results": results})
 
     def _xrd_response(self, request: XrdRequest, model: str, version: str, results: list[dict]) -> JSONResponse:
         self._raise_item_errors(request, results)

@@ -61,6 +61,17 @@ class Settings:
     max_ebsd_body_bytes : int
         Largest body of the EBSD routes, JSON, binary or multipart (``MATSERVE_MAX_EBSD_BODY_BYTES``, 256 MiB),
         else 413.
+    max_scattering_body_bytes : int
+        Largest body of ``POST /v1/scattering/sort``, file, JSON or multipart (``MATSERVE_MAX_SCATTERING_BODY_BYTES``,
+        64 MiB: a Pilatus 2M int32 frame is ~10 MB, an Eiger 4M uint32 frame ~18 MB uncompressed), else 413; checked
+        from ``Content-Length`` before the body is read.
+    max_scattering_frames : int
+        Most detector frames in one ``POST /v1/scattering/sort`` request (``MATSERVE_MAX_SCATTERING_FRAMES``, 256),
+        else 413.
+    max_scattering_pixels : int
+        Most decoded pixels in one ``POST /v1/scattering/sort`` request, summed over frames
+        (``MATSERVE_MAX_SCATTERING_PIXELS``, 2**27 = 134 M, 512 MiB as 32-bit counts), else 413: compressed HDF5,
+        CBF and TIFF files expand when decoded, and this bounds the memory a request can take.
     ebsd_preload : bool
         ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix and load the Ni master pattern in a
         background thread at start-up, so that the first refinement, HDF5 scan or IPF map does not pay the
@@ -131,6 +142,9 @@ class Settings:
     max_ebsd_scan_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_SCAN_PATTERNS", 250_000))
     max_ebsd_refine_patterns: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_REFINE_PATTERNS", 256))
     max_ebsd_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_BODY_BYTES", 256 * MIB))
+    max_scattering_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_BODY_BYTES", 64 * MIB))
+    max_scattering_frames: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_FRAMES", 256))
+    max_scattering_pixels: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_PIXELS", 2**27))
     ebsd_preload: bool = field(default_factory=lambda: _bool("MATSERVE_EBSD_PRELOAD", False))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))

@@ -30,6 +30,7 @@ from matserve.metrics import JOB_CHUNKS, JOB_ITEMS, JOBS
 from matserve.models.base import Runtime, ServedModel
 from matserve.models.ebsd_indexer import EbsdIndexerModel
 from matserve.models.formation_enthalpy import FormationEnthalpyModel
+from matserve.models.scattering_sorter import ScatteringSorterModel
 from matserve.models.xrd_novelty import XrdNoveltyModel
 from matserve.models.xrd_phase import XrdPhaseModel
 from matserve.registry import Registry
@@ -39,7 +40,7 @@ from matserve.settings import Settings
 logger = logging.getLogger("matserve.worker")
 
 MODEL_CLASSES: tuple[type[ServedModel], ...] = (FormationEnthalpyModel, XrdPhaseModel, XrdNoveltyModel,
-                                                 EbsdIndexerModel)  # fmt: skip
+                                                 EbsdIndexerModel, ScatteringSorterModel)  # fmt: skip
 """Every model the server and the workers serve."""
 POLL_S = 1.0
 """How long a worker waits for a chunk before checking whether it should stop, in seconds."""

@@ -84,7 +84,7 @@ class TritonRuntime:
         try:
             number = self._triton_version(model)
             try:
-                outputs, _ = self.transport.infer(model.name, inputs, [o["name"] for o in model.card["outputs"]],
+                outputs, _ = self.transport.infer(model.name, inputs, [o["name"] for o in model.tensor_specs("outputs")],
                                                   version=number)  # fmt: skip
             except MatserveConnectionError as error:
                 raise _Unreachable(self._unavailable(error)) from None

@@ -129,8 +129,8 @@ def tensor_config(registry: Registry, name: str, target: Target, instances: int 
         lines += ['backend: "python"']
     lines += [
         f"max_batch_size: {batch}",
-        "input [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.card["inputs"]) + "\n]",
-        "output [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.card["outputs"]) + "\n]",
+        "input [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.tensor_specs("inputs")) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t, batched=True) for t in newest.tensor_specs("outputs")) + "\n]",
         # Small requests are merged for up to 0.5 ms; preferred sizes keep GPU kernels in their fast shapes.
         "dynamic_batching {\n  max_queue_delay_microseconds: 500\n"
         + (f"  preferred_batch_size: [ {min(256, batch)}, {batch} ]\n" if target == "gpu" else "")

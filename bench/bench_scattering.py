@@ -1,0 +1,149 @@
+"""Benchmark the scattering sorter end to end: decode + preprocess + model, in-process and over HTTP.
+
+Images are simulated at the detectors' full resolution (``training.scattering.simulate``: Pilatus 100k
+195 x 487, Pilatus 1M 1043 x 981, Pilatus 2M 1679 x 1475; int32 with -1 in the module gaps) and written as
+uncompressed TIFF files, as Pilatus detectors write them. Paths, images/s, measured in interleaved rounds:
+
+* ``tensor``: ONNX Runtime on already encoded 128 x 128 x 2 inputs, batch 64 (the network alone);
+* ``codec``: TIFF bytes -> frames (:func:`matserve.codecs.detector_files.read_frames`) -> encoded input
+  (:func:`matserve.codecs.scattering.encode_image`, in the served model's thread pool), batch 64;
+* ``end_to_end``: TIFF bytes -> results with the served model (decode, encode, network, probabilities), batch 64;
+  ``end_to_end_vs_tensor`` is the fraction of the network's own rate the whole path keeps.
+
+Over HTTP (a real ``matserve serve`` subprocess): one TIFF per request (``image/tiff`` body), sequential
+(latency p50/p99 and images/s) and from 4 concurrent clients (images/s), next to the same single-image calls
+in-process. Run: ``make bench-scattering`` (writes ``bench/results/scattering.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import tifffile
+from bench_formation_enthalpy import best_rate, latencies_ms, percentile  # bench/ is on sys.path as a script
+
+from matserve.codecs.detector_files import read_frames
+from matserve.devserver import running_server
+from matserve.models.scattering_sorter import ScatteringSorterModel, encode_items
+from matserve.registry import Registry
+from matserve.runtimes.onnxruntime import OnnxRuntime
+from matserve.settings import Settings
+from training.scattering.simulate import simulate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scattering.json"
+DETECTORS = {
+    "pilatus100k_195x487": "Pilatus100k",
+    "pilatus1m_1043x981": "Pilatus1M",
+    "pilatus2m_1679x1475": "Pilatus2M",
+}
+BATCH = 64
+CLIENTS = 4
+
+
+def tiff_files(detector: str, n: int) -> list[bytes]:
+    """``n`` distinct full-resolution simulated int32 images of ``detector`` as TIFF bytes (unrotated)."""
+    files = []
+    for i in range(n):
+        image, _ = simulate(
+            np.random.SeedSequence([2026, i]), ("saxs", "waxs", "gisaxs", "giwaxs")[i % 4], {detector: 1.0}
+        )
+        image = image.astype(np.int32) if image.dtype.kind != "f" else np.nan_to_num(image, nan=-1).astype(np.int32)
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, image, photometric="minisblack")
+        files.append(buffer.getvalue())
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--distinct-images", type=int, default=16, help="simulated images per detector (cycled)")
+    parser.add_argument("--http-requests", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    settings = Settings()
+    runtime = OnnxRuntime(intra_op_threads=settings.ort_threads)
+    model = ScatteringSorterModel(Registry(settings.models_dir), runtime)
+    version = model.load()
+    files = {key: tiff_files(name, args.distinct_images) for key, name in DETECTORS.items()}
+    batches = {key: [data[i % len(data)] for i in range(BATCH)] for key, data in files.items()}
+
+    def decode(batch: list[bytes]) -> list:
+        return [frame for k, data in enumerate(batch) for frame in read_frames(data, f"image_{k}.tif")]
+
+    tensors = {key: np.stack([e.tensor for e, _, _ in encode_items(decode(batch))]) for key, batch in batches.items()}
+
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        row: dict[str, float] = {}
+        for key, batch in batches.items():
+            row[f"{key}_tensor"] = best_rate(
+                lambda t=tensors[key]: runtime.run(version, {"images": t}), BATCH, args.seconds
+            )
+            row[f"{key}_codec"] = best_rate(lambda b=batch: encode_items(decode(b)), BATCH, args.seconds)
+            row[f"{key}_end_to_end"] = best_rate(lambda b=batch: model.sort(decode(b)), BATCH, args.seconds)
+            row[f"{key}_end_to_end_vs_tensor"] = row[f"{key}_end_to_end"] / row[f"{key}_tensor"]
+        rounds.append(row)
+    in_process = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+
+    http: dict[str, float] = {}
+    headers = {"content-type": "image/tiff"}
+    with tempfile.TemporaryDirectory() as tmp, running_server(settings.models_dir, Path(tmp) / "server.log") as url:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            for key, data in files.items():
+                cycle = iter(range(10**9))
+
+                def call(data: list[bytes] = data, cycle=cycle, client: httpx.Client = client) -> object:
+                    body = data[next(cycle) % len(data)]
+                    return client.post("/v1/scattering/sort", content=body, headers=headers).raise_for_status()
+
+                samples = latencies_ms(call, args.http_requests)
+                local = latencies_ms(lambda d=data: model.sort(read_frames(d[0], "image.tif")), args.http_requests)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(CLIENTS) as pool:
+                    list(pool.map(lambda _: call(), range(args.http_requests)))
+                concurrent = args.http_requests / (time.perf_counter() - started)
+                http[f"{key}_http_b1_p50_ms"] = percentile(samples, 50)
+                http[f"{key}_http_b1_p99_ms"] = percentile(samples, 99)
+                http[f"{key}_http_b1_per_s"] = 1e3 / percentile(samples, 50)
+                http[f"{key}_inprocess_b1_p50_ms"] = percentile(local, 50)
+                http[f"{key}_http_b1_vs_inprocess"] = percentile(local, 50) / percentile(samples, 50)
+                http[f"{key}_http_{CLIENTS}_clients_per_s"] = concurrent
+                http[f"{key}_file_mb"] = len(data[0]) / 1e6
+
+    report = {
+        "version": version.version,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "ort_threads": settings.ort_threads,
+        "images": f"{args.distinct_images} simulated full-resolution int32 TIFFs per detector, cycled; batch {BATCH}",
+        "in_process_images_per_s": in_process,
+        "rounds": rounds,
+        "http": http,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"scattering sorter {version.version}; images/s, medians of {args.rounds} interleaved rounds, batch {BATCH}")
+    for key in DETECTORS:
+        print(
+            f"{key:<24} tensor {in_process[f'{key}_tensor']:8.0f}  codec {in_process[f'{key}_codec']:8.0f}  "
+            f"end to end {in_process[f'{key}_end_to_end']:8.0f}"
+        )
+    for key, value in http.items():
+        print(f"{key:<44} {value:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

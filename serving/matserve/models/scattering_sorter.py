@@ -1,0 +1,413 @@
+"""Scattering sorter: 2D X-ray detector images in; technique, geometry and features out, with a Grad-CAM map.
+
+Each image is encoded by :func:`matserve.codecs.scattering.encode_image` (the function the training simulator
+uses: invalid pixels masked, hot pixels clipped, binned into a letterboxed 128 x 128 frame, log-scaled), in a
+small thread pool (numpy and OpenCV release the GIL). The network answers, per image:
+
+* ``technique_probabilities``: softmax over the card's ``labels.technique`` (saxs, waxs, gisaxs, giwaxs);
+  ``technique`` is the most probable;
+* ``geometry_probabilities``: softmax over ``labels.geometry`` (transmission, grazing); ``geometry`` the most
+  probable;
+* ``feature_probabilities``: independent sigmoids over ``labels.features`` (rings, arcs, rods, bragg_peaks,
+  diffuse_halo); ``features`` lists those at or above the card's ``feature_threshold`` (0.5), in label order;
+* ``class_activation_maps`` ``(16, 16, 11)``: Grad-CAM before its ReLU for every label (techniques, geometries,
+  features), on the network's 16 x 16 grid over the 128 x 128 input.
+
+Every result also has ``detector_shape`` ``[rows, cols]`` (pixels) and ``valid_fraction`` (share of the
+detector's pixels that were valid). With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the
+image as the network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
+frame, under the ReLU'd Grad-CAM map of ``saliency_label`` (default: the predicted technique), bilinearly
+upsampled to 128 x 128 and scaled to [0, 1] over the crop, each input pixel drawn 4 x 4.
+
+An image that cannot be used (constant, too few valid pixels, wrong shape or dtype) gets a per-item ``error``
+and the others go on. Not cached: images rarely repeat byte for byte, and hashing megapixels costs about what
+the network does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated, Any, NotRequired
+
+import numpy as np
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict
+
+from matserve.codecs.detector_files import Frame
+from matserve.codecs.scattering import INPUT_SIDE_PX, MAX_SIDE_PX, EncodedImage, ImageError, encode_image
+from matserve.errors import InvalidInput
+from matserve.metrics import ITEMS, REQUESTS
+from matserve.models.base import Prediction, ServedModel
+from matserve.registry import ModelVersion
+
+INPUT = "images"
+TECHNIQUE_OUTPUT = "technique_probabilities"
+GEOMETRY_OUTPUT = "geometry_probabilities"
+FEATURE_OUTPUT = "feature_probabilities"
+CAM_OUTPUT = "class_activation_maps"
+OUTPUTS = (TECHNIQUE_OUTPUT, GEOMETRY_OUTPUT, FEATURE_OUTPUT, CAM_OUTPUT)
+RUN_BATCH = 256
+"""Most images per runtime call (or the card's ``serving.max_batch_size`` if smaller): 256 x 128 KiB inputs."""
+ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads encoding the images of a request (numpy and OpenCV release the GIL)."""
+SALIENCY_SCALE = 4
+"""Screen pixels per input pixel in the saliency PNG (the 128 x 128 frame becomes at most 512 x 512)."""
+DEFAULT_FEATURE_THRESHOLD = 0.5
+EMPTY_RESULT: dict[str, Any] = {
+    "technique": None, "technique_probabilities": None, "geometry": None, "geometry_probabilities": None,
+    "features": None, "feature_probabilities": None, "detector_shape": None, "valid_fraction": None,
+    "saliency_png_base64": None, "saliency_label": None,
+}  # fmt: skip
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="matserve-scattering-encode")
+        return _POOL
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The label sets of a version (from its card), in the network's output order.
+
+    Attributes
+    ----------
+    technique, geometry, features : tuple of str
+        Class labels of the three heads.
+    feature_threshold : float
+        A feature is reported when its probability is at least this.
+    """
+
+    technique: tuple[str, ...]
+    geometry: tuple[str, ...]
+    features: tuple[str, ...]
+    feature_threshold: float = DEFAULT_FEATURE_THRESHOLD
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> Labels:
+        """``card["labels"]`` and ``card["feature_threshold"]``."""
+        labels = card["labels"]
+        return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]),
+                   float(card.get("feature_threshold", DEFAULT_FEATURE_THRESHOLD)))  # fmt: skip
+
+    @property
+    def maps(self) -> tuple[str, ...]:
+        """The labels of the ``class_activation_maps`` channels: techniques, geometries, features."""
+        return self.technique + self.geometry + self.features
+
+
+class ScatteringImageInput(TypedDict):
+    """One image on the wire, as batch jobs (``POST /v1/jobs``, model ``scattering_sorter``) take it.
+
+    Attributes
+    ----------
+    image : list of list of number
+        Detector counts, rows x cols (each side 32 to 4500 px). Integers keep the integer conventions of
+        :func:`~matserve.codecs.scattering.invalid_pixels` (negative values are gaps); floats are floats.
+    mask : list of list of number, optional
+        Same shape, nonzero = bad pixel.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    image: Annotated[list[Annotated[list[int | float], Field(max_length=MAX_SIDE_PX)]], Field(max_length=MAX_SIDE_PX)]
+    mask: NotRequired[list[list[int | float]] | None]
+
+
+@dataclass
+class PreparedScattering:
+    """Encoded images of a request, with per-item errors and what postprocessing needs.
+
+    Attributes
+    ----------
+    results : list of dict
+        One per item, ``error`` set for refused ones.
+    rows : list of int
+        Positions in ``results`` of the encoded images.
+    encoded : list of EncodedImage
+        One per row.
+    shapes : list of tuple of int
+        Detector shape ``(rows, cols)`` of each encoded image.
+    labels : Labels
+        The version's labels.
+    saliency_label : str or None
+        Label whose map is drawn (``""``: each image's predicted technique); ``None``: no saliency PNG.
+    """
+
+    results: list[dict[str, Any]]
+    rows: list[int]
+    encoded: list[EncodedImage]
+    shapes: list[tuple[int, int]]
+    labels: Labels
+    saliency_label: str | None = None
+
+    @property
+    def tensors(self) -> np.ndarray:
+        """float32 ``(len(rows), 128, 128, 2)`` network input."""
+        if not self.encoded:
+            return np.zeros((0, INPUT_SIDE_PX, INPUT_SIDE_PX, 2), dtype=np.float32)
+        return np.stack([e.tensor for e in self.encoded])
+
+
+def _as_array(value: Any, what: str) -> np.ndarray:
+    """A JSON-style nested list (or array) as a numeric array, else :class:`ImageError`."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = np.empty(0, dtype=object)
+    if array.dtype == object or array.dtype.kind not in "uifb":
+        raise ImageError(f"{what} rows have different lengths or are not numbers; send a rectangular 2D array")
+    return array
+
+
+def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(image, mask)`` of one item: a :class:`Frame`, a mapping ``{"image", "mask"}`` or a 2D array."""
+    if isinstance(item, Frame):
+        return item.image, item.mask
+    if isinstance(item, Mapping):
+        if "image" not in item:
+            raise ImageError('an item is an object {"image": [[...], ...], "mask": optional}')
+        mask = item.get("mask")
+        return _as_array(item["image"], "image"), None if mask is None else _as_array(mask, "mask")
+    return _as_array(item, "image"), None
+
+
+def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, str | None]:
+    """Encode one item: ``(encoded, detector shape, None)`` or ``(None, None, reason)``."""
+    if isinstance(item, str):
+        return None, None, item
+    try:
+        image, mask = _item_arrays(item)
+        encoded = encode_image(image, mask)
+    except ImageError as error:
+        return None, None, str(error)
+    return encoded, (int(image.shape[0]), int(image.shape[1])), None
+
+
+def encode_items(items: Sequence[Any]) -> list[tuple[EncodedImage | None, tuple[int, int] | None, str | None]]:
+    """:func:`_encode` every item, in the encode thread pool when there are several."""
+    if len(items) <= 1:
+        return [_encode(item) for item in items]
+    return list(_pool().map(_encode, items))
+
+
+def saliency(encoded: EncodedImage, shape: tuple[int, int], cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image and the saliency map over the detector's area of the input frame.
+
+    Parameters
+    ----------
+    encoded : EncodedImage
+        The image as the network saw it.
+    shape : tuple of int
+        Detector shape ``(rows, cols)``.
+    cam : numpy.ndarray
+        ``(16, 16)`` Grad-CAM map of one label, before ReLU.
+
+    Returns
+    -------
+    intensity : numpy.ndarray
+        ``(height, width)`` normalised log intensity in [0, 1] (0 where masked).
+    level : numpy.ndarray
+        ``(height, width)``: ``ReLU(cam)`` bilinearly upsampled to 128 x 128, cropped, divided by its maximum
+        (all 0 when the label has no positive evidence anywhere).
+    """
+    import cv2
+
+    top, left, height, width = encoded.placement
+    positive = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    upsampled = cv2.resize(positive, (INPUT_SIDE_PX, INPUT_SIDE_PX), interpolation=cv2.INTER_LINEAR)
+    level = upsampled[top : top + height, left : left + width]
+    peak = float(level.max(initial=0.0))
+    level = level / peak if peak > 0 else np.zeros_like(level)
+    return encoded.tensor[top : top + height, left : left + width, 0], level
+
+
+SALIENCY_OPACITY = 0.6
+"""Opacity of the colour map where the saliency is 1 (it fades to transparent at 0)."""
+
+
+def saliency_png(intensity: np.ndarray, level: np.ndarray, scale: int = SALIENCY_SCALE) -> bytes:
+    """PNG of a saliency map over an image: the image in grey, the map in OpenCV's turbo colour map (blue -> red),
+    at opacity ``SALIENCY_OPACITY * level``, so that the image shows where the map is 0.
+
+    Parameters
+    ----------
+    intensity : numpy.ndarray
+        ``(rows, cols)`` image in [0, 1] (the normalised log intensity), shown in grey.
+    level : numpy.ndarray
+        ``(rows, cols)`` saliency in [0, 1] (1 = the strongest evidence).
+    scale : int
+        Each pixel becomes ``scale`` x ``scale`` pixels (nearest).
+
+    Returns
+    -------
+    bytes
+        An 8-bit RGB PNG of ``(rows * scale, cols * scale)`` pixels.
+    """
+    import cv2
+    from PIL import Image
+
+    level = np.clip(np.asarray(level, dtype=np.float32), 0.0, 1.0)
+    grey = np.repeat(np.clip(np.asarray(intensity, dtype=np.float32), 0.0, 1.0)[..., None], 3, axis=2)
+    colour = cv2.applyColorMap(np.rint(level * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1] / 255.0
+    alpha = SALIENCY_OPACITY * level[..., None]
+    rgb = np.clip(np.rint(((1.0 - alpha) * grey + alpha * colour) * 255), 0, 255).astype(np.uint8)
+    rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _probabilities(labels: tuple[str, ...], values: np.ndarray) -> dict[str, float]:
+    return {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
+
+
+class ScatteringSorterModel(ServedModel[PreparedScattering]):
+    """Technique/geometry/feature classifier served from ``models/scattering_sorter/<version>``.
+
+    Batch jobs and :meth:`__call__` take :class:`ScatteringImageInput` items (or decoded
+    :class:`~matserve.codecs.detector_files.Frame` objects); the HTTP API uses :meth:`sort` (decoded frames,
+    optional saliency PNGs).
+    """
+
+    name = "scattering_sorter"
+    item_type = ScatteringImageInput
+
+    def labels(self, version: str | None = None) -> Labels:
+        """The label sets of a version."""
+        return Labels.from_card(self.card(version))
+
+    # -- the lifecycle ---------------------------------------------------------------------------------------
+
+    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedScattering:
+        return self._prepare(items, model, None)
+
+    def predict(self, prepared: PreparedScattering, model: ModelVersion) -> dict[str, np.ndarray]:
+        """Run the network in chunks of at most :data:`RUN_BATCH` images; every output, concatenated."""
+        if not prepared.rows:
+            return {}
+        size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
+        tensors = prepared.tensors
+        parts = [self.runtime.run(model, {INPUT: tensors[i : i + size]}) for i in range(0, len(tensors), size)]
+        return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in OUTPUTS}
+
+    def postprocess(self, prepared: PreparedScattering, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        results, labels = prepared.results, prepared.labels
+        if not prepared.rows:
+            return results
+        technique = outputs[TECHNIQUE_OUTPUT].reshape(len(prepared.rows), -1)
+        geometry = outputs[GEOMETRY_OUTPUT].reshape(len(prepared.rows), -1)
+        features = outputs[FEATURE_OUTPUT].reshape(len(prepared.rows), -1)
+        widths = (technique.shape[1], geometry.shape[1], features.shape[1])
+        if widths != (len(labels.technique), len(labels.geometry), len(labels.features)):
+            raise RuntimeError(f"{self.name}: the graph answers {widths} probabilities but the card has "
+                               f"{len(labels.technique)}, {len(labels.geometry)}, {len(labels.features)} labels")  # fmt: skip
+        for k, row in enumerate(prepared.rows):
+            encoded, shape = prepared.encoded[k], prepared.shapes[k]
+            best = labels.technique[int(technique[k].argmax())]
+            results[row].update({
+                "technique": best,
+                "technique_probabilities": _probabilities(labels.technique, technique[k]),
+                "geometry": labels.geometry[int(geometry[k].argmax())],
+                "geometry_probabilities": _probabilities(labels.geometry, geometry[k]),
+                "features": [f for f, p in zip(labels.features, features[k], strict=True) if p >= labels.feature_threshold],
+                "feature_probabilities": _probabilities(labels.features, features[k]),
+                "detector_shape": [shape[0], shape[1]],
+                "valid_fraction": round(encoded.valid_fraction, 6),
+            })  # fmt: skip
+            if prepared.saliency_label is not None:
+                label = prepared.saliency_label or best
+                cam = outputs[CAM_OUTPUT][k, :, :, labels.maps.index(label)]
+                intensity, level = saliency(encoded, shape, cam)
+                png = saliency_png(intensity, level, SALIENCY_SCALE)
+                results[row]["saliency_png_base64"] = base64.b64encode(png).decode("ascii")
+                results[row]["saliency_label"] = label
+        return results
+
+    def _prepare(self, items: Sequence[Any], model: ModelVersion, saliency_label: str | None) -> PreparedScattering:
+        labels = Labels.from_card(model.card)
+        results: list[dict[str, Any]] = []
+        rows: list[int] = []
+        encoded: list[EncodedImage] = []
+        shapes: list[tuple[int, int]] = []
+        for i, (image, shape, error) in enumerate(encode_items(items)):
+            results.append({**EMPTY_RESULT, "error": error})
+            if image is not None and shape is not None:
+                rows.append(i)
+                encoded.append(image)
+                shapes.append(shape)
+        return PreparedScattering(results, rows, encoded, shapes, labels, saliency_label)
+
+    # -- the HTTP API's entry point ----------------------------------------------------------------------------
+
+    def check_options(self, version: str | None = None, saliency_label: str | None = None) -> ModelVersion:
+        """The version to use, after checking ``saliency_label`` is one of its labels.
+
+        Raises
+        ------
+        ModelNotFound
+            Unknown version (404).
+        InvalidInput
+            ``saliency_label`` is not a technique, geometry or feature label of the version (422, listing them).
+        """
+        model = self.version(version)
+        labels = Labels.from_card(model.card)
+        if saliency_label is not None and saliency_label not in labels.maps:
+            raise InvalidInput(f"saliency_label {saliency_label!r} is not a label of {model.name} {model.version}; "
+                               f"accepted: {', '.join(labels.maps)}")  # fmt: skip
+        return model
+
+    def sort(
+        self,
+        items: Sequence[Frame | str],
+        version: str | None = None,
+        saliency: bool = False,
+        saliency_label: str | None = None,
+    ) -> Prediction:
+        """Sort decoded frames (one result per item, refused ones with ``error``), optionally with saliency PNGs.
+
+        Parameters
+        ----------
+        items : sequence of Frame or str
+            Decoded detector frames, or the reason an item was already refused while decoding.
+        version : str, optional
+            Registry version (default the active one).
+        saliency : bool
+            Add ``saliency_png_base64`` and ``saliency_label`` to each result.
+        saliency_label : str, optional
+            Draw this label's map (any technique, geometry or feature label of the card; implies ``saliency``);
+            default each image's predicted technique.
+
+        Raises
+        ------
+        InvalidInput
+            ``saliency_label`` is not one of the version's labels.
+        """
+        model = self.check_options(version, saliency_label)
+        wanted = saliency_label if saliency_label is not None else ("" if saliency else None)
+        metric_labels = {"model": model.name, "version": model.version}
+        try:
+            with self._timed(metric_labels, "preprocess"):
+                prepared = self._prepare(items, model, wanted)
+            with self._timed(metric_labels, "predict"):
+                outputs = self.predict(prepared, model)
+            with self._timed(metric_labels, "postprocess"):
+                results = self.postprocess(prepared, outputs)
+        except Exception:
+            REQUESTS.labels(**metric_labels, outcome="error").inc()
+            raise
+        REQUESTS.labels(**metric_labels, outcome="ok").inc()
+        ITEMS.labels(**metric_labels, outcome="ok").inc(len(prepared.rows))
+        ITEMS.labels(**metric_labels, outcome="error").inc(len(results) - len(prepared.rows))
+        return Prediction(model=model.name, version=model.version, results=results)

@@ -1,0 +1,386 @@
+"""The scattering sorter's transport: detector files, arrays or multipart uploads in, typed answers out.
+
+``POST /v1/scattering/sort`` reads images from
+
+* a file as the body: TIFF, CBF, EDF, HDF5/NeXus, NPY or PNG (content type ``image/tiff``, ``image/png``,
+  ``application/x-npy``, ``application/x-hdf5`` or ``application/octet-stream``; the format is recognised from
+  the bytes, see :mod:`matserve.codecs.detector_files`); every frame of the file is an image; options come as
+  query parameters;
+* ``multipart/form-data``: one or more file parts (images, in order), optionally a part named ``mask`` (a file
+  holding one 2D mask, nonzero = bad pixel, applied to every image of its shape), options as form fields or
+  query parameters;
+* ``application/json``: ``{"image": [[...], ...]}`` (one) or ``{"images": [[[...]], ...]}`` (several), with
+  optional ``"mask"`` (one 2D mask for every image) or ``"masks"`` (one per image, ``null`` for none), and the
+  options as body fields.
+
+Options: ``saliency`` (``true``: a Grad-CAM PNG per image), ``saliency_label`` (whose map: any technique,
+geometry or feature label; implies ``saliency``), ``version``.
+
+Every image gets a result, in order, with ``source`` naming it (``file.tif[frame 2]``, ``images[3]``, ``body``);
+an image that cannot be used gets an ``error`` and the others are answered (200). When no image of the request
+can be used the answer is 422 naming each (415 when no file was in a readable format).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from matserve.codecs.detector_files import (
+    ACCEPTED_FORMATS,
+    Frame,
+    FrameBudget,
+    TooManyFrames,
+    UnsupportedFormat,
+    read_frames,
+)
+from matserve.codecs.scattering import ImageError, check_shape
+from matserve.ebsd_api import media_type
+from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
+
+SORT_MEDIA_TYPES = ("application/json", "image/tiff", "image/png", "application/x-npy", "application/x-hdf5",
+                    "application/x-hdf", "application/octet-stream", "multipart/form-data")  # fmt: skip
+SCATTERING_EXAMPLE = '{"image": [[0, 3, 5, ...], [2, 7, 1, ...], ...], "saliency": true}'
+MAX_SALIENCY_IMAGES = 64
+"""Saliency PNGs are drawn for at most this many images per request (each is up to ~200 kB of base64)."""
+MASK_PART = "mask"
+"""Name of the multipart file part holding a mask for every image."""
+
+__all__ = ["SORT_MEDIA_TYPES", "ScatteringOptions", "ScatteringSortRequest", "ScatteringSortResponse", "media_type"]
+
+
+class ScatteringOptions(BaseModel):
+    """Options of ``POST /v1/scattering/sort``.
+
+    Attributes
+    ----------
+    saliency : bool
+        Add a Grad-CAM PNG (base64) per image; at most :data:`MAX_SALIENCY_IMAGES` images per request then.
+    saliency_label : str, optional
+        Draw this label's map (a technique, geometry or feature label); implies ``saliency``. Default: each
+        image's predicted technique.
+    version : str, optional
+        Registry version of ``scattering_sorter``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    saliency: bool = False
+    saliency_label: str | None = Field(default=None, examples=["saxs"])
+    version: str | None = Field(default=None, examples=[None])
+
+
+_ARRAY_2D = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+
+
+class ScatteringSortRequest(ScatteringOptions):
+    """A JSON body: ``image`` (one 2D array of counts, rows x cols) or ``images`` (a list of them)."""
+
+    image: Any = Field(default=None, json_schema_extra={**_ARRAY_2D, "examples": [[[0, 3, 5], [2, 7, 1], [1, 4, 2]]]})
+    images: list[Any] | None = Field(default=None, min_length=1, json_schema_extra={"items": _ARRAY_2D})
+    mask: Any = Field(default=None, description="one 2D mask (nonzero = bad pixel) for every image",
+                      json_schema_extra=_ARRAY_2D)  # fmt: skip
+    masks: list[Any] | None = Field(default=None, description="one 2D mask (or null) per image")
+
+
+class ScatteringResult(BaseModel):
+    """One image's classes (see :mod:`matserve.models.scattering_sorter` for the conventions)."""
+
+    source: str = Field(description="the image: 'file.tif', 'file.h5[frame 2]' (0-based), 'images[3]', 'body'")
+    technique: str | None = Field(description="most probable technique (saxs, waxs, gisaxs, giwaxs)")
+    technique_probabilities: dict[str, float] | None = Field(description="softmax over the techniques")
+    geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
+    geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
+    features: list[str] | None = Field(description="features with probability >= the card's feature_threshold")
+    feature_probabilities: dict[str, float] | None = Field(description="independent probability of each feature")
+    detector_shape: list[int] | None = Field(description="[rows, cols], pixels")
+    valid_fraction: float | None = Field(description="share of the detector's pixels that were valid (0-1)")
+    saliency_png_base64: str | None = Field(default=None, description="base64 RGB PNG: Grad-CAM over the image")
+    saliency_label: str | None = Field(default=None, description="label whose Grad-CAM map the PNG shows")
+    error: str | None = Field(default=None, description="why this image could not be sorted")
+
+
+class ScatteringSortResponse(BaseModel):
+    model: str
+    version: str
+    results: list[ScatteringResult]
+
+
+@dataclass
+class Items:
+    """The images of a request, decoded.
+
+    Attributes
+    ----------
+    items : list of Frame or str
+        A frame, or why the image (or its file) could not be read.
+    labels : list of str
+        Each item's name in messages and results (``source``).
+    unsupported : list of bool
+        Whether an item failed because its file was in no accepted format.
+    """
+
+    items: list[Frame | str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    unsupported: list[bool] = field(default_factory=list)
+
+    def add_frames(self, frames: list[Frame]) -> None:
+        self.items.extend(frames)
+        self.labels.extend(frame.label for frame in frames)
+        self.unsupported.extend(False for _ in frames)
+
+    def add_error(self, label: str, error: ImageError) -> None:
+        self.items.append(str(error))
+        self.labels.append(label)
+        self.unsupported.append(isinstance(error, UnsupportedFormat))
+
+
+def options_from(values: dict[str, str], where: str) -> ScatteringOptions:
+    """Options from query parameters or form fields (strings), with clear messages."""
+    try:
+        return ScatteringOptions.model_validate(values)
+    except ValidationError as error:
+        raise InvalidInput(_option_errors(error, where)) from None
+
+
+def _option_errors(error: ValidationError, where: str) -> str:
+    parts = []
+    for e in error.errors():
+        name = str(e["loc"][0]) if e["loc"] else "body"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown {where} {name!r}; accepted: {', '.join(ScatteringOptions.model_fields)}")
+        else:
+            parts.append(f"{name}: {e['msg']}")
+    return "; ".join(parts[:5])
+
+
+def merge_options(body: ScatteringOptions, query: dict[str, str]) -> ScatteringOptions:
+    """Body (JSON or form) options plus query options; the same option in both is refused."""
+    if not query:
+        return body
+    from_query = options_from(query, "query parameter")
+    given = body.model_fields_set & from_query.model_fields_set
+    if given:
+        raise InvalidInput(f"{', '.join(sorted(given))}: given both in the body and in the query; give each once")
+    values = {name: getattr(body, name) for name in body.model_fields_set if name in ScatteringOptions.model_fields}
+    values.update({name: getattr(from_query, name) for name in from_query.model_fields_set})
+    return ScatteringOptions.model_validate(values)
+
+
+async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]],
+                                                                dict[str, str]]:  # fmt: skip
+    """Image file parts ``(filename, bytes)`` in order, ``mask`` file parts, and the form fields of a multipart body."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=50)
+    except HTTPException as error:
+        if "Too many files" in str(error.detail):
+            raise PayloadTooLarge(f"too many file parts: at most {max_files} per request") from None
+        raise MalformedRequest(f"the multipart body cannot be parsed: {error.detail}") from None
+    images: list[tuple[str, bytes]] = []
+    masks: list[tuple[str, bytes]] = []
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            (masks if key == MASK_PART else images).append((value.filename or key, await value.read()))
+            await value.close()
+        else:
+            if key in fields:
+                raise InvalidInput(f"form field {key!r} is given twice")
+            fields[key] = value
+    return images, masks, fields
+
+
+_FILENAME = re.compile(r"""filename\*?=(?:UTF-8'')?("(?:[^"\\]|\\.)*"|[^;]+)""", re.IGNORECASE)
+
+
+def body_filename(request: Request) -> str | None:
+    """The file name of a body sent with ``Content-Disposition: attachment; filename="scan_0001.cbf"``, if any
+    (its last path component, at most 200 characters); frames are then named after it instead of ``body``."""
+    match = _FILENAME.search(request.headers.get("content-disposition", ""))
+    if not match:
+        return None
+    value = match.group(1).strip()
+    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    name = unquote(value).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:200] or None
+
+
+def decode_body(kind: str, body: bytes, budget: FrameBudget, filename: str | None = None) -> Items:
+    """Every frame of a file sent as the body (any failure fails the request: it is the only file)."""
+    items = Items()
+    items.add_frames(read_frames(body, filename, budget, declared=kind))
+    return items
+
+
+def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str, bytes]], budget: FrameBudget) -> Items:
+    """Every frame of every file part, in order; a part that cannot be read becomes one item with its error.
+
+    Parameters
+    ----------
+    files : list of (str, bytes)
+        Image file parts ``(filename, bytes)``.
+    mask_files : list of (str, bytes)
+        At most one part ``mask``: one 2D mask (nonzero = bad) for every image of its shape.
+    budget : FrameBudget
+        Frames and pixels of the request.
+
+    Raises
+    ------
+    TooManyFrames
+        Over the budget (the whole request: 413).
+    InvalidInput
+        No image part, several masks, or a mask that cannot be read.
+    """
+    if not files:
+        raise InvalidInput(f"the multipart body has no file part; send images as files ({ACCEPTED_FORMATS})")
+    mask = _read_mask(mask_files, budget)
+    items = Items()
+    for name, data in files:
+        try:
+            frames = read_frames(data, name, budget)
+        except TooManyFrames:
+            raise
+        except ImageError as error:
+            items.add_error(name, error)
+            continue
+        items.add_frames([_with_mask(frame, mask) for frame in frames])
+    return items
+
+
+def _read_mask(mask_files: list[tuple[str, bytes]], budget: FrameBudget) -> np.ndarray | None:
+    if not mask_files:
+        return None
+    if len(mask_files) > 1:
+        raise InvalidInput(f"send at most one '{MASK_PART}' part (one 2D mask for every image); got {len(mask_files)}")
+    name, data = mask_files[0]
+    try:
+        frames = read_frames(data, name, budget)
+    except TooManyFrames:
+        raise
+    except ImageError as error:
+        raise InvalidInput(f"the mask part: {error}") from None
+    if len(frames) != 1:
+        raise InvalidInput(f"the mask part {name!r} holds {len(frames)} frames; a mask is one 2D image")
+    return frames[0].image
+
+
+def _with_mask(frame: Frame, mask: np.ndarray | None) -> Frame:
+    """The frame with ``mask`` or'ed into its own (a mask of another shape is left to the codec's message)."""
+    if mask is None:
+        return frame
+    if frame.mask is not None and frame.mask.shape == mask.shape:
+        return Frame(frame.image, frame.mask.astype(bool) | mask.astype(bool), frame.label)
+    return Frame(frame.image, mask, frame.label)
+
+
+def decode_json(request: ScatteringSortRequest, budget: FrameBudget) -> Items:
+    """The images of a JSON body as arrays (malformed ones become per-item errors).
+
+    Raises
+    ------
+    InvalidInput
+        Neither or both of ``image`` and ``images``; both ``mask`` and ``masks``; ``masks`` of the wrong length.
+    TooManyFrames
+        More images than the budget allows.
+    """
+    if (request.image is None) == (request.images is None):
+        raise InvalidInput(f"send either 'image' (one 2D array) or 'images' (a list of them), not "
+                           f"{'both' if request.image is not None else 'neither'}; e.g. {SCATTERING_EXAMPLE}")  # fmt: skip
+    values = [request.image] if request.image is not None else list(request.images or [])
+    labels = ["image"] if request.image is not None else [f"images[{i}]" for i in range(len(values))]
+    if request.mask is not None and request.masks is not None:
+        raise InvalidInput("send either 'mask' (one for every image) or 'masks' (one per image), not both")
+    if request.masks is not None and len(request.masks) != len(values):
+        raise InvalidInput(f"'masks' has {len(request.masks)} entries for {len(values)} image(s); send one per image "
+                           "(null for none)")  # fmt: skip
+    if len(values) > budget.max_frames:
+        raise TooManyFrames(f"too many images: at most {budget.max_frames} per request (got {len(values)}); split them")
+    masks = request.masks if request.masks is not None else [request.mask] * len(values)
+    items = Items()
+    for value, mask_value, label in zip(values, masks, labels, strict=True):
+        try:
+            image = _json_array(value, label)
+            mask = None if mask_value is None else _json_array(mask_value, f"the mask of {label}")
+            check_shape(image.shape)
+        except ImageError as error:
+            items.add_error(label, error)
+            continue
+        budget.take(1, image.shape, label)
+        items.add_frames([Frame(image, mask, label)])
+    return items
+
+
+def _json_array(value: Any, what: str) -> np.ndarray:
+    """A nested JSON list as a numeric array (ints stay integers: negative integers are detector gaps)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = np.empty(0, dtype=object)
+    if array.dtype == object or array.dtype.kind not in "uifb":
+        raise ImageError(f"{what}: rows have different lengths or are not numbers; send a rectangular 2D array "
+                         f"of counts, e.g. {SCATTERING_EXAMPLE}")  # fmt: skip
+    return array
+
+
+def check_saliency(options: ScatteringOptions, count: int) -> None:
+    """Refuse saliency PNGs for more than :data:`MAX_SALIENCY_IMAGES` images (422)."""
+    if (options.saliency or options.saliency_label is not None) and count > MAX_SALIENCY_IMAGES:
+        raise InvalidInput(f"saliency PNGs are drawn for at most {MAX_SALIENCY_IMAGES} images per request; got "
+                           f"{count}: send fewer, or leave saliency off")  # fmt: skip
+
+
+def failures(items: Items, results: list[dict[str, Any]]) -> MatserveError | None:
+    """When no image could be used: 422 naming each (the first 10; one line if they agree), or 415 when no file
+    was in a readable format. ``None`` when at least one image was sorted (the others carry their ``error``)."""
+    failed = [(items.labels[i], r["error"]) for i, r in enumerate(results) if r.get("error")]
+    if not results or len(failed) < len(results):
+        return None
+    messages = {error for _, error in failed}
+    if len(failed) > 1 and len(messages) == 1:
+        shown = f"all of {failed[0][0]} to {failed[-1][0]}: {failed[0][1]}"
+    else:
+        shown = "; ".join(f"{label}: {error}" for label, error in failed[:10])
+        shown += f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+    message = f"no image of the request can be sorted ({len(failed)} of {len(results)} failed): {shown}"
+    if all(items.unsupported):
+        return UnsupportedMediaType(message)
+    return InvalidInput(message)
+
+
+def error_status(error: ImageError) -> MatserveError:
+    """The HTTP error of a request-level :class:`ImageError`: 413 over a limit, 415 unknown format, else 422."""
+    if isinstance(error, TooManyFrames):
+        return PayloadTooLarge(str(error))
+    if isinstance(error, UnsupportedFormat):
+        return UnsupportedMediaType(str(error))
+    return InvalidInput(str(error))
+
+
+def openapi_sort_body() -> dict[str, Any]:
+    """OpenAPI request body and query parameters of ``POST /v1/scattering/sort``."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    multipart = {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        MASK_PART: {"type": "string", "format": "binary", "description": "optional 2D mask file, nonzero = bad"},
+        **{k: {"type": "string"} for k in ScatteringOptions.model_fields}}}}  # fmt: skip
+    json_body = {"schema": ScatteringSortRequest.model_json_schema(),
+                 "example": {"image": [[0, 3, 5, 2], [2, 7, 1, 0], [1, 4, 2, 3]], "saliency": True}}  # fmt: skip
+    content = {"application/json": json_body, "multipart/form-data": multipart}
+    content.update({t: binary for t in SORT_MEDIA_TYPES if t not in content})
+    descriptions = {
+        "saliency": "true: add a Grad-CAM PNG (base64) per image (at most 64 images)",
+        "saliency_label": "label whose map the PNG shows (technique, geometry or feature); default the technique",
+        "version": "registry version of scattering_sorter",
+    }
+    parameters = [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+                  for name, text in descriptions.items()]  # fmt: skip
+    return {"requestBody": {"required": True, "content": content}, "parameters": parameters}

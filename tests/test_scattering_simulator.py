@@ -1,0 +1,81 @@
+"""The scattering simulator: reproducible, real detector shapes and gap conventions, physically placed features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyFAI")
+
+from matserve.codecs.scattering import encode_image, invalid_pixels
+from training.scattering import simulate as sim
+from training.scattering.labels import FEATURES, TECHNIQUES
+
+
+def test_same_seed_same_image_and_labels() -> None:
+    a, scene_a = sim.simulate(np.random.SeedSequence([7, 3]), full_resolution=False)
+    b, scene_b = sim.simulate(np.random.SeedSequence([7, 3]), full_resolution=False)
+    c, _ = sim.simulate(np.random.SeedSequence([7, 4]), full_resolution=False)
+    assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+    assert scene_a.features == scene_b.features and scene_a.technique == scene_b.technique
+    assert a.shape != c.shape or not np.array_equal(a, c, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["Pilatus1M", "Eiger1M"])
+def test_full_resolution_images_have_the_detector_shape_gaps_and_dtype(name: str) -> None:
+    shape, pixel_m, gaps = sim.detector(name)
+    assert gaps.any() and pixel_m in (172e-6, 75e-6)
+    seen_dtypes = set()
+    for i in range(6):
+        image, scene = sim.simulate(np.random.SeedSequence([11, i]), "waxs", {name: 1.0})
+        assert scene.binning == 1 and sorted(image.shape) == sorted(shape)
+        seen_dtypes.add(image.dtype.kind)
+        bad = invalid_pixels(image)
+        if image.dtype.kind in "iu" and bad.any():  # gaps written as -1 / dtype max are found by the codec
+            assert bad.mean() >= 0.5 * gaps.mean()
+        encoded = encode_image(image)
+        assert encoded.tensor.shape == (128, 128, 2)
+    assert seen_dtypes <= {"i", "u", "f"}
+
+
+def test_binned_detector_keeps_the_gap_fraction() -> None:
+    _, _, full = sim.detector("Pilatus2M")
+    binning = sim.sim_binning("Pilatus2M", full_resolution=False)
+    shape, _, binned = sim.detector("Pilatus2M", binning)
+    assert max(shape) <= sim.SIM_LONG_SIDE_PX and binning > 1
+    assert abs(binned.mean() - full.mean()) < 0.03
+
+
+def test_grazing_images_are_dark_below_the_horizon() -> None:
+    """Unrotated GISAXS: the sample shadows everything below the horizon (alpha_f < 0)."""
+    rng = np.random.default_rng(5)
+    scene = sim.draw_scene(rng, "gisaxs", {"Pilatus1M": 1.0}, full_resolution=False)
+    scene.beam_row = scene.shape[0] * 0.8
+    geometry = sim.pixel_geometry(scene)
+    expected = sim.render(scene, rng, geometry)
+    _, alpha_f, _ = sim._grazing_angles(scene, geometry)
+    above, below = expected[alpha_f > 0.002], expected[alpha_f < -0.002]
+    assert below.size and above.size
+    assert np.median(below) < 0.05 * np.median(above)
+
+
+def test_labels_cover_every_technique_and_feature() -> None:
+    techniques, features = set(), set()
+    for i in range(40):
+        _, scene = sim.simulate(np.random.SeedSequence([3, i]), full_resolution=False)
+        technique, geometry, vector = sim.labels(scene)
+        assert geometry == (0 if scene.technique in ("saxs", "waxs") else 1)
+        techniques.add(TECHNIQUES[technique])
+        features |= {FEATURES[j] for j in np.flatnonzero(vector)}
+    assert techniques == set(TECHNIQUES)
+    assert len(features) >= 4
+
+
+def test_powder_rings_sit_at_the_bragg_q() -> None:
+    """A WAXS powder ring is drawn where |q| = 2 pi / d: check the pixel geometry against Bragg's law."""
+    scene = sim.Scene("waxs", "Pilatus1M", 1, (1043, 981), 172e-6, 0.2, 12.398419843, 521.5, 490.5)
+    geometry = sim.pixel_geometry(scene)
+    # A pixel ~0.05 m right of the beam at 0.2 m: 2 theta = atan(x / D); q = 4 pi sin(theta) / lambda (1 A).
+    row, col = 521, int(490.5 + 0.05 / 172e-6)
+    two_theta = np.arctan((col + 0.5 - 490.5) * 172e-6 / 0.2)
+    assert geometry.q[row, col] == pytest.approx(4 * np.pi * np.sin(two_theta / 2), rel=1e-4)

@@ -1,0 +1,98 @@
+"""Keras networks of the scattering sorter: the seed's LeNet and the served global-pooling CNN.
+
+Both take the codec's ``(N, 128, 128, 2)`` float32 input (normalised log intensity, block valid fraction; see
+:mod:`matserve.codecs.scattering`) and answer three heads:
+
+* ``technique_probabilities`` ``(N, 4)``, softmax over :data:`TECHNIQUES`;
+* ``geometry_probabilities`` ``(N, 2)``, softmax over :data:`GEOMETRIES`;
+* ``feature_probabilities`` ``(N, 5)``, independent sigmoids over :data:`FEATURES` (multi-label).
+
+The served network also answers ``class_activation_maps`` ``(N, 16, 16, 11)``: for every label (techniques,
+then geometries, then features) the Grad-CAM map ``sum_k alpha_k A_k`` of its last convolution ``A``. Its heads
+are linear in the global average of ``A``, so the Grad-CAM weights ``alpha_k = d score / d mean(A_k)`` are
+exactly the head's dense weights: the map is computed in the graph, and ONNX Runtime serves it without gradients.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS
+from training.scattering.labels import FEATURES, GEOMETRIES, TECHNIQUES
+
+OUTPUTS = ("technique_probabilities", "geometry_probabilities", "feature_probabilities")
+CAM_OUTPUT = "class_activation_maps"
+
+#: The seed's LeNet (seed 003, III-A-a): three 3x3 convolutions of 64, 64, 48 filters, each followed by 2x2
+#: max-pooling and batch normalisation, then dense 192 and 64 with 50 % dropout between them.
+LENET_FILTERS = (64, 64, 48)
+LENET_DENSE = (192, 64)
+#: The served CNN: (filters, stride, dilation) per 3x3 convolution after a 5x5 stride-2 stem of 16 filters.
+SORTER_STEM = 16
+SORTER_LAYERS: tuple[tuple[int, int, int], ...] = ((32, 2, 1), (32, 1, 1), (64, 2, 1), (64, 1, 1), (96, 1, 2))
+
+
+def _heads(features: keras.KerasTensor) -> list[keras.KerasTensor]:
+    return [
+        layers.Dense(len(TECHNIQUES), activation="softmax", name=OUTPUTS[0])(features),
+        layers.Dense(len(GEOMETRIES), activation="softmax", name=OUTPUTS[1])(features),
+        layers.Dense(len(FEATURES), activation="sigmoid", name=OUTPUTS[2])(features),
+    ]
+
+
+def lenet(dropout: float = 0.5) -> keras.Model:
+    """The seed's LeNet with the three heads (about 200M multiply-adds per 128 x 128 image)."""
+    images = keras.Input((INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), name="images")
+    x = images
+    for filters in LENET_FILTERS:
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.BatchNormalization()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(LENET_DENSE[0], activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(LENET_DENSE[1], activation="relu")(x)
+    return keras.Model(images, _heads(x), name="scattering_lenet")
+
+
+class ClassActivationMaps(layers.Layer):
+    """Grad-CAM of every label for heads linear in the global average of the feature maps ``A``.
+
+    ``maps[..., j] = sum_k W[k, j] A[..., k]`` with ``W`` the heads' kernels concatenated (techniques, geometries,
+    features): for a score ``s_j = b_j + sum_k W[k, j] mean(A_k)`` the Grad-CAM weight of channel ``k`` is
+    ``W[k, j]`` (up to the constant 1 / area), so this is Grad-CAM before its final ReLU.
+    """
+
+    def __init__(self, heads: list[layers.Dense], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.heads = heads
+
+    def call(self, feature_maps: tf.Tensor) -> tf.Tensor:
+        kernel = tf.concat([head.kernel for head in self.heads], axis=1)
+        return tf.einsum("nhwk,kj->nhwj", feature_maps, kernel)
+
+
+def sorter_cnn(dropout: float = 0.3) -> keras.Model:
+    """The served CNN: strided convolutions, global average pooling, linear heads and their Grad-CAM maps.
+
+    Why this one: the last feature maps are averaged over the whole frame, so a ring, rod or horizon counts
+    wherever the beam centre and the detector's modules put it (often off the image on real detectors); it costs
+    about a quarter of the LeNet's multiply-adds; and its Grad-CAM is exact and part of the graph.
+    """
+    images = keras.Input((INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), name="images")
+    x = layers.Conv2D(SORTER_STEM, 5, strides=2, padding="same", use_bias=False)(images)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for filters, stride, dilation in SORTER_LAYERS:
+        x = layers.Conv2D(filters, 3, strides=stride, dilation_rate=dilation, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    feature_maps = x
+    pooled = layers.GlobalAveragePooling2D()(feature_maps)
+    pooled = layers.Dropout(dropout)(pooled)
+    heads = _heads(pooled)
+    dense = [head._keras_history.operation for head in heads]
+    maps = ClassActivationMaps(dense, name=CAM_OUTPUT)(feature_maps)
+    return keras.Model(images, [*heads, maps], name="scattering_sorter_cnn")

@@ -1,0 +1,366 @@
+"""Train, evaluate and export the scattering sorter (issue 6, seeds 003 and 000).
+
+Run from the repository root (offline, never by CI)::
+
+    python -m training.scattering.simulate          # ~15 min on 2 cores: runs/data_seed0
+    python -m training.scattering.train --version 1.0.0
+
+1. Load the simulated splits (``training.scattering.simulate``): ``train`` and ``val`` simulated on binned
+   detectors; ``test`` (same scene distribution), ``test_unseen_detectors`` (detectors never used in training:
+   Pilatus 200k/300kw/6M, Eiger2 1M/4M) and ``test_harsh`` (5-20x fewer counts, more hot pixels and dark
+   current) simulated at the detectors' full resolution, as real files come.
+2. Train the served CNN (``networks.sorter_cnn``) and the seed's LeNet (``networks.lenet``) with the same data,
+   loss and budget: cross-entropy on technique and geometry, binary cross-entropy on the features; Adam;
+   the best validation epoch is kept. Baseline on the same splits: the seed's histogram features (HF) with a
+   random forest (seed 003 table III: 97.5 % on real data).
+3. Report per split: technique accuracy, Cohen's kappa, MCC, per-class recall and precision, confusion matrix;
+   geometry accuracy; per-feature precision, recall, F1 and AUROC.
+4. Export both networks to ONNX (opset 17), check ONNX Runtime against Keras, write
+   ``models/scattering_sorter/<version>`` (the served CNN) with its card; the LeNet's ONNX and metrics stay in
+   ``runs/`` and in the card's ``baselines``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, matthews_corrcoef, roc_auc_score
+
+from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS
+from matserve.registry import write_card
+from training.formation_enthalpy.train import git_commit
+from training.scattering import networks
+from training.scattering.labels import FEATURES, GEOMETRIES, TECHNIQUES
+from training.scattering.simulate import RUNS, SPLIT_IDS, TRAIN_DETECTORS, UNSEEN_DETECTORS, load_split
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = "scattering_sorter"
+EVAL_SPLITS = ("test", "test_unseen_detectors", "test_harsh")
+PARITY_TOLERANCE = 1e-4
+SEED_PAPER = {
+    "source": "seed 003 (camSortXS), real ALS images 256 x 256, 4 techniques",
+    "lenet_rf_accuracy": 0.9910,
+    "lenet_rf_kappa": 0.9840,
+    "lenet_rf_mcc": 0.9841,
+    "histogram_features_rf_accuracy": 0.9751,
+}
+
+
+def targets(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        networks.OUTPUTS[0]: split["technique"].astype(np.int32),
+        networks.OUTPUTS[1]: split["geometry"].astype(np.int32),
+        networks.OUTPUTS[2]: split["features"].astype(np.float32),
+    }
+
+
+def training_model(network: keras.Model) -> keras.Model:
+    """The network without the CAM output (not trained), compiled with the three losses."""
+    heads = keras.Model(network.input, [network.get_layer(name).output for name in networks.OUTPUTS])
+    heads.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={
+            networks.OUTPUTS[0]: "sparse_categorical_crossentropy",
+            networks.OUTPUTS[1]: "sparse_categorical_crossentropy",
+            networks.OUTPUTS[2]: "binary_crossentropy",
+        },
+        loss_weights={networks.OUTPUTS[0]: 1.0, networks.OUTPUTS[1]: 0.5, networks.OUTPUTS[2]: 1.0},
+    )
+    return heads
+
+
+def augment(images: tf.Tensor) -> tf.Tensor:
+    """Random 90-degree rotations and flips (detectors are mounted and files written in all 8 ways)."""
+    k = tf.random.uniform((), 0, 4, dtype=tf.int32)
+    images = tf.image.rot90(images, k)
+    return tf.cond(tf.random.uniform(()) < 0.5, lambda: tf.image.flip_left_right(images), lambda: images)
+
+
+def fit(network: keras.Model, sets: dict, epochs: int, batch_size: int, seed: int, minutes: float) -> dict:
+    """Train; keep the best validation-loss epoch; returns the history."""
+    keras.utils.set_random_seed(seed)
+    model = training_model(network)
+    train = sets["train"]
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((train["images"], targets(train)))
+        .shuffle(len(train["images"]), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda x, y: (augment(x), y), num_parallel_calls=2)
+        .prefetch(2)
+    )
+    val = (sets["val"]["images"], targets(sets["val"]))
+    best = {"loss": np.inf, "epoch": -1, "weights": None}
+    history = []
+    started = time.perf_counter()
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * int(np.ceil(len(train["images"]) / batch_size)))
+    model.optimizer.learning_rate = schedule
+    for epoch in range(epochs):
+        log = model.fit(dataset, epochs=1, verbose=0).history
+        val_loss = model.evaluate(*val, batch_size=256, verbose=0, return_dict=True)["loss"]
+        accuracy = float(
+            (model.predict(val[0], batch_size=256, verbose=0)[0].argmax(1) == val[1][networks.OUTPUTS[0]]).mean()
+        )
+        entry = {
+            "epoch": epoch + 1,
+            "loss": float(log["loss"][-1]),
+            "val_loss": float(val_loss),
+            "val_technique_accuracy": accuracy,
+            "minutes": round((time.perf_counter() - started) / 60, 2),
+        }
+        history.append(entry)
+        print(json.dumps({"network": network.name, **entry}), flush=True)
+        if val_loss < best["loss"]:
+            best = {"loss": val_loss, "epoch": epoch + 1, "weights": network.get_weights()}
+        if (time.perf_counter() - started) / 60 > minutes:
+            break
+    network.set_weights(best["weights"])
+    return {
+        "epochs": history,
+        "best_epoch": best["epoch"],
+        "batch_size": batch_size,
+        "seed": seed,
+        "optimizer": "Adam, cosine decay from 1e-3",
+        "augmentation": "random 90-degree rotations and flips",
+    }
+
+
+def classification_metrics(technique: np.ndarray, probabilities: dict[str, np.ndarray], split: dict) -> dict:
+    """Technique accuracy, kappa, MCC, recall/precision per class, confusion; geometry; features."""
+    y_true, y_pred = split["technique"].astype(int), technique.argmax(1)
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(TECHNIQUES))))
+    recall = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    precision = matrix.diagonal() / np.maximum(matrix.sum(axis=0), 1)
+    out = {
+        "n": len(y_true),
+        "technique": {
+            "accuracy": float((y_true == y_pred).mean()),
+            "cohen_kappa": float(cohen_kappa_score(y_true, y_pred)),
+            "mcc": float(matthews_corrcoef(y_true, y_pred)),
+            "recall": dict(zip(TECHNIQUES, np.round(recall, 4).tolist(), strict=True)),
+            "precision": dict(zip(TECHNIQUES, np.round(precision, 4).tolist(), strict=True)),
+            "confusion_matrix": {"rows_true_cols_predicted": list(TECHNIQUES), "counts": matrix.tolist()},
+        },
+    }
+    if "geometry" in probabilities:
+        g_pred = probabilities["geometry"].argmax(1)
+        out["geometry"] = {"accuracy": float((g_pred == split["geometry"]).mean())}
+    if "features" in probabilities:
+        features = {}
+        for j, name in enumerate(FEATURES):
+            truth = split["features"][:, j].astype(bool)
+            score = probabilities["features"][:, j]
+            predicted = score >= 0.5
+            tp = int((truth & predicted).sum())
+            p = tp / max(int(predicted.sum()), 1)
+            r = tp / max(int(truth.sum()), 1)
+            features[name] = {
+                "prevalence": float(truth.mean()),
+                "precision": round(p, 4),
+                "recall": round(r, 4),
+                "f1": round(2 * p * r / max(p + r, 1e-9), 4),
+                "auroc": round(float(roc_auc_score(truth, score)), 4) if 0 < truth.sum() < len(truth) else None,
+            }
+        out["features"] = features
+        out["features_exact_match"] = float(
+            ((probabilities["features"] >= 0.5) == split["features"].astype(bool)).all(1).mean()
+        )
+    return out
+
+
+def network_metrics(network: keras.Model, sets: dict) -> dict:
+    metrics = {}
+    for name in ("val", *EVAL_SPLITS):
+        technique, geometry, features = network.predict(sets[name]["images"], batch_size=256, verbose=0)[:3]
+        metrics[name] = classification_metrics(technique, {"geometry": geometry, "features": features}, sets[name])
+    return metrics
+
+
+def histogram_features(images: np.ndarray) -> np.ndarray:
+    """The seed's histogram features of the codec image (mean, entropy, energy, variance, skewness, kurtosis,
+    roughness) plus a 32-bin histogram of the valid pixels' normalised log intensity."""
+    rows = []
+    for image in images:
+        values = image[..., 0][image[..., 1] >= 0.5]
+        hist = np.histogram(values, bins=32, range=(0, 1))[0].astype(np.float64)
+        p = hist / max(hist.sum(), 1)
+        mean, var = values.mean(), values.var()
+        std = np.sqrt(var) + 1e-9
+        skew = ((values - mean) ** 3).mean() / std**3
+        kurt = ((values - mean) ** 4).mean() / std**4
+        entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
+        rows.append([mean, entropy, (p**2).sum(), var, skew, kurt, 1 - 1 / (1 + var), *p])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def histogram_baseline(sets: dict, seed: int) -> dict:
+    forest = RandomForestClassifier(n_estimators=300, n_jobs=2, random_state=seed)
+    forest.fit(histogram_features(sets["train"]["images"]), sets["train"]["technique"])
+    out = {"method": "seed 003 histogram features + random forest (300 trees)"}
+    for name in ("val", *EVAL_SPLITS):
+        probabilities = forest.predict_proba(histogram_features(sets[name]["images"]))
+        out[name] = classification_metrics(probabilities, {}, sets[name])
+    return out
+
+
+def export_onnx(network: keras.Model, path: Path) -> list[str]:
+    """tf2onnx (opset 17), dynamic batch, input ``images``; outputs named as the network's outputs."""
+    import onnx
+    import tf2onnx
+
+    names = [*networks.OUTPUTS, networks.CAM_OUTPUT][: len(network.outputs)]
+    signature = [tf.TensorSpec((None, INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), tf.float32, name="images")]
+    function = tf.function(lambda images: network(images, training=False), input_signature=signature)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
+    rename = {output.name: name for output, name in zip(proto.graph.output, names, strict=True)}
+    for node in proto.graph.node:
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    for output in proto.graph.output:
+        output.name = rename[output.name]
+    onnx.checker.check_model(proto)
+    path.write_bytes(proto.SerializeToString())
+    return names
+
+
+def onnx_parity(network: keras.Model, path: Path, images: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images})
+    expected = network.predict(images, batch_size=256, verbose=0)
+    return max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--data", type=Path, default=RUNS / "data_seed0")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget of the served network")
+    parser.add_argument("--lenet-minutes", type=float, default=25.0, help="wall-clock budget of the LeNet")
+    parser.add_argument("--lenet-epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (tests)")
+    args = parser.parse_args(argv)
+
+    manifest = json.loads((args.data / "manifest.json").read_text())
+    sets = {name: load_split(args.data, name) for name in ("train", "val", *EVAL_SPLITS)}
+    if args.train_limit:
+        sets["train"] = {k: v[: args.train_limit] for k, v in sets["train"].items()}
+    work = RUNS / f"train_{args.version}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    baseline = histogram_baseline(sets, args.seed)
+    print(json.dumps({"histogram_rf_test_accuracy": baseline["test"]["technique"]["accuracy"]}), flush=True)
+
+    network = networks.sorter_cnn()
+    history = fit(network, sets, args.epochs, args.batch_size, args.seed, args.minutes)
+    metrics = network_metrics(network, sets)
+    (work / "served_metrics.json").write_text(json.dumps({"training": history, "metrics": metrics}, indent=1))
+
+    lenet = networks.lenet()
+    lenet_history = fit(lenet, sets, args.lenet_epochs, args.batch_size, args.seed, args.lenet_minutes)
+    lenet_metrics = network_metrics(lenet, sets)
+    export_onnx(lenet, work / "lenet.onnx")
+    lenet_parity = onnx_parity(lenet, work / "lenet.onnx", sets["test"]["images"][:256])
+
+    folder = args.models_dir / MODEL / args.version
+    folder.mkdir(parents=True, exist_ok=True)
+    names = export_onnx(network, folder / "model.onnx")
+    parity = onnx_parity(network, folder / "model.onnx", sets["test"]["images"][:256])
+    print(f"ONNX parity: served {parity:.2e}, LeNet {lenet_parity:.2e}", flush=True)
+    if max(parity, lenet_parity) > PARITY_TOLERANCE:
+        raise SystemExit(f"ONNX parity failed: {parity}, {lenet_parity}")
+    card = {
+        "name": MODEL,
+        "version": args.version,
+        "task": "classification (technique, geometry) + multi-label features",
+        "description": "Scattering sorter: a strided CNN with global average pooling and linear heads (technique, "
+        "geometry, features) on the codec's 128 x 128 masked log image, with in-graph Grad-CAM; trained on "
+        "simulated detector images (training.scattering.simulate). The seed's LeNet was trained on the same "
+        "data and is reported under baselines.",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_commit": git_commit(),
+        "data": {
+            "source": "simulated with training.scattering.simulate (pyFAI detector masks, pymatgen reflections via "
+            "the XRD cache, analytic SAXS/GISAXS models); no downloaded data",
+            "command": "python -m training.scattering.simulate",
+            "fingerprint_sha256": {name: meta["sha256"] for name, meta in manifest.items()},
+            "train_detectors": TRAIN_DETECTORS,
+            "unseen_detectors": UNSEEN_DETECTORS,
+        },
+        "split": {
+            "method": "independent seeded simulations per split (SeedSequence([seed, split id, index])); "
+            "continuous scene parameters, so no image is shared between splits",
+            "split_ids": SPLIT_IDS,
+            "sizes": {name: meta["n"] for name, meta in manifest.items()},
+            "train_limit": args.train_limit or None,
+            "resolution": "train/val simulated on binned detectors (long side <= 400 px); test splits at full "
+            "detector resolution",
+        },
+        "inputs": [
+            {
+                "name": "images",
+                "dtype": "float32",
+                "shape": [-1, INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS],
+                "unit": "matserve.codecs.scattering.encode_image: normalised log intensity, valid fraction",
+            }
+        ],
+        "outputs": [
+            {"name": names[0], "dtype": "float32", "shape": [-1, len(TECHNIQUES)], "labels": list(TECHNIQUES)},
+            {"name": names[1], "dtype": "float32", "shape": [-1, len(GEOMETRIES)], "labels": list(GEOMETRIES)},
+            {"name": names[2], "dtype": "float32", "shape": [-1, len(FEATURES)], "labels": list(FEATURES)},
+            {
+                "name": names[3],
+                "dtype": "float32",
+                "shape": [-1, 16, 16, len(TECHNIQUES) + len(GEOMETRIES) + len(FEATURES)],
+                "unit": "Grad-CAM before ReLU, label order technique + geometry + features",
+            },
+        ],
+        "labels": {"technique": list(TECHNIQUES), "geometry": list(GEOMETRIES), "features": list(FEATURES)},
+        "feature_threshold": 0.5,
+        "architecture": {
+            "stem": networks.SORTER_STEM,
+            "conv3x3_filters_stride_dilation": [list(x) for x in networks.SORTER_LAYERS],
+            "parameters": int(network.count_params()),
+        },
+        "training": history,
+        "metrics": metrics,
+        "baselines": {
+            "seed_lenet": {
+                "architecture": {
+                    "filters": list(networks.LENET_FILTERS),
+                    "dense": list(networks.LENET_DENSE),
+                    "parameters": int(lenet.count_params()),
+                },
+                "training": lenet_history,
+                "metrics": lenet_metrics,
+                "onnx_parity": lenet_parity,
+            },
+            "histogram_features_random_forest": baseline,
+        },
+        "seed_paper": SEED_PAPER,
+        "onnx": {"opset": 17, "parity_max_abs_diff_vs_keras": parity, "parity_set": "first 256 test images"},
+        "serving": {"max_batch_size": 256},
+    }
+    write_card(folder, card)
+    (work / "metrics.json").write_text(
+        json.dumps({"served": metrics, "lenet": lenet_metrics, "histogram_rf": baseline}, indent=1)
+    )
+    print(f"wrote {folder}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
