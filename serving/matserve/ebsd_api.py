@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from matserve import request_options
 from matserve.codecs.ebsd import (
     ACCEPTED_FORMATS,
     EbsdInputError,
@@ -163,41 +164,21 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _pc_message(name: str, error: dict[str, Any]) -> str | None:
+    if name == "pc" and error["type"] != "value_error":
+        return ("pc: send [PCx, PCy, PCz] (e.g. 0.425,0.213,0.501), or one such triple per pattern "
+                "(per pixel for scans: [rows][cols][3])")  # fmt: skip
+    return None
+
+
 def options_from(values: dict[str, Any], where: str) -> EbsdOptions:
     """Options from query parameters / form fields (strings), with clear messages."""
-    try:
-        return EbsdOptions.model_validate(values)
-    except ValidationError as error:
-        raise InvalidInput(_option_errors(error, where)) from None
-
-
-def _option_errors(error: ValidationError, where: str) -> str:
-    parts = []
-    for e in error.errors():
-        name = str(e["loc"][0]) if e["loc"] else "body"
-        if name == "pc" and e["type"] != "value_error":
-            message = ("pc: send [PCx, PCy, PCz] (e.g. 0.425,0.213,0.501), or one such triple per pattern "
-                       "(per pixel for scans: [rows][cols][3])")  # fmt: skip
-            if message not in parts:
-                parts.append(message)
-        elif e["type"] == "extra_forbidden":
-            parts.append(f"unknown {where} {name!r}; accepted: {', '.join(EbsdOptions.model_fields)}")
-        else:
-            parts.append(f"{name}: {e['msg']}")
-    return "; ".join(parts[:5])
+    return request_options.options_from(EbsdOptions, values, where, _pc_message)
 
 
 def merge_options(body: EbsdOptions, query: dict[str, str]) -> EbsdOptions:
     """Body options plus query options; the same option in both is refused."""
-    if not query:
-        return body
-    from_query = options_from(query, "query parameter")
-    given = body.model_fields_set & from_query.model_fields_set
-    if given:
-        raise InvalidInput(f"{', '.join(sorted(given))}: given both in the body and in the query; give each once")
-    values = {name: getattr(body, name) for name in body.model_fields_set if name in EbsdOptions.model_fields}
-    values.update({name: getattr(from_query, name) for name in from_query.model_fields_set})
-    return EbsdOptions.model_validate(values)
+    return request_options.merge_options(body, query, _pc_message)
 
 
 async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:

@@ -30,10 +30,11 @@ from urllib.parse import unquote
 
 import numpy as np
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from matserve import request_options
 from matserve.codecs.detector_files import (
     ACCEPTED_FORMATS,
     Frame,
@@ -42,7 +43,7 @@ from matserve.codecs.detector_files import (
     UnsupportedFormat,
     read_frames,
 )
-from matserve.codecs.scattering import ImageError, check_shape
+from matserve.codecs.scattering import ImageError, as_image_array, check_shape
 from matserve.ebsd_api import media_type
 from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
 
@@ -145,34 +146,12 @@ class Items:
 
 def options_from(values: dict[str, str], where: str) -> ScatteringOptions:
     """Options from query parameters or form fields (strings), with clear messages."""
-    try:
-        return ScatteringOptions.model_validate(values)
-    except ValidationError as error:
-        raise InvalidInput(_option_errors(error, where)) from None
-
-
-def _option_errors(error: ValidationError, where: str) -> str:
-    parts = []
-    for e in error.errors():
-        name = str(e["loc"][0]) if e["loc"] else "body"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown {where} {name!r}; accepted: {', '.join(ScatteringOptions.model_fields)}")
-        else:
-            parts.append(f"{name}: {e['msg']}")
-    return "; ".join(parts[:5])
+    return request_options.options_from(ScatteringOptions, values, where)
 
 
 def merge_options(body: ScatteringOptions, query: dict[str, str]) -> ScatteringOptions:
     """Body (JSON or form) options plus query options; the same option in both is refused."""
-    if not query:
-        return body
-    from_query = options_from(query, "query parameter")
-    given = body.model_fields_set & from_query.model_fields_set
-    if given:
-        raise InvalidInput(f"{', '.join(sorted(given))}: given both in the body and in the query; give each once")
-    values = {name: getattr(body, name) for name in body.model_fields_set if name in ScatteringOptions.model_fields}
-    values.update({name: getattr(from_query, name) for name in from_query.model_fields_set})
-    return ScatteringOptions.model_validate(values)
+    return request_options.merge_options(body, query)
 
 
 async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]],
@@ -308,8 +287,8 @@ def decode_json(request: ScatteringSortRequest, budget: FrameBudget) -> Items:
     items = Items()
     for value, mask_value, label in zip(values, masks, labels, strict=True):
         try:
-            image = _json_array(value, label)
-            mask = None if mask_value is None else _json_array(mask_value, f"the mask of {label}")
+            image = as_image_array(value, label)
+            mask = None if mask_value is None else as_image_array(mask_value, f"the mask of {label}")
             check_shape(image.shape)
         except ImageError as error:
             items.add_error(label, error)
@@ -317,18 +296,6 @@ def decode_json(request: ScatteringSortRequest, budget: FrameBudget) -> Items:
         budget.take(1, image.shape, label)
         items.add_frames([Frame(image, mask, label)])
     return items
-
-
-def _json_array(value: Any, what: str) -> np.ndarray:
-    """A nested JSON list as a numeric array (ints stay integers: negative integers are detector gaps)."""
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        array = np.empty(0, dtype=object)
-    if array.dtype == object or array.dtype.kind not in "uifb":
-        raise ImageError(f"{what}: rows have different lengths or are not numbers; send a rectangular 2D array "
-                         f"of counts, e.g. {SCATTERING_EXAMPLE}")  # fmt: skip
-    return array
 
 
 def check_saliency(options: ScatteringOptions, count: int) -> None:

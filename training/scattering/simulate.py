@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import j1
 
-from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS, ImageError, encode_image
+from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS, EncodedImage, ImageError, encode_image
 from training.scattering.labels import FEATURES, GEOMETRIES, GEOMETRY_OF_TECHNIQUE, TECHNIQUES
 
 HC_KEV_ANGSTROM = 12.398419843
@@ -753,11 +753,27 @@ def labels(scene: Scene) -> tuple[int, int, np.ndarray]:
 # Datasets
 
 
+def simulate_item(seed: int, split: str, index: int) -> tuple[np.ndarray, Scene, EncodedImage]:
+    """Raw image, scene and codec output of image ``index`` of ``split`` (exactly what the dataset holds).
+
+    Splits starting with ``test`` are simulated at full detector resolution; ``test_unseen_detectors`` draws from
+    :data:`UNSEEN_DETECTORS`, ``test_harsh`` with harsh counting. A scene the codec refuses (e.g. a beam far off a
+    small detector leaving a constant image) is drawn again from a child seed, deterministically.
+    """
+    detectors = UNSEEN_DETECTORS if split == "test_unseen_detectors" else TRAIN_DETECTORS
+    seed_sequence = np.random.SeedSequence([seed, SPLIT_IDS[split], index])
+    while True:
+        image, scene = simulate(
+            seed_sequence, detectors=detectors, harsh=split == "test_harsh", full_resolution=split.startswith("test")
+        )
+        try:
+            return image, scene, encode_image(image)
+        except ImageError:
+            seed_sequence = seed_sequence.spawn(1)[0]
+
+
 def _simulate_range(args: tuple[int, str, int, int]) -> dict[str, np.ndarray]:
     seed, split, start, stop = args
-    detectors = UNSEEN_DETECTORS if split == "test_unseen_detectors" else TRAIN_DETECTORS
-    harsh = split == "test_harsh"
-    full_resolution = split.startswith("test")
     n = stop - start
     tensors = np.zeros((n, INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), dtype=np.uint8)
     technique = np.zeros(n, dtype=np.uint8)
@@ -766,14 +782,7 @@ def _simulate_range(args: tuple[int, str, int, int]) -> dict[str, np.ndarray]:
     detector_index = np.zeros(n, dtype=np.uint8)
     names = sorted(set(TRAIN_DETECTORS) | set(UNSEEN_DETECTORS))
     for k, i in enumerate(range(start, stop)):
-        ss = np.random.SeedSequence([seed, SPLIT_IDS[split], i])
-        while True:
-            image, scene = simulate(ss, detectors=detectors, harsh=harsh, full_resolution=full_resolution)
-            try:
-                encoded = encode_image(image)
-                break
-            except ImageError:  # e.g. a beam far off a tiny detector: draw again (deterministically)
-                ss = ss.spawn(1)[0]
+        _, scene, encoded = simulate_item(seed, split, i)
         tensors[k] = np.round(encoded.tensor * 255).astype(np.uint8)
         technique[k], geometry[k], features[k] = labels(scene)
         detector_index[k] = names.index(scene.detector)

@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
 
     network = networks.sorter_cnn()
     history = fit(network, sets, args.epochs, args.batch_size, args.seed, args.minutes)
+    network.save_weights(str(work / "sorter.weights.h5"))
     metrics = network_metrics(network, sets)
     (work / "served_metrics.json").write_text(json.dumps({"training": history, "metrics": metrics}, indent=1))
 

@@ -117,6 +117,22 @@ def invalid_pixels(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     return bad
 
 
+def as_image_array(value: object, what: str) -> np.ndarray:
+    """A JSON-style nested list (or an array) as a numeric array, else :class:`ImageError` naming ``what``.
+
+    Integers stay integers (negative integers are detector gaps); the shape is checked later.
+    """
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = np.empty(0, dtype=object)
+    if array.dtype == object or array.dtype.kind not in "uifb":
+        raise ImageError(
+            f"{what}: rows have different lengths or are not numbers; send a rectangular 2D array of counts"
+        )
+    return array
+
+
 def check_shape(shape: tuple[int, ...]) -> None:
     """Refuse anything but a 2D image of :data:`MIN_SIDE_PX` to :data:`MAX_SIDE_PX` pixels a side."""
     if len(shape) != 2:

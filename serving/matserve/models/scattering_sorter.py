@@ -40,7 +40,14 @@ from pydantic import ConfigDict, Field
 from typing_extensions import TypedDict
 
 from matserve.codecs.detector_files import Frame
-from matserve.codecs.scattering import INPUT_SIDE_PX, MAX_SIDE_PX, EncodedImage, ImageError, encode_image
+from matserve.codecs.scattering import (
+    INPUT_SIDE_PX,
+    MAX_SIDE_PX,
+    EncodedImage,
+    ImageError,
+    as_image_array,
+    encode_image,
+)
 from matserve.errors import InvalidInput
 from matserve.metrics import ITEMS, REQUESTS
 from matserve.models.base import Prediction, ServedModel
@@ -160,17 +167,6 @@ class PreparedScattering:
         return np.stack([e.tensor for e in self.encoded])
 
 
-def _as_array(value: Any, what: str) -> np.ndarray:
-    """A JSON-style nested list (or array) as a numeric array, else :class:`ImageError`."""
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        array = np.empty(0, dtype=object)
-    if array.dtype == object or array.dtype.kind not in "uifb":
-        raise ImageError(f"{what} rows have different lengths or are not numbers; send a rectangular 2D array")
-    return array
-
-
 def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """``(image, mask)`` of one item: a :class:`Frame`, a mapping ``{"image", "mask"}`` or a 2D array."""
     if isinstance(item, Frame):
@@ -179,8 +175,8 @@ def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None]:
         if "image" not in item:
             raise ImageError('an item is an object {"image": [[...], ...], "mask": optional}')
         mask = item.get("mask")
-        return _as_array(item["image"], "image"), None if mask is None else _as_array(mask, "mask")
-    return _as_array(item, "image"), None
+        return as_image_array(item["image"], "image"), None if mask is None else as_image_array(mask, "mask")
+    return as_image_array(item, "image"), None
 
 
 def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, str | None]:

@@ -1,0 +1,87 @@
+"""The committed scattering sorter on held-out full-resolution simulated detector images, through the served path
+(decoded frames -> codec -> ONNX Runtime -> probabilities).
+
+1. The first images of the card's ``test`` and ``test_unseen_detectors`` splits are re-simulated from their seeds
+   (the simulator reproduces the stored split exactly) and sorted by the served model: the technique accuracy
+   must be within sampling error of the card's number, so a card that does not match its model fails.
+2. The answer does not depend on how the detector was mounted or the file written (90-degree rotations and
+   flips), nor on the gap convention of the file (-1 in int32, 2**32-1 in uint32, NaN in float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matserve.codecs.detector_files import Frame
+from matserve.models.scattering_sorter import ScatteringSorterModel
+from matserve.registry import Registry
+from matserve.runtimes.onnxruntime import OnnxRuntime
+from tests.conftest import MODELS_DIR
+
+pytest.importorskip("pyFAI")
+from training.scattering.labels import TECHNIQUES
+from training.scattering.simulate import simulate_item
+
+pytestmark = pytest.mark.slow
+N_IMAGES = 48
+
+
+@pytest.fixture(scope="module")
+def sorter() -> ScatteringSorterModel:
+    return ScatteringSorterModel(Registry(MODELS_DIR), OnnxRuntime(intra_op_threads=2))
+
+
+@pytest.fixture(scope="module")
+def test_images() -> list[tuple[np.ndarray, str]]:
+    """(raw image, true technique) of the first test images, re-simulated at full resolution."""
+    out = []
+    for i in range(N_IMAGES):
+        image, scene, _ = simulate_item(0, "test", i)
+        out.append((image, scene.technique))
+    return out
+
+
+def techniques(sorter: ScatteringSorterModel, images: list[np.ndarray]) -> list[str]:
+    results = sorter.sort([Frame(image, None, f"image {k}") for k, image in enumerate(images)]).results
+    assert not any(r.get("error") for r in results)
+    return [r["technique"] for r in results]
+
+
+@pytest.mark.parametrize("split", ["test", "test_unseen_detectors"])
+def test_card_accuracy_reproduces_on_resimulated_images(sorter: ScatteringSorterModel, split: str) -> None:
+    card = sorter.card()
+    expected = card["metrics"][split]["technique"]["accuracy"]
+    truth, images = [], []
+    for i in range(N_IMAGES):
+        image, scene, _ = simulate_item(0, split, i)
+        images.append(image)
+        truth.append(scene.technique)
+    predicted = techniques(sorter, images)
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    margin = 3.5 * np.sqrt(max(expected * (1 - expected), 0.02) / N_IMAGES)  # 3.5 standard errors
+    assert accuracy >= expected - margin, (split, accuracy, expected)
+    assert set(truth) <= set(TECHNIQUES)
+
+
+def test_answers_do_not_depend_on_detector_mounting(sorter: ScatteringSorterModel, test_images: list) -> None:
+    images = [image for image, _ in test_images]
+    reference = techniques(sorter, images)
+    for transform in (lambda a: np.rot90(a, 1), lambda a: np.rot90(a, 2), lambda a: a[:, ::-1], lambda a: a.T):
+        moved = techniques(sorter, [np.ascontiguousarray(transform(image)) for image in images])
+        agreement = np.mean([a == b for a, b in zip(moved, reference, strict=True)])
+        assert agreement >= 0.85, agreement
+
+
+def test_answers_do_not_depend_on_the_gap_convention(sorter: ScatteringSorterModel, test_images: list) -> None:
+    signed = [image for image, _ in test_images if image.dtype == np.int32 and (image < 0).any()][:8]
+    assert signed, "no int32 image with -1 gaps among the test images"
+    as_uint32 = [np.where(image < 0, np.uint32(2**32 - 1), image.astype(np.uint32)) for image in signed]
+    as_float = [np.where(image < 0, np.nan, image.astype(np.float32)) for image in signed]
+    probabilities = [
+        [r["technique_probabilities"] for r in sorter.sort([Frame(a, None, "x") for a in batch]).results]
+        for batch in (signed, as_uint32, as_float)
+    ]
+    for other in probabilities[1:]:
+        for a, b in zip(probabilities[0], other, strict=True):
+            assert max(abs(a[k] - b[k]) for k in a) < 1e-4
