@@ -401,4 +401,5 @@ def test_card_outputs_are_read_from_the_graph_for_triton() -> None:
     assert outputs == {"technique_probabilities": ("float32", [-1, 4]), "geometry_probabilities": ("float32", [-1, 2]),
                        "feature_probabilities": ("float32", [-1, 5]),
                        "class_activation_maps": ("float32", [-1, 16, 16, 11])}  # fmt: skip
-    assert version.tensor_specs("inputs") == [{"name": "images", "dtype": "float32", "shape": [-1, 128, 128, 2]}]
+    inputs = [(spec["name"], spec["dtype"], spec["shape"]) for spec in version.tensor_specs("inputs")]
+    assert inputs == [("images", "float32", [-1, 128, 128, 2])]
