@@ -51,6 +51,10 @@ MIN_VALID_PIXELS = 1024
 CLIP_PERCENTILE = 99.9
 NORM_PERCENTILES = (1.0, 99.8)
 MIN_BLOCK_VALID_FRACTION = 0.5
+CONSTANT_MESSAGE = (
+    "the image is constant (all valid pixels have the same value, e.g. empty or all zero); "
+    "a detector image with scattered intensity is expected"
+)
 ACCEPTED_DTYPES = "integer (int8-int64, uint8-uint64), float16/32/64 or bool"
 
 
@@ -199,6 +203,10 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     if sample.size < 16:
         sample = counts[valid > 0]
     (ceiling,) = _quantiles(sample, (CLIP_PERCENTILE,))
+    if float(sample.min()) == ceiling:  # most pixels share one value: is every valid pixel the same?
+        values = counts[:rows, :cols][~bad]
+        if float(values.min()) == float(values.max()):
+            raise ImageError(CONSTANT_MESSAGE)
     # Clip to [0, ceiling] (OpenCV's SIMD thresholds); negative values, i.e. signed-integer gaps, become 0.
     cv2.threshold(counts, max(ceiling, 0.0), 0.0, cv2.THRESH_TRUNC, dst=counts)
     cv2.threshold(counts, 0.0, 0.0, cv2.THRESH_TOZERO, dst=counts)
@@ -220,10 +228,7 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     if not hi > lo:
         lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if not hi > lo:
-        raise ImageError(
-            "the image is constant (all valid pixels have the same value, e.g. empty or all zero); "
-            "a detector image with scattered intensity is expected"
-        )
+        raise ImageError(CONSTANT_MESSAGE)
     scaled = np.clip((log_counts - lo) / (hi - lo), 0.0, 1.0)
     scaled[~good] = 0.0
     tensor = np.zeros((INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), dtype=np.float32)
