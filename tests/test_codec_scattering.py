@@ -333,6 +333,57 @@ def test_dtypes_and_the_mask_argument() -> None:
         encode_image(np.full((64, 64), 1 + 1j))
 
 
+def reference_block_means(image: np.ndarray, mask: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documented binning rule in plain numpy: (mean of valid clipped counts, valid fraction) per block."""
+    from matserve.codecs.scattering import CLIP_PERCENTILE, _quantiles, invalid_pixels
+
+    bad = invalid_pixels(image, mask)
+    sample = image[::7, ::7][~bad[::7, ::7]].astype(np.float32)
+    (ceiling,) = _quantiles(sample, (CLIP_PERCENTILE,))
+    counts = np.where(bad, 0.0, np.clip(np.nan_to_num(image.astype(np.float64)), 0, max(ceiling, 0.0)))
+    rows, cols = -(-image.shape[0] // factor) * factor, -(-image.shape[1] // factor) * factor
+    padded_counts, padded_valid = np.zeros((rows, cols)), np.zeros((rows, cols))
+    padded_counts[: image.shape[0], : image.shape[1]] = counts
+    padded_valid[: image.shape[0], : image.shape[1]] = ~bad
+    blocks = (rows // factor, factor, cols // factor, factor)
+    n_valid = padded_valid.reshape(blocks).sum(axis=(1, 3))
+    sums = padded_counts.reshape(blocks).sum(axis=(1, 3))
+    return np.divide(sums, n_valid, out=np.zeros_like(sums), where=n_valid > 0), n_valid / factor**2
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.uint32, np.float32])
+def test_the_fused_kernel_matches_the_documented_rule_in_numpy(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    image = ring_image((300, 520), dtype, seed=3)
+    gap = {np.int32: -1, np.uint16: np.iinfo(np.uint16).max, np.uint32: np.iinfo(np.uint32).max, np.float32: np.nan}
+    image[:, 200:207] = gap[dtype]
+    image.flat[rng.integers(0, image.size, 20)] = 60_000  # hot pixels, clipped
+    mask = np.zeros(image.shape, bool)
+    mask[10:30, 40:90] = True
+    encoded = encode_image(np.asfortranarray(image), mask)  # a non-C-contiguous layout of the same image
+    means, fraction = reference_block_means(image, mask, encoded.bin_factor)
+    top, left, height, width = encoded.placement
+    got_fraction = encoded.tensor[top : top + height, left : left + width, 1]
+    good = got_fraction > 0
+    np.testing.assert_allclose(got_fraction[good], np.rint(fraction * 255)[good] / 255, atol=1e-6)
+    np.testing.assert_array_equal(good, np.rint(fraction * 255) / 255 >= 0.5)
+    # channel 0 is an increasing function of the block mean: same ordering, and equal where scaling is known
+    log_means = np.log1p(means[good])
+    got = encoded.tensor[top : top + height, left : left + width, 0][good]
+    lo, hi = np.percentile(log_means, 1, method="lower"), np.percentile(log_means, 99.8, method="lower")
+    np.testing.assert_allclose(got, np.clip((log_means - lo) / (hi - lo), 0, 1), atol=2e-3)
+
+
+def test_images_encoded_on_threads_match_serial_encoding() -> None:
+    from matserve.models.scattering_sorter import encode_items
+
+    images = [ring_image(PILATUS_100K, dtype, seed=k) for k, dtype in enumerate([np.int32, np.uint32] * 4)]
+    threaded = encode_items(images)
+    for image, (encoded, shape, error) in zip(images, threaded, strict=True):
+        assert error is None and shape == image.shape
+        np.testing.assert_array_equal(encoded.tensor, encode_image(image).tensor)
+
+
 # -- the served model (in-process ONNX Runtime) -----------------------------------------------------------------
 
 

@@ -19,26 +19,18 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def simulate_command(out: Path, workers: int) -> list[str]:
+    """The simulator's command line for the tiny dataset (200 train, 40 val, 6 per test split)."""
+    sizes = ["--n-train", "200", "--n-eval", "40", "--n-test", "6"]
+    return [sys.executable, "-m", "training.scattering.simulate", "--out", str(out), *sizes, "--workers", str(workers)]
+
+
 @pytest.fixture(scope="module")
 def tiny_scattering_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("pyFAI")
     root = tmp_path_factory.mktemp("scattering_pipeline")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    simulate = [
-        sys.executable,
-        "-m",
-        "training.scattering.simulate",
-        "--out",
-        str(root / "data"),
-        "--n-train",
-        "200",
-        "--n-eval",
-        "40",
-        "--n-test",
-        "6",
-        "--workers",
-        "2",
-    ]
+    simulate = simulate_command(root / "data", workers=2)
     done = subprocess.run(simulate, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     train = [
@@ -65,23 +57,7 @@ def test_simulation_is_reproducible_and_fingerprinted(tiny_scattering_registry: 
     manifest = json.loads((tiny_scattering_registry / "data" / "manifest.json").read_text())
     assert manifest["train"]["n"] == 200 and manifest["test_harsh"]["n"] == 6
     again = tiny_scattering_registry / "again"
-    command = [
-        sys.executable,
-        "-m",
-        "training.scattering.simulate",
-        "--out",
-        str(again),
-        "--n-train",
-        "200",
-        "--n-eval",
-        "40",
-        "--n-test",
-        "6",
-        "--workers",
-        "1",
-        "--splits",
-        "val",
-    ]
+    command = [*simulate_command(again, workers=1), "--splits", "val"]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=600)
     assert json.loads((again / "manifest.json").read_text())["val"]["sha256"] == manifest["val"]["sha256"]
 

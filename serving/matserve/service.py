@@ -54,6 +54,7 @@ from matserve.cache import make_cache
 from matserve.codecs.detector_files import FrameBudget
 from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge
 from matserve.codecs.scattering import ImageError
+from matserve.codecs.scattering import warm_up as warm_up_scattering_codec
 from matserve.codecs.xrd import MAX_POINTS, WAVELENGTH_RANGE_ANGSTROM, PatternInput
 from matserve.errors import (
     Forbidden,
@@ -69,7 +70,8 @@ from matserve.errors import (
 from matserve.jobs import JobInfo, JobNotFound, make_job_store
 from matserve.metrics import JOBS
 from matserve.models.base import Prediction, ServedModel
-from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size, warm_up
+from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size
+from matserve.models.ebsd_indexer import warm_up as warm_up_ebsd
 from matserve.models.formation_enthalpy import Formula
 from matserve.models.scattering_sorter import ScatteringSorterModel
 from matserve.models.xrd_novelty import XrdNoveltyModel, calibration
@@ -528,7 +530,9 @@ class MatServe:
         if self.models:
             self.workers.start()
         if SETTINGS.ebsd_preload and "ebsd_indexer" in self.models:
-            threading.Thread(target=warm_up, name="matserve-ebsd-warm-up", daemon=True).start()
+            threading.Thread(target=warm_up_ebsd, name="matserve-ebsd-warm-up", daemon=True).start()
+        if "scattering_sorter" in self.models:  # compile the codec's kernels before the first image arrives
+            threading.Thread(target=warm_up_scattering_codec, name="matserve-scattering-warm-up", daemon=True).start()
         logger.info(
             "serving %s from %s; cache: %s; jobs: %s store, %d embedded worker(s)",
             ", ".join(self.models) or "nothing",

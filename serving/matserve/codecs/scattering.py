@@ -17,8 +17,9 @@ simulated ones. One image (``rows x cols``, any integer or float dtype) becomes 
 
 3. **Binned to fit 128 x 128, keeping the aspect ratio**: the integer factor ``f = ceil(max(rows, cols) / 128)``
    (a Pilatus 1M, 1043 x 981, is binned 9 x 9 into 116 x 109); each block's value is the mean of its valid
-   pixels (OpenCV area resampling of the counts and of the valid mask). Blocks with less than half their
-   pixels valid are masked. The binned image is centred in the 128 x 128 frame; the frame outside it is
+   pixels. Steps 1-3 are one pass over the image (a numba kernel that releases the GIL, so the served model
+   encodes a batch's images on several threads); only the clipping level is estimated first, from a sample.
+   Blocks with less than half their pixels valid are masked. The binned image is centred in the 128 x 128 frame; the frame outside it is
    masked. Images smaller than 64 on their long side are upsampled by the integer factor that fits (pixel
    repetition). The frame's long side is therefore filled to within one factor's rounding (a Pilatus 2M,
    1679 rows binned 14 x 14, fills 120 of 128 rows); where the image sits is :attr:`EncodedImage.placement`.
@@ -37,7 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
+import numba
 import numpy as np
 
 INPUT_SIDE_PX = 128
@@ -101,24 +102,98 @@ def invalid_pixels(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     mask : numpy.ndarray, optional
         ``(rows, cols)``; nonzero = bad pixel (the NeXus ``pixel_mask`` / pyFAI convention).
     """
-    kind = image.dtype.kind
-    if kind == "i":
+    rule = _invalid_rule(image.dtype)
+    if rule == RULE_NEGATIVE:
         bad = image < 0
-    elif kind == "u" and image.dtype.itemsize >= 2:
+    elif rule == RULE_DTYPE_MAX:
         bad = image == np.iinfo(image.dtype).max
-    elif kind == "u":
-        bad = np.zeros(image.shape, dtype=bool)
-    elif kind == "f":
+    elif rule == RULE_NOT_FINITE:
         bad = ~np.isfinite(image)
-    elif kind == "b":
-        bad = np.zeros(image.shape, dtype=bool)
     else:
-        raise ImageError(f"image dtype {image.dtype} is not numeric; accepted: {ACCEPTED_DTYPES}")
+        bad = np.zeros(image.shape, dtype=bool)
     if mask is not None:
         if mask.shape != image.shape:
             raise ImageError(f"mask shape {mask.shape} differs from the image shape {image.shape}")
         bad |= mask.astype(bool, copy=False)
     return bad
+
+
+_KERNEL_DTYPES = tuple(
+    np.dtype(t)
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float32, np.float64)
+)
+_EMPTY_MASK = np.zeros((1, 1), dtype=np.uint8)
+RULE_NONE, RULE_NEGATIVE, RULE_DTYPE_MAX, RULE_NOT_FINITE = 0, 1, 2, 3
+
+
+def _invalid_rule(dtype: np.dtype) -> int:
+    """Which values of ``dtype`` a detector writes for invalid pixels (see :func:`invalid_pixels`)."""
+    kind = dtype.kind
+    if kind == "i":
+        return RULE_NEGATIVE
+    if kind == "u":
+        return RULE_DTYPE_MAX if dtype.itemsize >= 2 else RULE_NONE
+    if kind == "f":
+        return RULE_NOT_FINITE
+    if kind == "b":
+        return RULE_NONE
+    raise ImageError(f"image dtype {dtype} is not numeric; accepted: {ACCEPTED_DTYPES}")
+
+
+@numba.njit(nogil=True, cache=True)
+def _is_invalid(value, rule: int, dtype_max) -> bool:
+    if rule == RULE_NEGATIVE:
+        return value < 0
+    if rule == RULE_DTYPE_MAX:
+        return value == dtype_max
+    if rule == RULE_NOT_FINITE:
+        return not np.isfinite(value)
+    return False
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, ceiling, step, summed, n_valid, extremes):
+    """One pass: per ``step x step`` block, the sum of the valid pixels clipped to [0, ceiling] and their count.
+
+    Also the smallest and largest valid value (``extremes``) for the constant-image check. Releases the GIL.
+    """
+    rows, cols = image.shape
+    low, high = extremes[0], extremes[1]
+    for r in range(rows):
+        br = r // step
+        for bc in range(summed.shape[1]):
+            block_sum = 0.0
+            block_n = 0
+            for c in range(bc * step, min(bc * step + step, cols)):
+                value = image[r, c]
+                if _is_invalid(value, rule, dtype_max) or (use_mask and mask[r, c] != 0):
+                    continue
+                v = float(value)
+                if v < low:
+                    low = v
+                if v > high:
+                    high = v
+                block_sum += min(max(v, 0.0), ceiling)
+                block_n += 1
+            summed[br, bc] += block_sum
+            n_valid[br, bc] += block_n
+    extremes[0], extremes[1] = low, high
+
+
+@numba.njit(nogil=True, cache=True)
+def _valid_values(image, mask, use_mask, rule, dtype_max):
+    """The valid pixels' values of an image as float32 (1D)."""
+    rows, cols = image.shape
+    out = np.empty(rows * cols, dtype=np.float32)
+    n = 0
+    for r in range(rows):
+        for c in range(cols):
+            value = image[r, c]
+            if _is_invalid(value, rule, dtype_max) or (use_mask and mask[r, c] != 0):
+                continue
+            out[n] = value
+            n += 1
+    return out[:n]
 
 
 def as_image_array(value: object, what: str) -> np.ndarray:
@@ -180,46 +255,51 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     """
     image = np.asarray(image)
     check_shape(image.shape)
-    bad = invalid_pixels(image, mask)
+    rule = _invalid_rule(image.dtype)
+    if image.dtype.kind == "b" or image.dtype not in _KERNEL_DTYPES:  # rare dtypes: the nearest kernel dtype
+        image = image.astype(np.float64 if image.dtype.kind == "f" else np.int64)
+    image = np.ascontiguousarray(image)  # one compiled kernel per dtype (C order)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != image.shape:
+            raise ImageError(f"mask shape {mask.shape} differs from the image shape {image.shape}")
+        mask = np.ascontiguousarray(mask.astype(bool, copy=False)).view(np.uint8)
     rows, cols = image.shape
     factor = bin_factor((rows, cols))
     step = max(factor, 1)
     out_rows, out_cols = -(-rows // step), -(-cols // step)
-    # Counts and validity (0 or 255) on a canvas padded to whole blocks (the padding is invalid).
-    counts = np.empty((out_rows * step, out_cols * step), dtype=np.float32)
-    valid = np.empty(counts.shape, dtype=np.uint8)
-    counts[:rows, :cols] = image
-    np.logical_not(bad, out=valid[:rows, :cols].view(bool))
-    counts[rows:], counts[:rows, cols:], valid[rows:], valid[:rows, cols:] = 0.0, 0.0, 0, 0
-    n_valid = int(np.count_nonzero(valid))
+    # The clipping ceiling from every 7th row and column's valid pixels, then one fused pass over the image.
+    use_mask = mask is not None
+    mask = mask if use_mask else _EMPTY_MASK
+    dtype_max = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 0
+    sample_mask = np.ascontiguousarray(mask[::7, ::7]) if use_mask else mask
+    sample = _valid_values(np.ascontiguousarray(image[::7, ::7]), sample_mask, use_mask, rule, dtype_max)
+    if sample.size < 16:
+        sample = _valid_values(image, mask, use_mask, rule, dtype_max)
+    if sample.size == 0:
+        raise ImageError(
+            "no valid pixels (gaps, masked, negative or saturated values excluded); "
+            f"at least {MIN_VALID_PIXELS} are needed"
+        )
+    (ceiling,) = _quantiles(sample, (CLIP_PERCENTILE,))
+    summed = np.zeros((out_rows, out_cols), dtype=np.float64)
+    n_valid_block = np.zeros((out_rows, out_cols), dtype=np.int32)
+    extremes = np.array([np.inf, -np.inf])
+    _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, max(ceiling, 0.0), step, summed, n_valid_block, extremes)
+    n_valid = int(n_valid_block.sum())
     if n_valid < MIN_VALID_PIXELS:
         raise ImageError(
             f"only {n_valid} valid pixels (gaps, masked, negative or saturated values excluded); "
             f"at least {MIN_VALID_PIXELS} are needed"
         )
-    if image.dtype.kind in "uf" or mask is not None:  # invalid pixels that may hold positive values or NaN
-        np.copyto(counts[:rows, :cols], 0.0, where=bad)
-    sample = np.ascontiguousarray(counts[:rows:7, :cols:7])[np.ascontiguousarray(valid[:rows:7, :cols:7]) > 0]
-    if sample.size < 16:
-        sample = counts[valid > 0]
-    (ceiling,) = _quantiles(sample, (CLIP_PERCENTILE,))
-    if float(sample.min()) == ceiling:  # most pixels share one value: is every valid pixel the same?
-        values = counts[:rows, :cols][~bad]
-        if float(values.min()) == float(values.max()):
-            raise ImageError(CONSTANT_MESSAGE)
-    # Clip to [0, ceiling] (OpenCV's SIMD thresholds); negative values, i.e. signed-integer gaps, become 0.
-    cv2.threshold(counts, max(ceiling, 0.0), 0.0, cv2.THRESH_TRUNC, dst=counts)
-    cv2.threshold(counts, 0.0, 0.0, cv2.THRESH_TOZERO, dst=counts)
-    valid *= 255
-    if factor > 1:  # block means: the valid pixels' counts sum / n, and the valid fraction (to 1/255)
-        size = (out_cols, out_rows)
-        summed = cv2.resize(counts, size, interpolation=cv2.INTER_AREA)
-        fraction = cv2.resize(valid, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    else:
-        summed, fraction = counts, valid.astype(np.float32) / 255.0
-        if factor < -1:
-            summed = np.repeat(np.repeat(summed, -factor, axis=0), -factor, axis=1)
-            fraction = np.repeat(np.repeat(fraction, -factor, axis=0), -factor, axis=1)
+    if extremes[0] == extremes[1]:
+        raise ImageError(CONSTANT_MESSAGE)
+    # Block means of the valid pixels; the valid fraction of each block to 1/255 (what the network trained on).
+    fraction = (np.rint(n_valid_block * (255.0 / (step * step))) / 255.0).astype(np.float32)
+    summed = (summed / (step * step)).astype(np.float32)
+    if factor < -1:
+        summed = np.repeat(np.repeat(summed, -factor, axis=0), -factor, axis=1)
+        fraction = np.repeat(np.repeat(fraction, -factor, axis=0), -factor, axis=1)
     good = fraction >= MIN_BLOCK_VALID_FRACTION
     mean_counts = np.divide(summed, fraction, out=np.zeros_like(summed), where=good)
     log_counts = np.log1p(mean_counts)
@@ -237,6 +317,17 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     tensor[top : top + height, left : left + width, 0] = scaled
     tensor[top : top + height, left : left + width, 1] = np.where(good, fraction, 0.0)
     return EncodedImage(tensor, factor, n_valid / float(rows * cols), (top, left, height, width))
+
+
+def warm_up() -> None:
+    """Compile the codec's kernels for the dtypes detectors write (int32, uint16, uint32, float32), with and
+    without a mask, so that the first requests do not pay for it (numba caches the machine code on disk)."""
+    rng = np.random.default_rng(0)
+    image = rng.poisson(5.0, (64, 64))
+    mask = np.zeros(image.shape, dtype=bool)
+    for dtype in (np.int32, np.uint16, np.uint32, np.float32):
+        encode_image(image.astype(dtype))
+        encode_image(image.astype(dtype), mask)
 
 
 def encode_images(images: list[np.ndarray], masks: list[np.ndarray | None] | None = None) -> np.ndarray:

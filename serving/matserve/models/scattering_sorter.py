@@ -2,7 +2,7 @@
 
 Each image is encoded by :func:`matserve.codecs.scattering.encode_image` (the function the training simulator
 uses: invalid pixels masked, hot pixels clipped, binned into a letterboxed 128 x 128 frame, log-scaled), in a
-small thread pool (numpy and OpenCV release the GIL). The network answers, per image:
+small thread pool (the codec's kernel releases the GIL). The network answers, per image:
 
 * ``technique_probabilities``: softmax over the card's ``labels.technique`` (saxs, waxs, gisaxs, giwaxs);
   ``technique`` is the most probable;
@@ -62,7 +62,7 @@ OUTPUTS = (TECHNIQUE_OUTPUT, GEOMETRY_OUTPUT, FEATURE_OUTPUT, CAM_OUTPUT)
 RUN_BATCH = 256
 """Most images per runtime call (or the card's ``serving.max_batch_size`` if smaller): 256 x 128 KiB inputs."""
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
-"""Threads encoding the images of a request (numpy and OpenCV release the GIL)."""
+"""Threads encoding the images of a request (the codec's kernel releases the GIL)."""
 SALIENCY_SCALE = 4
 """Screen pixels per input pixel in the saliency PNG (the 128 x 128 frame becomes at most 512 x 512)."""
 DEFAULT_FEATURE_THRESHOLD = 0.5
