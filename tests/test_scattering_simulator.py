@@ -79,3 +79,30 @@ def test_powder_rings_sit_at_the_bragg_q() -> None:
     row, col = 521, int(490.5 + 0.05 / 172e-6)
     two_theta = np.arctan((col + 0.5 - 490.5) * 172e-6 / 0.2)
     assert geometry.q[row, col] == pytest.approx(4 * np.pi * np.sin(two_theta / 2), rel=1e-4)
+
+
+@pytest.mark.parametrize("technique", ["gisaxs", "giwaxs"])
+def test_grazing_scenes_put_the_horizon_on_the_detector(technique: str) -> None:
+    """The horizon (exit angle 0) and the shadow below it are on the image, as grazing setups are aligned."""
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        scene = sim.draw_scene(rng, technique, {"Pilatus1M": 1.0, "Pilatus300k": 1.0}, full_resolution=False)
+        _, alpha_f, _ = sim._grazing_angles(scene, sim.pixel_geometry(scene))
+        below = (alpha_f < 0).mean(axis=1)  # per detector row: the fraction in the sample's shadow
+        assert 0.04 < (alpha_f < 0).mean() < 0.66, scene
+        assert below[0] == 0 and below[-1] == 1  # the top row sees the sample, the bottom row its shadow
+
+
+def test_wide_angle_scenes_always_show_a_reflection_or_halo() -> None:
+    for i in range(24):
+        _, scene = sim.simulate(np.random.SeedSequence([13, i]), ["waxs", "giwaxs"][i % 2], full_resolution=False)
+        assert scene.features & {"rings", "arcs", "bragg_peaks", "diffuse_halo"}, scene
+
+
+def test_solid_angle_and_polarisation_weaken_wide_angles_along_the_polarisation() -> None:
+    scene = sim.Scene("waxs", "Pilatus1M", 1, (1043, 981), 172e-6, 0.1, 12.0, 521.5, 490.5)
+    geometry = sim.pixel_geometry(scene)
+    factor = sim.solid_angle_and_polarization(geometry, np.random.default_rng(0))  # draws a polarised beam
+    centre, right, up = factor[521, 490], factor[521, 960], factor[60, 490]
+    assert centre == pytest.approx(1.0, abs=1e-3)
+    assert right < up < 0.9  # ~36 deg off axis: cos^3 and, along the horizontal polarisation, cos^2 2theta

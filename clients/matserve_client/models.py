@@ -317,7 +317,7 @@ class ScatteringResult(BaseModel):
     geometry_probabilities : dict of str to float or None
         Probability of every geometry (they sum to 1).
     features : list of str or None
-        Features present (probability at least the card's ``feature_threshold``, 0.5), among ``rings``,
+        Features present (probability at least the card's per-feature ``feature_thresholds``), among ``rings``,
         ``arcs``, ``rods``, ``bragg_peaks``, ``diffuse_halo``.
     feature_probabilities : dict of str to float or None
         Independent probability of every feature (multi-label: they need not sum to 1).

@@ -100,7 +100,9 @@ class ScatteringResult(BaseModel):
     technique_probabilities: dict[str, float] | None = Field(description="softmax over the techniques")
     geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
     geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
-    features: list[str] | None = Field(description="features with probability >= the card's feature_threshold")
+    features: list[str] | None = Field(
+        description="features with probability >= their threshold (card feature_thresholds)"
+    )
     feature_probabilities: dict[str, float] | None = Field(description="independent probability of each feature")
     detector_shape: list[int] | None = Field(description="[rows, cols], pixels")
     valid_fraction: float | None = Field(description="share of the detector's pixels that were valid (0-1)")

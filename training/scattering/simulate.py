@@ -35,7 +35,8 @@ Samples (labels in parentheses; ``features`` are the multi-label targets):
   normal: ``arcs``; sharply oriented: spots, ``bragg_peaks``), isotropic films (``rings``), amorphous halos
   (``diffuse_halo``); horizon, Yoneda band, missing wedge.
 
-Detector effects: Poisson counting of 0.05-2000 counts per pixel of scattering, air and parasitic scattering,
+Every image is weighted by the flat detector's solid angle and the beam's polarisation (synchrotron or laboratory
+source). Detector effects: Poisson counting of 0.05-2000 counts per pixel of scattering, air and parasitic scattering,
 dark current, Gaussian read noise (float images), hot pixels, dead pixels, saturation at the dtype's limit, gaps
 written as the detector writes them (-1 for Pilatus int32, the dtype maximum for Eiger uint16/uint32, or 0 in
 15 % of images, as files converted by other software often are), calibrant-like parasitic rings, random
@@ -81,6 +82,9 @@ TRAIN_DETECTORS = {
 UNSEEN_DETECTORS = {"Pilatus200k": 1, "Pilatus300kw": 1, "Eiger2_1M": 1, "Eiger2_4M": 0.5, "Pilatus6M": 0.3}
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_unseen_detectors": 3, "test_harsh": 4}
 
+
+MAX_SCENE_DRAWS = 20
+"""Draws of a wide-angle scene until one shows a feature (see :func:`simulate`)."""
 
 SIM_LONG_SIDE_PX = 400
 """Training images are simulated on the detector binned so that its long side is at most this (see
@@ -340,10 +344,18 @@ def draw_scene(rng: np.random.Generator, technique: str, detectors: dict[str, fl
     shape, pixel, _ = detector(name, binning)
     rows, cols = shape
     energy = float(rng.uniform(7.0, 20.0))
+    incidence_deg = critical_deg = 0.0
+    if technique in ("gisaxs", "giwaxs"):
+        critical_deg = float(rng.uniform(0.08, 0.3))
+        incidence_deg = float(rng.uniform(0.08, 0.6) if technique == "gisaxs" else rng.uniform(0.08, 0.3))
     if technique == "saxs":
         distance = float(np.exp(rng.uniform(np.log(0.8), np.log(8.0))))
         on = rng.random() < 0.8
-        beam = (rng.uniform(0.25, 0.75) * rows, rng.uniform(0.25, 0.75) * cols) if on else _edge_beam(rng, rows, cols)
+        beam = (
+            (rng.uniform(0.25, 0.75) * rows, rng.uniform(0.25, 0.75) * cols)
+            if on
+            else _edge_beam(rng, rows, cols, max_outside=0.15)
+        )
     elif technique == "waxs":
         distance = float(np.exp(rng.uniform(np.log(0.08), np.log(0.45))))
         beam = (
@@ -353,7 +365,8 @@ def draw_scene(rng: np.random.Generator, technique: str, detectors: dict[str, fl
         )
     elif technique == "gisaxs":
         distance = float(np.exp(rng.uniform(np.log(1.5), np.log(6.0))))
-        beam = (rng.uniform(0.6, 1.1) * rows, rng.uniform(0.3, 0.7) * cols)
+        horizon_row = rng.uniform(0.35, 0.92) * rows
+        beam = (_beam_row_below(horizon_row, distance, incidence_deg, pixel), rng.uniform(0.3, 0.7) * cols)
     else:
         distance = float(np.exp(rng.uniform(np.log(0.1), np.log(0.35))))
         col = (
@@ -361,19 +374,31 @@ def draw_scene(rng: np.random.Generator, technique: str, detectors: dict[str, fl
             if rng.random() < 0.6
             else rng.choice([-0.2, 0.0, 1.0, 1.2]) * cols + rng.uniform(-0.05, 0.05) * cols
         )
-        beam = (rng.uniform(0.75, 1.15) * rows, col)
+        horizon_row = rng.uniform(0.55, 0.95) * rows
+        beam = (_beam_row_below(horizon_row, distance, incidence_deg, pixel), col)
     scene = Scene(technique, name, binning, shape, pixel, distance, energy, float(beam[0]), float(beam[1]))
-    if technique in ("gisaxs", "giwaxs"):
-        scene.critical_deg = float(rng.uniform(0.08, 0.3))
-        scene.incidence_deg = float(rng.uniform(0.08, 0.6) if technique == "gisaxs" else rng.uniform(0.08, 0.3))
+    scene.incidence_deg, scene.critical_deg = incidence_deg, critical_deg
     return scene
 
 
-def _edge_beam(rng: np.random.Generator, rows: int, cols: int) -> tuple[float, float]:
-    """A beam centre near or beyond an edge or corner of the detector (offset WAXS/SAXS setups)."""
+def _beam_row_below(horizon_row: float, distance_m: float, incidence_deg: float, pixel_m: float) -> float:
+    """Row of the direct beam that puts the sample horizon (exit angle 0) at ``horizon_row``.
+
+    The horizon lies ``distance tan(alpha_i)`` above the direct beam (rows run down). Grazing scenes are drawn
+    with the horizon on the detector, as grazing-incidence measurements are set up: without it (and the shadow
+    below it) a grazing image is indistinguishable from a textured transmission image.
+    """
+    return horizon_row + distance_m * math.tan(math.radians(incidence_deg)) / pixel_m
+
+
+def _edge_beam(rng: np.random.Generator, rows: int, cols: int, max_outside: float = 0.4) -> tuple[float, float]:
+    """A beam centre near or beyond an edge or corner of the detector (offset WAXS/SAXS setups).
+
+    ``max_outside``: how far beyond the edge the beam may lie, as a fraction of the detector's side.
+    """
     side = rng.integers(4)
     along = rng.uniform(-0.1, 1.1)
-    out = rng.uniform(-0.4, 0.08)
+    out = rng.uniform(-max_outside, 0.08)
     if side == 0:
         return out * rows, along * cols
     if side == 1:
@@ -642,6 +667,18 @@ def _render_gisaxs(
 # Detector effects
 
 
+def solid_angle_and_polarization(g: PixelGeometry, rng: np.random.Generator) -> np.ndarray:
+    """Per-pixel factor of a flat detector's solid angle (``cos^3 2theta``) and the beam's polarisation.
+
+    A synchrotron beam is linearly polarised in the horizontal plane (degree ``p`` 0.9-0.99, 75 % of images), a
+    laboratory source unpolarised (``p = 0.5``): ``P = p (1 - f_x^2) + (1 - p) (1 - f_y^2)`` for the unit exit
+    direction ``f``. Both are ~1 at small angles and shape wide-angle images (weaker towards the corners and,
+    for a polarised beam, along the horizontal).
+    """
+    p = rng.uniform(0.9, 0.99) if rng.random() < 0.75 else 0.5
+    return (g.fz**3 * (p * (1 - g.fx**2) + (1 - p) * (1 - g.fy**2))).astype(np.float32)
+
+
 def beamstop(scene: Scene, g: PixelGeometry, rng: np.random.Generator) -> np.ndarray:
     """Transmission of the beamstop per pixel (0.0005-0.05 behind it, 1 elsewhere)."""
     rows, cols = scene.shape
@@ -732,9 +769,15 @@ def simulate(
     """
     rng = np.random.default_rng(seed_sequence)
     technique = technique or TECHNIQUES[rng.integers(len(TECHNIQUES))]
-    scene = draw_scene(rng, technique, detectors or TRAIN_DETECTORS, full_resolution)
-    geometry = pixel_geometry(scene)
-    expected = render(scene, rng, geometry)
+    # Wide-angle scenes are drawn again until a reflection or halo is on the detector: a WAXS/GIWAXS frame that
+    # shows only air scattering carries no sign of its technique (nobody sorts an empty frame by technique).
+    for _ in range(MAX_SCENE_DRAWS):
+        scene = draw_scene(rng, technique, detectors or TRAIN_DETECTORS, full_resolution)
+        geometry = pixel_geometry(scene)
+        expected = render(scene, rng, geometry)
+        if scene.features or technique in ("saxs", "gisaxs"):
+            break
+    expected *= solid_angle_and_polarization(geometry, rng)
     expected *= beamstop(scene, geometry, rng)
     image, _ = count(scene, expected, rng, harsh)
     # Orientation: only for a fraction of images, so the common "horizon at the bottom" layout dominates.
@@ -823,7 +866,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=RUNS / "data_seed0")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=24_000)
+    parser.add_argument("--n-train", type=int, default=30_000)
     parser.add_argument(
         "--n-eval", type=int, default=2_000, help="val size; held-out full-resolution test splits get --n-test"
     )

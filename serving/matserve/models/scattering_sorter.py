@@ -9,7 +9,8 @@ small thread pool (the codec's kernel releases the GIL). The network answers, pe
 * ``geometry_probabilities``: softmax over ``labels.geometry`` (transmission, grazing); ``geometry`` the most
   probable;
 * ``feature_probabilities``: independent sigmoids over ``labels.features`` (rings, arcs, rods, bragg_peaks,
-  diffuse_halo); ``features`` lists those at or above the card's ``feature_threshold`` (0.5), in label order;
+  diffuse_halo); ``features`` lists those at or above their threshold (the card's ``feature_thresholds``,
+  calibrated on validation; else 0.5), in label order;
 * ``class_activation_maps`` ``(16, 16, 11)``: Grad-CAM before its ReLU for every label (techniques, geometries,
   features), on the network's 16 x 16 grid over the 128 x 128 input.
 
@@ -92,21 +93,28 @@ class Labels:
     ----------
     technique, geometry, features : tuple of str
         Class labels of the three heads.
-    feature_threshold : float
-        A feature is reported when its probability is at least this.
+    feature_thresholds : tuple of float
+        Per feature (in ``features`` order): the feature is reported when its probability is at least this.
     """
 
     technique: tuple[str, ...]
     geometry: tuple[str, ...]
     features: tuple[str, ...]
-    feature_threshold: float = DEFAULT_FEATURE_THRESHOLD
+    feature_thresholds: tuple[float, ...]
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> Labels:
-        """``card["labels"]`` and ``card["feature_threshold"]``."""
+        """``card["labels"]``; thresholds from ``card["feature_thresholds"]`` (per feature, calibrated on
+        validation), else ``card["feature_threshold"]`` for every feature, else 0.5."""
         labels = card["labels"]
-        return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]),
-                   float(card.get("feature_threshold", DEFAULT_FEATURE_THRESHOLD)))  # fmt: skip
+        default = float(card.get("feature_threshold", DEFAULT_FEATURE_THRESHOLD))
+        per_feature = card.get("feature_thresholds") or {}
+        thresholds = tuple(float(per_feature.get(name, default)) for name in labels["features"])
+        return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]), thresholds)
+
+    def present_features(self, probabilities: np.ndarray) -> list[str]:
+        """The features at or above their thresholds, in label order."""
+        return [f for f, p, t in zip(self.features, probabilities, self.feature_thresholds, strict=True) if p >= t]
 
     @property
     def maps(self) -> tuple[str, ...]:
@@ -317,7 +325,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 "technique_probabilities": _probabilities(labels.technique, technique[k]),
                 "geometry": labels.geometry[int(geometry[k].argmax())],
                 "geometry_probabilities": _probabilities(labels.geometry, geometry[k]),
-                "features": [f for f, p in zip(labels.features, features[k], strict=True) if p >= labels.feature_threshold],
+                "features": labels.present_features(features[k]),
                 "feature_probabilities": _probabilities(labels.features, features[k]),
                 "detector_shape": [shape[0], shape[1]],
                 "valid_fraction": round(encoded.valid_fraction, 6),
