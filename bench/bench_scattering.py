@@ -5,9 +5,10 @@ Images are simulated at the detectors' full resolution (``training.scattering.si
 uncompressed TIFF files, as Pilatus detectors write them. Paths, images/s, measured in interleaved rounds:
 
 * ``tensor``: ONNX Runtime on already encoded 128 x 128 x 2 inputs, batch 64 (the network alone);
-* ``codec``: TIFF bytes -> frames (:func:`matserve.codecs.detector_files.read_frames`) -> encoded input
-  (:func:`matserve.codecs.scattering.encode_image`, in the served model's thread pool), batch 64;
-* ``end_to_end``: TIFF bytes -> results with the served model (decode, encode, network, probabilities), batch 64;
+* ``codec``: 64 TIFF files -> frames, read as the endpoint reads a multipart upload
+  (:func:`matserve.scattering_api.decode_multipart`, on the served model's encode threads) -> encoded inputs
+  (:func:`matserve.codecs.scattering.encode_image`, on the same threads);
+* ``end_to_end``: 64 TIFF files -> results with the served model (decode, encode, network, probabilities);
   ``end_to_end_vs_tensor`` is the fraction of the network's own rate the whole path keeps.
 
 Over HTTP (a real ``matserve serve`` subprocess): one TIFF per request (``image/tiff`` body), sequential
@@ -33,11 +34,12 @@ import numpy as np
 import tifffile
 from bench_formation_enthalpy import best_rate, latencies_ms, percentile  # bench/ is on sys.path as a script
 
-from matserve.codecs.detector_files import read_frames
+from matserve.codecs.detector_files import FrameBudget, read_frames
 from matserve.devserver import running_server
 from matserve.models.scattering_sorter import ScatteringSorterModel, encode_items
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
+from matserve.scattering_api import decode_multipart
 from matserve.settings import Settings
 from training.scattering.simulate import simulate
 
@@ -82,7 +84,8 @@ def main() -> None:
     batches = {key: [data[i % len(data)] for i in range(BATCH)] for key, data in files.items()}
 
     def decode(batch: list[bytes]) -> list:
-        return [frame for k, data in enumerate(batch) for frame in read_frames(data, f"image_{k}.tif")]
+        files = [(f"image_{k}.tif", data) for k, data in enumerate(batch)]
+        return decode_multipart(files, [], FrameBudget()).items
 
     tensors = {key: np.stack([e.tensor for e, _, _ in encode_items(decode(batch))]) for key, batch in batches.items()}
 

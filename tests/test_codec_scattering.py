@@ -245,6 +245,20 @@ def test_frame_and_pixel_budgets_are_checked_before_decoding() -> None:
         read_frames(tiff(small), "b.tif", shared)
 
 
+def test_multipart_files_are_read_on_threads_in_order_with_one_shared_budget() -> None:
+    from matserve.scattering_api import decode_multipart
+
+    files = [(f"f{k}.tif", tiff(np.stack([ring_image((64, 64), np.uint16, seed=k)] * 2))) for k in range(12)]
+    files.insert(5, ("broken.tif", b"II*\x00" + b"\x00" * 20))
+    items = decode_multipart(files, [], FrameBudget(max_frames=24)).items
+    assert [getattr(i, "label", None) for i in items[:2]] == ["f0.tif[frame 0]", "f0.tif[frame 1]"]
+    assert isinstance(items[10], str) and "broken.tif" in items[10] and items[11].label == "f5.tif[frame 0]"
+    for k, item in enumerate(i for i in items if not isinstance(i, str)):
+        np.testing.assert_array_equal(item.image, ring_image((64, 64), np.uint16, seed=k // 2))
+    with pytest.raises(TooManyFrames, match="at most 23 per request"):
+        decode_multipart(files, [], FrameBudget(max_frames=23))
+
+
 # -- the codec ------------------------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ from matserve.codecs.detector_files import (
 from matserve.codecs.scattering import ImageError, as_image_array, check_shape
 from matserve.ebsd_api import media_type
 from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
+from matserve.models.scattering_sorter import thread_map
 
 SORT_MEDIA_TYPES = ("application/json", "image/tiff", "image/png", "application/x-npy", "application/x-hdf5",
                     "application/x-hdf", "application/octet-stream", "multipart/form-data")  # fmt: skip
@@ -224,16 +225,21 @@ def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str,
     if not files:
         raise InvalidInput(f"the multipart body has no file part; send images as files ({ACCEPTED_FORMATS})")
     mask = _read_mask(mask_files, budget)
-    items = Items()
-    for name, data in files:
+
+    def read(part: tuple[str, bytes]) -> list[Frame] | ImageError:
         try:
-            frames = read_frames(data, name, budget)
+            return read_frames(part[1], part[0], budget)
         except TooManyFrames:
             raise
         except ImageError as error:
-            items.add_error(name, error)
-            continue
-        items.add_frames([_with_mask(frame, mask) for frame in frames])
+            return error
+
+    items = Items()
+    for (name, _), frames in zip(files, thread_map(read, files), strict=True):  # files read on the encode threads
+        if isinstance(frames, ImageError):
+            items.add_error(name, frames)
+        else:
+            items.add_frames([_with_mask(frame, mask) for frame in frames])
     return items
 
 

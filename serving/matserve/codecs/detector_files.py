@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,7 @@ class FrameBudget:
         self.max_pixels = max_pixels
         self.frames = 0
         self.pixels = 0
+        self._lock = threading.Lock()  # the files of one request may be read on several threads
 
     def take(self, count: int, shape: tuple[int, ...], where: str) -> None:
         """Reserve ``count`` frames of ``shape``.
@@ -108,6 +110,10 @@ class FrameBudget:
         TooManyFrames
             Over either limit; the message says which and how to split.
         """
+        with self._lock:
+            self._take(count, shape, where)
+
+    def _take(self, count: int, shape: tuple[int, ...], where: str) -> None:
         frames = self.frames + count
         if frames > self.max_frames:
             raise TooManyFrames(

@@ -31,7 +31,7 @@ import base64
 import io
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired
@@ -199,11 +199,17 @@ def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, str
     return encoded, (int(image.shape[0]), int(image.shape[1])), None
 
 
-def encode_items(items: Sequence[Any]) -> list[tuple[EncodedImage | None, tuple[int, int] | None, str | None]]:
-    """:func:`_encode` every item, in the encode thread pool when there are several."""
+def thread_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[function(item) for item in items]`` on the encode threads when there are several items (decoders and
+    the codec's kernel release the GIL); exceptions propagate."""
     if len(items) <= 1:
-        return [_encode(item) for item in items]
-    return list(_pool().map(_encode, items))
+        return [function(item) for item in items]
+    return list(_pool().map(function, items))
+
+
+def encode_items(items: Sequence[Any]) -> list[tuple[EncodedImage | None, tuple[int, int] | None, str | None]]:
+    """:func:`_encode` every item, on the encode threads when there are several."""
+    return thread_map(_encode, items)
 
 
 def saliency(encoded: EncodedImage, shape: tuple[int, int], cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
