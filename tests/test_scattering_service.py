@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from matserve.registry import Registry
 from matserve_client import (
     AsyncClient,
     Client,
@@ -29,11 +30,13 @@ from matserve_client import (
     NotFoundError,
     ScatteringResult,
 )
+from tests.conftest import MODELS_DIR
 from tests.test_codec_scattering import eiger_h5, fabio_file, npy, pilatus_image, png, ring_image, tiff
 
 SORT = "/v1/scattering/sort"
 LABELS = {"technique": ["saxs", "waxs", "gisaxs", "giwaxs"], "geometry": ["transmission", "grazing"],
           "features": ["rings", "arcs", "rods", "bragg_peaks", "diffuse_halo"]}  # fmt: skip
+FEATURE_THRESHOLDS = Registry(MODELS_DIR).get("scattering_sorter").card["feature_thresholds"]  # the served version
 
 
 def post(url: str, body: object = None, content: bytes | None = None, content_type: str = "application/json",
@@ -52,7 +55,7 @@ def check_result(result: dict, source: str, shape: list[int]) -> None:
         assert result[head] == max(probabilities, key=probabilities.get)
     features = result["feature_probabilities"]
     assert list(features) == LABELS["features"] and all(0 <= p <= 1 for p in features.values())
-    assert result["features"] == [name for name, p in features.items() if p >= 0.5]
+    assert result["features"] == [name for name, p in features.items() if p >= FEATURE_THRESHOLDS[name]]
     assert 0 < result["valid_fraction"] <= 1
 
 

@@ -277,10 +277,7 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     if sample.size < 16:
         sample = _valid_values(image, mask, use_mask, rule, dtype_max)
     if sample.size == 0:
-        raise ImageError(
-            "no valid pixels (gaps, masked, negative or saturated values excluded); "
-            f"at least {MIN_VALID_PIXELS} are needed"
-        )
+        raise ImageError(_too_few_valid_message(0))
     (ceiling,) = _quantiles(sample, (CLIP_PERCENTILE,))
     summed = np.zeros((out_rows, out_cols), dtype=np.float64)
     n_valid_block = np.zeros((out_rows, out_cols), dtype=np.int32)
@@ -288,10 +285,7 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, max(ceiling, 0.0), step, summed, n_valid_block, extremes)
     n_valid = int(n_valid_block.sum())
     if n_valid < MIN_VALID_PIXELS:
-        raise ImageError(
-            f"only {n_valid} valid pixels (gaps, masked, negative or saturated values excluded); "
-            f"at least {MIN_VALID_PIXELS} are needed"
-        )
+        raise ImageError(_too_few_valid_message(n_valid))
     if extremes[0] == extremes[1]:
         raise ImageError(CONSTANT_MESSAGE)
     # Block means of the valid pixels; the valid fraction of each block to 1/255 (what the network trained on).
@@ -317,6 +311,13 @@ def encode_image(image: np.ndarray, mask: np.ndarray | None = None) -> EncodedIm
     tensor[top : top + height, left : left + width, 0] = scaled
     tensor[top : top + height, left : left + width, 1] = np.where(good, fraction, 0.0)
     return EncodedImage(tensor, factor, n_valid / float(rows * cols), (top, left, height, width))
+
+
+def _too_few_valid_message(n_valid: int) -> str:
+    return (
+        f"only {n_valid} valid pixels (gaps, masked, negative or saturated values excluded); "
+        f"at least {MIN_VALID_PIXELS} are needed"
+    )
 
 
 def warm_up() -> None:
