@@ -264,7 +264,9 @@ def test_scattering_sorter_answers_the_same_on_triton(
     names = [o.name for o in config.output]
     for url in (triton.http_url, f"grpc://{triton.grpc_target}"):
         transport = KServeTransport(url)
-        got, _ = transport.infer("scattering_sorter", inputs, names, version="1")
+        numbers, _ = transport.version_map("scattering_sorter", refresh=True)  # Triton's integer for the newest
+        number = next(n for n, entry in numbers.items() if entry["version"] == version.version)
+        got, _ = transport.infer("scattering_sorter", inputs, names, version=number)
         transport.close()
         for name in names:
             np.testing.assert_allclose(got[name].reshape(reference[name].shape), reference[name], atol=1e-5, rtol=0,
