@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import matserve
 from matserve.codecs.detector_files import (
     NEXUS_DATA,
     FrameBudget,
@@ -396,6 +402,32 @@ def test_images_encoded_on_threads_match_serial_encoding() -> None:
     for image, (encoded, shape, error) in zip(images, threaded, strict=True):
         assert error is None and shape == image.shape
         np.testing.assert_array_equal(encoded.tensor, encode_image(image).tensor)
+
+
+def test_the_codec_works_from_a_read_only_installation_without_a_writable_home(tmp_path: Path) -> None:
+    """numba refuses ``cache=True`` when it finds nowhere to write; the codec then compiles per process.
+
+    Needs a read-only filesystem, i.e. root and ``mount`` (a tmpfs remounted read-only); skipped elsewhere.
+    """
+    mount_point = tmp_path / "read_only"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount_point)]).returncode != 0:
+        pytest.skip("needs root and mount to make a read-only filesystem")
+    try:
+        package = Path(matserve.__file__).parent
+        shutil.copytree(package, mount_point / "matserve", ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        script = (
+            "import numpy as np; from matserve.codecs.scattering import encode_image, _bin_valid_clipped; "
+            "print(type(_bin_valid_clipped._cache).__name__, encode_image(np.arange(4096).reshape(64, 64)).bin_factor)"
+        )
+        env = {**os.environ, "HOME": str(mount_point), "PYTHONPATH": str(mount_point)}
+        env.pop("NUMBA_CACHE_DIR", None)
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == ["NullCache", "-2"]  # compiled in memory, and it encodes
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 # -- the served model (in-process ONNX Runtime) -----------------------------------------------------------------

@@ -35,7 +35,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, matthews_corrcoef, roc_auc_score
+from sklearn.metrics import (
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS
 from matserve.registry import write_card
@@ -143,12 +150,7 @@ def calibrate_feature_thresholds(scores: np.ndarray, truth: np.ndarray) -> list[
     grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
     thresholds = []
     for j in range(truth.shape[1]):
-        positive = truth[:, j].astype(bool)
-        f1 = []
-        for t in grid:
-            predicted = scores[:, j] >= t
-            tp = int((positive & predicted).sum())
-            f1.append(2 * tp / max(int(predicted.sum()) + int(positive.sum()), 1))
+        f1 = [f1_score(truth[:, j].astype(bool), scores[:, j] >= t, zero_division=0.0) for t in grid]
         thresholds.append(float(grid[int(np.argmax(f1))]))
     return thresholds
 
@@ -182,16 +184,15 @@ def classification_metrics(
         for j, name in enumerate(FEATURES):
             truth = split["features"][:, j].astype(bool)
             score = probabilities["features"][:, j]
-            predicted = score >= thresholds[j]
-            tp = int((truth & predicted).sum())
-            p = tp / max(int(predicted.sum()), 1)
-            r = tp / max(int(truth.sum()), 1)
+            p, r, f1, _ = precision_recall_fscore_support(
+                truth, score >= thresholds[j], average="binary", zero_division=0.0
+            )
             features[name] = {
                 "prevalence": float(truth.mean()),
                 "threshold": thresholds[j],
-                "precision": round(p, 4),
-                "recall": round(r, 4),
-                "f1": round(2 * p * r / max(p + r, 1e-9), 4),
+                "precision": round(float(p), 4),
+                "recall": round(float(r), 4),
+                "f1": round(float(f1), 4),
                 "auroc": round(float(roc_auc_score(truth, score)), 4) if 0 < truth.sum() < len(truth) else None,
             }
         out["features"] = features
@@ -201,14 +202,21 @@ def classification_metrics(
     return out
 
 
-def network_metrics(network: keras.Model, sets: dict, thresholds: list[float] | None = None) -> dict:
-    metrics = {}
+def predict_splits(network: keras.Model, sets: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The three heads' probabilities on the validation and held-out splits (one pass each)."""
+    predictions = {}
     for name in ("val", *EVAL_SPLITS):
         technique, geometry, features = network.predict(sets[name]["images"], batch_size=256, verbose=0)[:3]
-        metrics[name] = classification_metrics(
-            technique, {"geometry": geometry, "features": features}, sets[name], thresholds
-        )
-    return metrics
+        predictions[name] = {"technique": technique, "geometry": geometry, "features": features}
+    return predictions
+
+
+def network_metrics(predictions: dict, sets: dict, thresholds: list[float] | None = None) -> dict:
+    """:func:`classification_metrics` of every split's predictions."""
+    return {
+        name: classification_metrics(heads["technique"], heads, sets[name], thresholds)
+        for name, heads in predictions.items()
+    }
 
 
 def histogram_features(images: np.ndarray) -> np.ndarray:
@@ -294,14 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     network = networks.sorter_cnn()
     history = fit(network, sets, args.epochs, args.batch_size, args.seed, args.minutes)
     network.save_weights(str(work / "sorter.weights.h5"))
-    val_features = network.predict(sets["val"]["images"], batch_size=256, verbose=0)[2]
-    feature_thresholds = calibrate_feature_thresholds(val_features, sets["val"]["features"])
-    metrics = network_metrics(network, sets, feature_thresholds)
+    predictions = predict_splits(network, sets)
+    feature_thresholds = calibrate_feature_thresholds(predictions["val"]["features"], sets["val"]["features"])
+    metrics = network_metrics(predictions, sets, feature_thresholds)
     (work / "served_metrics.json").write_text(json.dumps({"training": history, "metrics": metrics}, indent=1))
 
     lenet = networks.lenet()
     lenet_history = fit(lenet, sets, args.lenet_epochs, args.batch_size, args.seed, args.lenet_minutes)
-    lenet_metrics = network_metrics(lenet, sets)
+    lenet_metrics = network_metrics(predict_splits(lenet, sets), sets)
     export_onnx(lenet, work / "lenet.onnx")
     lenet_parity = onnx_parity(lenet, work / "lenet.onnx", sets["test"]["images"][:256])
 

@@ -36,6 +36,7 @@ the detector, in gaps and under the beamstop's mask, 1 in full blocks). An image
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -126,6 +127,16 @@ _EMPTY_MASK = np.zeros((1, 1), dtype=np.uint8)
 RULE_NONE, RULE_NEGATIVE, RULE_DTYPE_MAX, RULE_NOT_FINITE = 0, 1, 2, 3
 
 
+def _kernel(function: Callable) -> Callable:
+    """``numba.njit`` without the GIL, its machine code cached on disk when numba finds a writable place (next to
+    this file, ``NUMBA_CACHE_DIR`` or the user's cache directory); on a read-only installation with no writable
+    home, numba refuses ``cache=True`` at decoration, and each process compiles for itself instead."""
+    try:
+        return numba.njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
 def _invalid_rule(dtype: np.dtype) -> int:
     """Which values of ``dtype`` a detector writes for invalid pixels (see :func:`invalid_pixels`)."""
     kind = dtype.kind
@@ -140,7 +151,7 @@ def _invalid_rule(dtype: np.dtype) -> int:
     raise ImageError(f"image dtype {dtype} is not numeric; accepted: {ACCEPTED_DTYPES}")
 
 
-@numba.njit(nogil=True, cache=True)
+@_kernel
 def _is_invalid(value, rule: int, dtype_max) -> bool:
     if rule == RULE_NEGATIVE:
         return value < 0
@@ -151,7 +162,7 @@ def _is_invalid(value, rule: int, dtype_max) -> bool:
     return False
 
 
-@numba.njit(nogil=True, cache=True)
+@_kernel
 def _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, ceiling, step, summed, n_valid, extremes):
     """One pass: per ``step x step`` block, the sum of the valid pixels clipped to [0, ceiling] and their count.
 
@@ -180,7 +191,7 @@ def _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, ceiling, step, su
     extremes[0], extremes[1] = low, high
 
 
-@numba.njit(nogil=True, cache=True)
+@_kernel
 def _valid_values(image, mask, use_mask, rule, dtype_max):
     """The valid pixels' values of an image as float32 (1D)."""
     rows, cols = image.shape
