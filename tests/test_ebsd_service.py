@@ -1,10 +1,9 @@
 """The EBSD endpoints end to end (real server, committed model), raw HTTP, the SDK and the CLI.
 
 Real data: the 3x3 nickel scan shipped inside the kikuchipy wheel (60x60 uint8 patterns, with the PC of each
-pattern and the orientations kikuchipy ships with it). The committed model may be an untrained placeholder, so
-these tests check conventions, shapes, units, errors and consistency; the one accuracy check (refined
-orientations against kikuchipy's) is skipped while the committed network's card says it starts more than 2 deg
-away on those patterns (refinement's basin).
+pattern and the orientations kikuchipy ships with it). The committed network is a preview, so these tests
+check conventions, shapes, units, errors and consistency; the accuracy checks are on the refinement (refined
+orientations against kikuchipy's).
 """
 
 from __future__ import annotations
@@ -212,19 +211,17 @@ def test_refine_runs_and_scores(nickel: SimpleNamespace, server_url: str) -> Non
     assert elapsed < 120
 
 
-def _card_real_nickel_mean_deg() -> float:
-    metrics = Registry(MODELS_DIR).get("ebsd_indexer").card.get("metrics", {})
-    return float(metrics.get("real_nickel_ebsd_small", {}).get("mean_disorientation_deg", np.inf))
-
-
-@pytest.mark.skipif(_card_real_nickel_mean_deg() > 2.0,
-                    reason="refinement converges from within ~2 deg; the committed network (a preview, see its card) "
-                    "starts farther away on the real Ni patterns")  # fmt: skip
 def test_refined_real_patterns_agree_with_kikuchipy_orientations(nickel: SimpleNamespace, server_url: str) -> None:
-    response = post(server_url + INDEX, {"patterns": nickel.patterns.tolist(), "pc": nickel.pc, "refine": True})
+    """Real patterns carry the camera's static background: with ``static_background`` (the mean of the 9
+    patterns subtracted) refinement finds kikuchipy's orientations for 8 of the 9 (0.2-0.55 deg; kikuchipy's own
+    DI + refinement agrees to 0.36 deg mean, and their master pattern and PCs differ from ours); the ninth gets no
+    dictionary start within reach."""
+    body = {"patterns": nickel.patterns.tolist(), "pc": nickel.pc, "refine": True, "static_background": True}
+    response = post(server_url + INDEX, body)
     assert response.status_code == 200, response.text
     refined = np.array([r["quaternion"] for r in response.json()["results"]])
-    assert disorientation_deg(refined, nickel.shipped).max() < 2.0
+    errors = disorientation_deg(refined, nickel.shipped)
+    assert np.sum(errors < 1.0) >= 7 and np.median(errors) < 0.75, errors
 
 
 def _bad_cases(nickel: SimpleNamespace) -> list[tuple[str, dict, int, str]]:
@@ -456,18 +453,20 @@ async def test_async_scan_upload_streams_the_file_and_resends_it_on_503(tmp_path
 
 
 def test_refinement_recovers_orientations_from_one_degree_off(nickel: SimpleNamespace) -> None:
-    """The refine path on its own (independent of the network): starts 1 deg off the orientations shipped with
-    the real Ni patterns move back towards them. Not to 0: the shipped orientations come from another master
-    pattern and PCs (refining from the shipped orientations themselves moves them ~0.47 deg, median)."""
+    """The refinement on its own (no network, no dictionary): starts 1 deg off the orientations shipped with the
+    real Ni patterns move back towards them. Not to 0: the shipped orientations come from another master
+    pattern and PCs (refining from the shipped orientations themselves moves them ~0.5 deg, median)."""
     from orix.quaternion import Rotation
 
-    from matserve.codecs.ebsd import normalize_patterns
-    from matserve.models.ebsd_indexer import refine_orientations
+    from matserve.models.ebsd_indexer import master_pattern
+    from matserve.models.ebsd_matching import MasterPattern, prepare_for_matching, refine
 
     axes = np.random.default_rng(8).normal(size=(len(nickel.shipped), 3))
     start = (Rotation.from_axes_angles(axes, np.deg2rad(1.0)) * Rotation(nickel.shipped)).data
     assert disorientation_deg(start, nickel.shipped) == pytest.approx(1.0, abs=1e-6)
     pcs = np.tile(np.asarray(nickel.pc), (len(start), 1))
-    refined, scores = refine_orientations(normalize_patterns(nickel.patterns), pcs, start)
+    patterns = nickel.patterns.astype(np.float32)
+    prepared = prepare_for_matching(patterns - patterns.mean(axis=0, keepdims=True))
+    refined, scores = refine(MasterPattern.from_kikuchipy(master_pattern()), prepared, pcs, start)
     errors = disorientation_deg(refined, nickel.shipped)
     assert np.median(errors) < 0.75 and errors.max() < 1.0 and (scores > 0.1).all(), (errors, scores)

@@ -282,7 +282,7 @@ class Client(BaseClient):
             width) for every pattern, or one per pattern (``(n, 3)``, arrays and ``.npy`` only); default the
             model's nominal PC. PCs outside the trained range get an :class:`InvalidInputError` stating it.
         refine : bool, default False
-            Refine each orientation with kikuchipy on the server (much slower: about 10-30 patterns/s; sent 64
+            Refine each orientation against the master pattern on the server (slower: about 50 patterns/s; sent 64
             patterns per request).
         version : str, optional
             Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first request).
@@ -336,7 +336,7 @@ class Client(BaseClient):
             ``[PCx, PCy, PCz]`` (Bruker convention) for every pixel, or one per pixel (``(rows, cols, 3)`` or
             ``(rows * cols, 3)``; arrays only).
         refine : bool, default False
-            Refine every orientation with kikuchipy (blocks of at most 256 patterns; slow).
+            Refine every orientation against the master pattern (blocks of at most 256 patterns; slower).
         version : str, optional
             Model version; default the active one (pinned after the first block).
         progress : bool, default True

@@ -183,7 +183,7 @@ class EbsdIndexResult(BaseModel):
     pc : list of float
         Projection centre used (PCx, PCy, PCz), Bruker convention (fractions of detector width, height, width).
     refined : bool
-        Whether the orientation was refined with kikuchipy (``refine=True``).
+        Whether the orientation was refined against the master pattern (``refine=True``).
     refinement_score : float or None
         Normalised cross-correlation of the pattern with the simulation at the refined orientation.
     refinement_change_deg : float or None

@@ -381,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     ebsd.add_argument("files", nargs="+", type=Path)
     ebsd.add_argument("--pc", type=_pc_argument, default=None, metavar="X,Y,Z",
                       help="projection centre PCx,PCy,PCz (Bruker convention; default the model's nominal PC)")  # fmt: skip
-    ebsd.add_argument("--refine", action="store_true", help="refine with kikuchipy on the server (slower)")
+    ebsd.add_argument("--refine", action="store_true", help="refine against the master pattern on the server (slower)")
     ebsd.add_argument("--version", default=None, help="pin a model version")
     client_options(ebsd)
     ebsd.set_defaults(handler=_predict_ebsd)
     ebsd_scan = targets.add_parser("ebsd-scan", help="orientation map of an EBSD scan (4-D .npy or HDF5)")
     ebsd_scan.add_argument("file", type=Path)
     ebsd_scan.add_argument("--pc", type=_pc_argument, default=None, metavar="X,Y,Z", help="projection centre")
-    ebsd_scan.add_argument("--refine", action="store_true", help="refine with kikuchipy (at most 256 per request)")
+    ebsd_scan.add_argument("--refine", action="store_true", help="refine against the master pattern (at most 256 per request)")
     ebsd_scan.add_argument("--version", default=None, help="pin a model version")
     ebsd_scan.add_argument("--ipf", type=Path, default=None, metavar="PNG", help="write the IPF-Z colour map")
     client_options(ebsd_scan)

@@ -63,7 +63,7 @@ class EbsdOptions(BaseModel):
         Projection centre ``[PCx, PCy, PCz]`` (Bruker convention: fractions of detector width, height, width) for
         every pattern, or one per pattern; default the model's nominal PC (or, for HDF5 scans, the file's).
     refine : bool
-        Refine each CNN orientation with kikuchipy (slow; at most 256 patterns per request).
+        Refine each orientation against the master pattern (slower; at most 256 patterns per request).
     static_background : bool
         With ``refine``: subtract the mean of the request's patterns (a static-background estimate) before the
         refinement's background removal (at least 9 patterns; best with a whole scan).
@@ -390,7 +390,7 @@ def openapi_scan_body() -> dict[str, Any]:
 def _query_parameters() -> list[dict[str, Any]]:
     descriptions = {
         "pc": "projection centre PCx,PCy,PCz (Bruker convention), e.g. 0.425,0.213,0.501",
-        "refine": "true: refine each orientation with kikuchipy (at most 256 patterns)",
+        "refine": "true: refine each orientation against the master pattern (at most 256 patterns)",
         "static_background": "true: with refine, subtract the request's mean pattern first (>= 9 patterns)",
         "version": "registry version of ebsd_indexer",
         "sample_tilt_deg": "sample tilt, degrees (70 supported)",

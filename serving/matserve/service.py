@@ -633,7 +633,7 @@ class MatServe:
 
         Square patterns of 60 to 1024 px are area-resampled to 60x60; any pattern that cannot be used makes the
         request 422, naming it (``patterns[3]: constant pattern ...``). ``refine=true`` refines each orientation
-        with kikuchipy (at most 256 patterns per request).
+        against the master pattern (at most 256 patterns per request).
         """
         kind = ebsd_api.media_type(http_request)
         query = dict(http_request.query_params)

@@ -57,7 +57,7 @@ class Settings:
         413; the SDK sends bigger scans in row blocks.
     max_ebsd_refine_patterns : int
         Most patterns one ``refine=true`` request may carry (``MATSERVE_MAX_EBSD_REFINE_PATTERNS``, 256), else
-        413: refinement runs at about 10-30 patterns/s on 2 cores.
+        413: refinement runs at about 50 patterns/s on 2 cores.
     max_ebsd_body_bytes : int
         Largest body of the EBSD routes, JSON, binary or multipart (``MATSERVE_MAX_EBSD_BODY_BYTES``, 256 MiB),
         else 413.
@@ -73,9 +73,10 @@ class Settings:
         (``MATSERVE_MAX_SCATTERING_PIXELS``, 2**27 = 134 M, 512 MiB as 32-bit counts), else 413: compressed HDF5,
         CBF and TIFF files expand when decoded, and this bounds the memory a request can take.
     ebsd_preload : bool
-        ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix and load the Ni master pattern in a
-        background thread at start-up, so that the first refinement, HDF5 scan or IPF map does not pay the
-        10-20 s import (start-up itself stays fast).
+        ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix, load the Ni master pattern, build the
+        refinement dictionary and compile the refinement kernels in a background thread at start-up, so that
+        the first refinement, HDF5 scan or IPF map does not pay the 30-60 s this takes (start-up itself stays
+        fast).
     ort_threads : int
         ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).
     ort_spinning : bool

@@ -36,11 +36,11 @@ the detector, in gaps and under the beamstop's mask, 1 in full blocks). An image
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from matserve.kernels import compiled
 
 INPUT_SIDE_PX = 128
 """Side of the network's square input, pixels."""
@@ -119,22 +119,14 @@ def invalid_pixels(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     return bad
 
 
+_kernel = compiled
+
 _KERNEL_DTYPES = tuple(
     np.dtype(t)
     for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float32, np.float64)
 )
 _EMPTY_MASK = np.zeros((1, 1), dtype=np.uint8)
 RULE_NONE, RULE_NEGATIVE, RULE_DTYPE_MAX, RULE_NOT_FINITE = 0, 1, 2, 3
-
-
-def _kernel(function: Callable) -> Callable:
-    """``numba.njit`` without the GIL, its machine code cached on disk when numba finds a writable place (next to
-    this file, ``NUMBA_CACHE_DIR`` or the user's cache directory); on a read-only installation with no writable
-    home, numba refuses ``cache=True`` at decoration, and each process compiles for itself instead."""
-    try:
-        return numba.njit(nogil=True, cache=True)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(function)
 
 
 def _invalid_rule(dtype: np.dtype) -> int:

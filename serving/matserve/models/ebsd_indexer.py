@@ -19,12 +19,14 @@ Conventions of every result
 * ``pc``: the projection centre used, Bruker convention (PCx, PCy, PCz fractions of detector width, height,
   width).
 
-``refine=True`` (:meth:`EbsdIndexerModel.index`) then refines each CNN orientation with kikuchipy's
-``EBSD.refine_orientation`` (Nelder-Mead, NCC against the Ni master pattern shipped in the kikuchipy wheel,
-20 kV, the same PC) and answers the refined orientation with ``refined: true``, the NCC ``refinement_score``
-and ``refinement_change_deg`` (disorientation between the CNN and the refined orientation). kikuchipy and orix
-are imported on first use only (about 10-20 s on this 2-core machine): indexing without refinement needs
-neither.
+``refine=True`` (:meth:`EbsdIndexerModel.index`) then refines each orientation against the Ni master pattern
+shipped in the kikuchipy wheel (20 kV, the pattern's own PC; :func:`refine_orientations`): it starts from the
+CNN's orientation and from the best matches in a compressed dictionary (:mod:`matserve.models.ebsd_matching`),
+runs Levenberg-Marquardt on the normalised cross-correlation from each, and answers the best, with
+``refined: true``, the NCC ``refinement_score`` and ``refinement_change_deg`` (disorientation between the CNN and
+the refined orientation: large when the dictionary, not the CNN, supplied the start). kikuchipy and orix are
+imported, and the dictionary built, on first use only (30-60 s on this 2-core machine, or at start-up with
+``MATSERVE_EBSD_PRELOAD``): indexing without refinement needs neither.
 
 Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
 does per pattern.
@@ -32,8 +34,6 @@ does per pattern.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import threading
 import time
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from matserve.codecs.ebsd import (
+    NOMINAL_PC,
     EbsdBatch,
     EbsdInputError,
     EbsdPatternInput,
@@ -51,18 +52,16 @@ from matserve.codecs.ebsd import (
     Geometry,
     encode_batch,
     encode_patterns,
-    normalize_patterns,
 )
 from matserve.codecs.orientation import (
-    CUBIC_ROTATIONS,
     disorientation_deg,
     orientations_from_axis_map,
-    quaternion_multiply,
     quaternion_to_euler_bunge,
     reduce_to_fundamental_zone,
 )
 from matserve.metrics import ITEMS, REQUESTS
 from matserve.models.base import Prediction, ServedModel
+from matserve.models.ebsd_matching import CompressedDictionary, MasterPattern, prepare_for_matching, refine
 from matserve.registry import ModelVersion
 
 logger = logging.getLogger("matserve.ebsd")
@@ -80,8 +79,12 @@ CONFIDENCE_SCALE_DEG = 1.0
 """``confidence = exp(-expected_error_deg / CONFIDENCE_SCALE_DEG)``."""
 REFINE_ENERGY_KV = 20
 """Beam energy of the master pattern used by refinement, kV (the one energy the bundled Ni master pattern has)."""
-REFINE_TRUST_REGION_DEG = 3.0
-"""Refinement searches +-this around the CNN's Euler angles (each of phi1, Phi, phi2), degrees."""
+REFINE_DICTIONARY_RESOLUTION_DEG = 3.0
+"""Grid spacing of the refinement's coarse dictionary, degrees (30,443 orientations in the m-3m zone)."""
+REFINE_DICTIONARY_COMPONENTS = 200
+"""Principal components the coarse dictionary keeps (fewer lose noisy patterns: measured in the module notes)."""
+REFINE_CANDIDATES = 3
+"""Dictionary matches refined per pattern, besides the network's orientation."""
 MIN_STATIC_BACKGROUND_PATTERNS = 9
 """``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
 
@@ -257,7 +260,7 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         version : str, optional
             Registry version (default the active one).
         refine : bool
-            Refine each orientation with kikuchipy (see :func:`refine_orientations`).
+            Refine each orientation against the master pattern (see :func:`refine_orientations`).
         static_background : bool
             With ``refine``: subtract the mean of the request's patterns (an estimate of the camera's static
             background) before the refinement's background removal; needs at least
@@ -378,6 +381,7 @@ def _concatenate(parts: list[Orientations]) -> Orientations:
 
 _REFINE_LOCK = threading.Lock()
 _MASTER_PATTERN: Any = None
+_MATCHERS: dict[tuple[float, ...], tuple[MasterPattern, CompressedDictionary]] = {}
 
 
 def master_pattern() -> Any:
@@ -398,11 +402,13 @@ def master_pattern() -> Any:
 
 
 def warm_up() -> None:
-    """Import kikuchipy/orix and load the master pattern now (``MATSERVE_EBSD_PRELOAD``), not at the first
-    refinement, scan upload or IPF map."""
+    """Import kikuchipy/orix, load the master pattern, build the refinement dictionary at the nominal PC and compile
+    the refinement kernels now (``MATSERVE_EBSD_PRELOAD``), not at the first refinement, scan upload or IPF map."""
     try:
         with _REFINE_LOCK:
             master_pattern()
+        refine_orientations(np.full((1, 60, 60), 1.0, np.float32) + np.eye(60, dtype=np.float32),
+                            np.array([NOMINAL_PC]), np.array([[1.0, 0.0, 0.0, 0.0]]))  # fmt: skip
         from matserve.plots import ipf_z_rgb
 
         ipf_z_rgb(np.array([[1.0, 0.0, 0.0, 0.0]]))
@@ -410,73 +416,65 @@ def warm_up() -> None:
         logger.exception("EBSD warm-up failed")
 
 
-def _well_conditioned(quaternions: np.ndarray) -> np.ndarray:
-    """The symmetry-equivalent of each orientation whose Bunge Phi is closest to 90 deg.
+def matcher(nominal_pc: tuple[float, float, float]) -> tuple[MasterPattern, CompressedDictionary]:
+    """The Ni master pattern and the compressed dictionary at ``nominal_pc``, built once per process and PC.
 
-    Refinement searches Euler space; near Phi = 0 (or 180 deg) phi1 and phi2 describe the same rotation
-    (gimbal lock) and the search is ill-conditioned. Equivalent orientations give the same pattern.
+    The dictionary (m-3m cubochoric grid at :data:`REFINE_DICTIONARY_RESOLUTION_DEG`, 60x60 patterns at the
+    nominal PC, :data:`REFINE_DICTIONARY_COMPONENTS` principal components) is simulated from the bundled master
+    pattern, deterministically: about 20-30 s on 2 cores, ~30 MB. Call with the refinement lock held.
     """
-    equivalents = quaternion_multiply(CUBIC_ROTATIONS[:, None, :], quaternions[None, :, :])  # (24, m, 4)
-    a, b, c, d = np.moveaxis(equivalents, -1, 0)
-    cos_phi = (a * a + d * d) - (b * b + c * c)  # cos(Phi) of each equivalent
-    best = np.abs(cos_phi).argmin(axis=0)
-    return equivalents[best, np.arange(len(quaternions))]
+    key = tuple(round(float(c), 6) for c in nominal_pc)
+    if key not in _MATCHERS:
+        started = time.perf_counter()
+        master = MasterPattern.from_kikuchipy(master_pattern())
+        dictionary = CompressedDictionary.build(
+            master, np.asarray(key), REFINE_DICTIONARY_RESOLUTION_DEG, REFINE_DICTIONARY_COMPONENTS
+        )
+        _MATCHERS[key] = (master, dictionary)
+        logger.info("EBSD refinement dictionary (%d orientations at PC %s) built in %.1f s", len(dictionary.quaternions),
+                    key, time.perf_counter() - started)  # fmt: skip
+    return _MATCHERS[key]
 
 
 def refine_orientations(
-    patterns: np.ndarray, pc: np.ndarray, quaternions: np.ndarray, trust_region_deg: float = REFINE_TRUST_REGION_DEG
+    patterns: np.ndarray, pc: np.ndarray, quaternions: np.ndarray, nominal_pc: tuple[float, float, float] = NOMINAL_PC
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Refine orientations with ``kikuchipy.signals.EBSD.refine_orientation``.
+    """Refine orientations against the Ni master pattern, starting from the network and from a dictionary.
 
     Parameters
     ----------
     patterns : numpy.ndarray
-        ``(m, 60, 60)`` background-removed patterns.
+        ``(m, 60, 60)`` patterns (detector intensities; the background is removed here).
     pc : numpy.ndarray
         ``(m, 3)`` projection centres (Bruker convention); sample tilt 70 deg, detector tilt 0 deg.
     quaternions : numpy.ndarray
-        ``(m, 4)`` starting orientations (sample -> crystal, orix convention).
-    trust_region_deg : float
-        The search stays within +-this of the start in each Bunge Euler angle, degrees.
+        ``(m, 4)`` the network's orientations (sample -> crystal, orix convention).
+    nominal_pc : tuple of float
+        The PC of the coarse dictionary (the model's nominal PC).
 
     Returns
     -------
     quaternions : numpy.ndarray
         ``(m, 4)`` refined orientations (not reduced to the fundamental zone).
     scores : numpy.ndarray
-        ``(m,)`` normalised cross-correlation between each pattern and the simulation at its refined
-        orientation (-1 to 1).
+        ``(m,)`` normalised cross-correlation between each background-removed pattern and the simulation at its
+        refined orientation and PC (-1 to 1).
 
     Notes
     -----
-    SciPy's Nelder-Mead (``method="minimize"``) maximises the NCC between the pattern and patterns projected
-    from the Ni master pattern (20 kV, kikuchipy's bundled one) at the pattern's PC, in a box of
-    ``trust_region_deg`` around the start. Refinements run one at a time (they use every core).
+    Starts: the network's orientation and the :data:`REFINE_CANDIDATES` best matches in the compressed
+    dictionary (:func:`matcher`). Each start is refined by Levenberg-Marquardt on the NCC at the pattern's own PC
+    (:func:`matserve.models.ebsd_matching.refine`, converges from up to ~3-4 deg away); the best-scoring result
+    is kept. The dictionary has one PC, so a pattern whose PC is far (more than ~0.02) from it may get no start
+    within reach: then only the network's start can succeed.
     """
     with _REFINE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mp = master_pattern()
-        import kikuchipy
-        from orix.crystal_map import CrystalMap, PhaseList
-        from orix.quaternion import Rotation
-
-        count = len(patterns)
-        if count == 1:  # a one-point crystal map has shape (), which kikuchipy does not match with (1,): use two
-            patterns, pc, quaternions = (np.concatenate([x, x]) for x in (patterns, np.atleast_2d(pc), quaternions))
-        signal = kikuchipy.signals.EBSD(np.ascontiguousarray(patterns, dtype=np.float32))
-        detector = kikuchipy.detectors.EBSDDetector(shape=patterns.shape[1:], pc=np.asarray(pc, dtype=np.float64),
-                                                    sample_tilt=70.0, tilt=0.0)  # fmt: skip
-        start = _well_conditioned(np.asarray(quaternions, dtype=np.float64))
-        xmap = CrystalMap(
-            rotations=Rotation(start), phase_list=PhaseList(mp.phase), x=np.arange(len(start), dtype=float)
-        )
-        with contextlib.redirect_stdout(io.StringIO()):  # kikuchipy prints a progress bar and a speed line
-            refined = signal.refine_orientation(
-                xmap=xmap, detector=detector, master_pattern=mp, energy=REFINE_ENERGY_KV, method="minimize",
-                method_kwargs={"method": "Nelder-Mead"}, trust_region=[trust_region_deg] * 3,
-            )  # fmt: skip
-        refined_quaternions = np.asarray(refined.rotations.data, dtype=np.float64).reshape(-1, 4)[:count]
-        return refined_quaternions, np.asarray(refined.prop["scores"], dtype=np.float64).reshape(-1)[:count]
+        master, dictionary = matcher(nominal_pc)
+        prepared = prepare_for_matching(np.asarray(patterns, dtype=np.float32))
+        candidates, _ = dictionary.candidates(prepared, REFINE_CANDIDATES)
+        starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
+        return refine(master, prepared, np.asarray(pc, dtype=np.float64), starts)
 
 
 def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersion,
@@ -498,9 +496,12 @@ def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersi
                 f"static_background needs at least {MIN_STATIC_BACKGROUND_PATTERNS} patterns from different grains "
                 f"(their mean is the background estimate); got {len(batch.rows)}"
             )
-        patterns = normalize_patterns(batch.resampled - batch.resampled.mean(axis=0, keepdims=True))
+        patterns = batch.resampled - batch.resampled.mean(axis=0, keepdims=True)
+    else:
+        patterns = batch.resampled
     started = time.perf_counter()
-    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion)
+    nominal_pc = Geometry.from_card(model.card).nominal_pc
+    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion, nominal_pc)
     elapsed = time.perf_counter() - started
     logger.info("refined %d orientation(s) in %.2f s (%.1f patterns/s)", len(scores), elapsed,
                 len(scores) / max(elapsed, 1e-9))  # fmt: skip
@@ -511,6 +512,6 @@ def check_refine_size(count: int, limit: int) -> None:
     """Refuse refinement of more than ``limit`` patterns in one request (413)."""
     if count > limit:
         raise EbsdTooLarge(
-            f"refine=true takes at most {limit} patterns per request (refinement runs at about 10-30 patterns/s); "
+            f"refine=true takes at most {limit} patterns per request (refinement runs at about 50 patterns/s); "
             f"got {count}: send fewer (the Python SDK sends 64 at a time) or leave refine off"
         )
