@@ -19,9 +19,13 @@ __all__ = ["MATSERVE", "MODELS_DIR", "REPO", "free_port", "running_server"]
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A server over the repository's committed registry, shared by the integration tests."""
+    """A server over the repository's committed registry, shared by the integration tests.
+
+    ``MATSERVE_EBSD_PRELOAD``: the EBSD refinement's one-time set-up (kikuchipy import, dictionary, numba
+    compilation: ~80 s cold on 2 cores) runs in the background from start-up, as in production, not inside the
+    first refinement request's timeout."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(MODELS_DIR, log, {"MATSERVE_ORT_THREADS": "1"}) as url:
+    with running_server(MODELS_DIR, log, {"MATSERVE_ORT_THREADS": "1", "MATSERVE_EBSD_PRELOAD": "1"}) as url:
         yield url
 
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from matserve.codecs.ebsd import NOMINAL_PC
-from matserve.codecs.orientation import disorientation_deg
+from matserve.codecs.orientation import disorientation_deg, quaternion_multiply
 from matserve.models.ebsd_matching import (
     CompressedDictionary,
     MasterPattern,
     direction_cosines,
     fundamental_zone_grid,
+    pc_correction,
     prepare_for_matching,
     refine,
 )
@@ -99,3 +100,24 @@ def test_compressed_dictionary_finds_clean_patterns_and_is_deterministic(master:
     candidates, similarity = dictionary.candidates(prepare_for_matching(patterns), 3)
     assert candidates.shape == (20, 3, 4) and np.all(np.diff(similarity, axis=1) <= 0)
     assert disorientation_deg(candidates[:, 0], dictionary.quaternions[picks]).max() < 1e-6
+
+
+def rotate(quaternion: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``q v q*`` (orix's active rotation of a vector)."""
+    conjugate = quaternion * np.array([1.0, -1.0, -1.0, -1.0])
+    return quaternion_multiply(quaternion_multiply(quaternion, np.concatenate([[0.0], vector])), conjugate)[1:]
+
+
+def test_pc_correction_keeps_the_crystal_direction_seen_at_the_screen_centre() -> None:
+    nominal = np.asarray(NOMINAL_PC)
+    shifted = np.array([[0.465, 0.213, 0.501], [0.425, 0.173, 0.53], [0.40, 0.25, 0.48]])
+    corrections = pc_correction(nominal, shifted)
+    np.testing.assert_allclose(np.linalg.norm(corrections, axis=1), 1.0, atol=1e-12)
+    views = direction_cosines(np.vstack([nominal, shifted]), (60, 60)).mean(axis=1)
+    views /= np.linalg.norm(views, axis=1, keepdims=True)
+    q = simulate.random_quaternions(1, np.random.default_rng(SEED))[0]
+    for view, r in zip(views[1:], corrections, strict=True):
+        moved = quaternion_multiply(q, r)
+        np.testing.assert_allclose(rotate(moved, view), rotate(q, views[0]), atol=1e-9)
+        assert 1.0 < disorientation_deg(moved[None], q[None])[0] < 10.0  # a PC shift of 0.03-0.04 is a few degrees
+    np.testing.assert_allclose(pc_correction(nominal, nominal[None]), [[1.0, 0.0, 0.0, 0.0]], atol=1e-12)

@@ -27,9 +27,7 @@ import pytest
 from PIL import Image
 
 from matserve.codecs.orientation import CUBIC_FZ_MAX_ANGLE_DEG, disorientation_deg
-from matserve.registry import Registry
 from matserve_client import AsyncClient, Client, InvalidInputError, PayloadTooLargeError
-from tests.conftest import MODELS_DIR
 
 INDEX = "/v1/ebsd/index"
 SCAN = "/v1/ebsd/scan"

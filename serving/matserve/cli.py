@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     ebsd_scan = targets.add_parser("ebsd-scan", help="orientation map of an EBSD scan (4-D .npy or HDF5)")
     ebsd_scan.add_argument("file", type=Path)
     ebsd_scan.add_argument("--pc", type=_pc_argument, default=None, metavar="X,Y,Z", help="projection centre")
-    ebsd_scan.add_argument("--refine", action="store_true", help="refine against the master pattern (at most 256 per request)")
+    ebsd_scan.add_argument("--refine", action="store_true", help="master-pattern refinement (max 256 per request)")
     ebsd_scan.add_argument("--version", default=None, help="pin a model version")
     ebsd_scan.add_argument("--ipf", type=Path, default=None, metavar="PNG", help="write the IPF-Z colour map")
     client_options(ebsd_scan)

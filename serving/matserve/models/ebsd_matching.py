@@ -85,6 +85,26 @@ def direction_cosines(
     return vectors
 
 
+def pc_correction(from_pc: np.ndarray, to_pc: np.ndarray, shape: tuple[int, int] = (60, 60)) -> np.ndarray:
+    """Rotations ``r`` ``(m, 4)`` such that an orientation ``q`` found at ``from_pc`` is about ``q * r`` at each
+    ``to_pc`` ``(m, 3)``.
+
+    A shifted PC moves the pattern on the screen: the crystal direction seen at the screen's centre changes. ``r``
+    is the smallest rotation taking the screen's mean viewing direction at ``to_pc`` onto the one at ``from_pc``
+    (sample frame), so ``q * r`` sees at ``to_pc`` what ``q`` saw at ``from_pc`` there (exact for the centre, first
+    order elsewhere; a PCz change also zooms, which no rotation undoes).
+    """
+    pcs = np.vstack([np.asarray(from_pc, dtype=np.float64).reshape(1, 3), np.asarray(to_pc, dtype=np.float64)])
+    unique, inverse = np.unique(np.round(pcs, 6), axis=0, return_inverse=True)
+    views = direction_cosines(unique, shape).mean(axis=1)
+    views /= np.linalg.norm(views, axis=1, keepdims=True)
+    views = views[inverse.reshape(-1)]
+    target, sources = views[0], views[1:]
+    # the rotation taking a onto b: half-angle quaternion (1 + a.b, a x b), normalised
+    rotations = np.column_stack([1.0 + sources @ target, np.cross(sources, target)])
+    return rotations / np.linalg.norm(rotations, axis=1, keepdims=True)
+
+
 # -------------------------------------------------------------------------------------------- numba kernels
 
 
@@ -390,12 +410,13 @@ class CompressedDictionary:
         def prepared(chunk: np.ndarray) -> np.ndarray:
             return prepare_for_matching(master.project(chunk, pc, shape)).astype(np.float32)
 
-        # principal axes from the (h*w, h*w) scatter matrix, accumulated chunk by chunk (memory stays ~100 MB)
+        # principal axes from the (h*w, h*w) scatter matrix, accumulated chunk by chunk (float32 products, float64
+        # sums; memory stays ~150 MB)
         pixels = shape[0] * shape[1]
         total, scatter = np.zeros(pixels), np.zeros((pixels, pixels))
         for _, chunk in chunks:
-            block = prepared(chunk).astype(np.float64)
-            total += block.sum(axis=0)
+            block = prepared(chunk)
+            total += block.sum(axis=0, dtype=np.float64)
             scatter += block.T @ block
         mean = total / len(quaternions)
         covariance = scatter / len(quaternions) - np.outer(mean, mean)
