@@ -282,7 +282,7 @@ class AsyncClient(BaseClient):
             width) for every pattern, or one per pattern (``(n, 3)``, arrays and ``.npy`` only); default the
             model's nominal PC. PCs outside the trained range get an :class:`InvalidInputError` stating it.
         refine : bool, default False
-            Refine each orientation against the master pattern on the server (slower: about 50 patterns/s; sent 64
+            Refine each orientation against the master pattern on the server (slower: about 100 patterns/s; sent 64
             patterns per request).
         version : str, optional
             Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first request).

@@ -79,7 +79,7 @@ XRD_PLOT_CHUNK_PATTERNS = 16
 EBSD_CHUNK_PATTERNS = 1024
 """EBSD patterns per ``/v1/ebsd/index`` request (the server accepts up to 4096 by default)."""
 EBSD_REFINE_CHUNK_PATTERNS = 64
-"""EBSD patterns per request with ``refine=True`` (refinement runs at roughly 50 patterns/s)."""
+"""EBSD patterns per request with ``refine=True`` (refinement runs at roughly 100 patterns/s)."""
 EBSD_SCAN_BLOCK_PATTERNS = 4096
 """Patterns per row block of a scan sent to ``/v1/ebsd/scan`` (256 with refinement, the server's limit)."""
 EBSD_SCAN_REFINE_BLOCK_PATTERNS = 256

@@ -57,7 +57,7 @@ class Settings:
         413; the SDK sends bigger scans in row blocks.
     max_ebsd_refine_patterns : int
         Most patterns one ``refine=true`` request may carry (``MATSERVE_MAX_EBSD_REFINE_PATTERNS``, 256), else
-        413: refinement runs at about 50 patterns/s on 2 cores.
+        413: refinement runs at about 100 patterns/s on 2 cores.
     max_ebsd_body_bytes : int
         Largest body of the EBSD routes, JSON, binary or multipart (``MATSERVE_MAX_EBSD_BODY_BYTES``, 256 MiB),
         else 413.

@@ -93,7 +93,7 @@ REFINE_DICTIONARY_COMPONENTS = 300
 starts within 3 deg among the best 3): 200 components 94 %, 300 components 97 %."""
 REFINE_CANDIDATES = 4
 """Dictionary matches refined per pattern, besides the network's orientation (with 300 components, the best 3
-hold a start within 3 deg for 97 % of noisy patterns, the best 6 for 98 %)."""
+hold a start within 3 deg for 97 % of noisy patterns, the best 6 for 98 %; 4 balance outliers and speed)."""
 MIN_STATIC_BACKGROUND_PATTERNS = 9
 """``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
 
@@ -474,7 +474,7 @@ def refine_orientations(
     Starts: the network's orientation and the :data:`REFINE_CANDIDATES` best matches in the compressed
     dictionary (:func:`matcher`), each corrected from the dictionary's PC to the pattern's
     (:func:`matserve.models.ebsd_matching.pc_correction`). Each start runs a few Levenberg-Marquardt iterations on
-    the NCC at the pattern's own PC, and the best-scoring one is refined to the end
+    the NCC at the pattern's own PC (on 2x2-binned patterns), and the best-scoring one is refined to the end
     (:func:`matserve.models.ebsd_matching.refine`; converges from up to ~3-4 deg away). The dictionary has one
     PC: the farther a pattern's PC is from it, the more often no start is within reach (see
     ``training/ebsd/refinement.json``).
@@ -525,6 +525,6 @@ def check_refine_size(count: int, limit: int) -> None:
     """Refuse refinement of more than ``limit`` patterns in one request (413)."""
     if count > limit:
         raise EbsdTooLarge(
-            f"refine=true takes at most {limit} patterns per request (refinement runs at about 50 patterns/s); "
+            f"refine=true takes at most {limit} patterns per request (refinement runs at about 100 patterns/s); "
             f"got {count}: send fewer (the Python SDK sends 64 at a time) or leave refine off"
         )

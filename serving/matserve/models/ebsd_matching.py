@@ -36,6 +36,8 @@ JACOBIAN_STEP_RAD = float(np.deg2rad(0.15))
 CONVERGED_STEP_RAD = float(np.deg2rad(0.002))
 #: With several starts per pattern, each runs this many iterations; only the best-scoring one continues.
 SCREEN_ITERATIONS = 3
+#: Screening runs on patterns binned this much (4x fewer pixels; the bins average noise out).
+SCREEN_BINNING = 2
 #: Patterns compared with the whole dictionary at a time (bounds the similarity matrix to ~60 MB).
 SEARCH_CHUNK = 512
 #: Dictionary patterns simulated and prepared at a time while building a :class:`CompressedDictionary`.
@@ -271,6 +273,10 @@ def _project_many(quaternions: np.ndarray, dc: np.ndarray, upper: np.ndarray, lo
 
 # -------------------------------------------------------------------------------------------- public API
 
+#: numba's default threading layer (workqueue) aborts when two threads launch parallel kernels at once: every
+#: launch here holds this lock.
+_PARALLEL_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class MasterPattern:
@@ -293,11 +299,9 @@ class MasterPattern:
         dc = direction_cosines(np.asarray(pc, dtype=np.float64).reshape(1, 3), shape)[0]
         quaternions = np.ascontiguousarray(quaternions, dtype=np.float64)
         out = np.empty((len(quaternions), dc.shape[0]))
-        _project_many(quaternions, dc, self.upper, self.lower, out)
+        with _PARALLEL_LOCK:
+            _project_many(quaternions, dc, self.upper, self.lower, out)
         return out.reshape(len(quaternions), *shape).astype(np.float32)
-
-
-_LOCK = threading.Lock()
 
 
 def prepare_for_matching(patterns: np.ndarray) -> np.ndarray:
@@ -308,6 +312,19 @@ def prepare_for_matching(patterns: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     flat /= np.where(norms > 0, norms, 1.0)
     return flat
+
+
+def _binned(prepared: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Prepared patterns binned :data:`SCREEN_BINNING` x :data:`SCREEN_BINNING` (and prepared again), and the
+    binned shape; unchanged when the shape does not divide."""
+    rows, cols = shape
+    b = SCREEN_BINNING
+    if rows % b or cols % b:
+        return prepared, shape
+    binned = prepared.reshape(len(prepared), rows // b, b, cols // b, b).mean(axis=(2, 4)).reshape(len(prepared), -1)
+    binned -= binned.mean(axis=1, keepdims=True)
+    binned /= np.maximum(np.linalg.norm(binned, axis=1, keepdims=True), 1e-12)
+    return binned, (rows // b, cols // b)
 
 
 def refine(
@@ -330,7 +347,8 @@ def refine(
         ``(n, 3)`` projection centres (Bruker).
     starts : numpy.ndarray
         ``(n, 4)`` starting orientations; ``(n, k, 4)`` tries ``k`` starts per pattern: each runs
-        :data:`SCREEN_ITERATIONS` iterations, then the best-scoring one runs the rest.
+        :data:`SCREEN_ITERATIONS` iterations on binned patterns, then the best-scoring one runs the rest at full
+        resolution.
     shape : tuple of int
         Detector ``(rows, cols)``.
     max_iterations : int
@@ -356,14 +374,18 @@ def refine(
         flat = np.ascontiguousarray(starts.reshape(n * k, 4))
         repeated = np.repeat(np.arange(n), k)
         screened, screen_scores = np.empty_like(flat), np.empty(n * k)
-        _refine_many(np.ascontiguousarray(prepared[repeated]), dcs, np.ascontiguousarray(dc_index[repeated]), flat,
-                     *master_arrays, SCREEN_ITERATIONS, screened, screen_scores)  # fmt: skip
+        coarse, coarse_shape = _binned(prepared, shape)
+        coarse_dcs = direction_cosines(unique_pc, coarse_shape)  # a coarser detector's pixels: the bins' centres
+        with _PARALLEL_LOCK:
+            _refine_many(np.ascontiguousarray(coarse[repeated]), coarse_dcs, np.ascontiguousarray(dc_index[repeated]),
+                         flat, *master_arrays, SCREEN_ITERATIONS, screened, screen_scores)  # fmt: skip
         best = screen_scores.reshape(n, k).argmax(axis=1)
         starts = screened.reshape(n, k, 4)[np.arange(n), best][:, None, :]
         max_iterations = max(max_iterations - SCREEN_ITERATIONS, 1)
     quaternions, scores = np.empty((n, 4)), np.empty(n)
-    _refine_many(np.ascontiguousarray(prepared, dtype=np.float64), dcs, np.ascontiguousarray(dc_index),
-                 np.ascontiguousarray(starts[:, 0]), *master_arrays, max_iterations, quaternions, scores)  # fmt: skip
+    with _PARALLEL_LOCK:
+        _refine_many(np.ascontiguousarray(prepared, dtype=np.float64), dcs, np.ascontiguousarray(dc_index),
+                     np.ascontiguousarray(starts[:, 0]), *master_arrays, max_iterations, quaternions, scores)  # fmt: skip
     quaternions *= np.where(quaternions[:, :1] < 0, -1.0, 1.0)
     return quaternions, scores
 
