@@ -209,17 +209,19 @@ def test_refine_runs_and_scores(nickel: SimpleNamespace, server_url: str) -> Non
     assert elapsed < 120
 
 
-def test_refined_real_patterns_agree_with_kikuchipy_orientations(nickel: SimpleNamespace, server_url: str) -> None:
-    """Real patterns carry the camera's static background: with ``static_background`` (the mean of the 9
-    patterns subtracted) refinement finds kikuchipy's orientations for 8 of the 9 (0.2-0.55 deg; kikuchipy's own
-    DI + refinement agrees to 0.36 deg mean, and their master pattern and PCs differ from ours); the ninth gets no
-    dictionary start within reach."""
-    body = {"patterns": nickel.patterns.tolist(), "pc": nickel.pc, "refine": True, "static_background": True}
+@pytest.mark.parametrize("static_background", [False, True])
+def test_refined_real_patterns_agree_with_kikuchipy_orientations(nickel: SimpleNamespace, server_url: str,
+                                                                 static_background: bool) -> None:  # fmt: skip
+    """Real patterns, with or without the camera's static background removed first (``static_background``: the
+    mean of the 9 patterns): refinement finds kikuchipy's orientations to ~0.4 deg (kikuchipy's own DI +
+    refinement agrees to 0.36 deg mean; their master pattern and PCs differ from ours)."""
+    body = {"patterns": nickel.patterns.tolist(), "pc": nickel.pc, "refine": True,
+            "static_background": static_background}  # fmt: skip
     response = post(server_url + INDEX, body)
     assert response.status_code == 200, response.text
     refined = np.array([r["quaternion"] for r in response.json()["results"]])
     errors = disorientation_deg(refined, nickel.shipped)
-    assert np.sum(errors < 1.0) >= 7 and np.median(errors) < 0.75, errors
+    assert np.sum(errors < 1.0) >= 8 and np.median(errors) < 0.75, errors
 
 
 def _bad_cases(nickel: SimpleNamespace) -> list[tuple[str, dict, int, str]]:

@@ -75,7 +75,7 @@ class Settings:
     ebsd_preload : bool
         ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix, load the Ni master pattern, build the
         refinement dictionary and compile the refinement kernels in a background thread at start-up, so that
-        the first refinement, HDF5 scan or IPF map does not pay the 30-60 s this takes (start-up itself stays
+        the first refinement, HDF5 scan or IPF map does not pay the ~80 s this takes (start-up itself stays
         fast).
     ort_threads : int
         ONNX Runtime intra-op threads (``MATSERVE_ORT_THREADS``; 0 = one per core).

@@ -101,13 +101,15 @@ def resample_patterns(patterns: np.ndarray, side_px: int = PATTERN_SIDE_PX) -> n
     return np.matmul(np.matmul(matrix, patterns), matrix.T)
 
 
-def normalize_patterns(patterns: np.ndarray) -> np.ndarray:
+def normalize_patterns(patterns: np.ndarray, background_sigma_px: float = BACKGROUND_SIGMA_PX) -> np.ndarray:
     """Normalise 60x60 patterns for the indexer: dynamic background removal, then standardisation.
 
     Parameters
     ----------
     patterns
         ``(n, 60, 60)`` detector intensities, any real dtype.
+    background_sigma_px
+        Gaussian sigma of the background estimate, pixels (the network's input uses the default).
 
     Returns
     -------
@@ -117,7 +119,7 @@ def normalize_patterns(patterns: np.ndarray) -> np.ndarray:
     """
     patterns = np.asarray(patterns, dtype=np.float32)
     side = patterns.shape[-1]
-    blur = _gaussian_matrix(side, BACKGROUND_SIGMA_PX)
+    blur = _gaussian_matrix(side, background_sigma_px)
     background = np.matmul(np.matmul(blur, patterns), blur.T)
     flattened = (patterns - background).reshape(len(patterns), -1)
     flattened -= flattened.mean(axis=1, keepdims=True)

@@ -25,7 +25,7 @@ CNN's orientation and from the best matches in a compressed dictionary (:mod:`ma
 runs Levenberg-Marquardt on the normalised cross-correlation from each, and answers the best, with
 ``refined: true``, the NCC ``refinement_score`` and ``refinement_change_deg`` (disorientation between the CNN and
 the refined orientation: large when the dictionary, not the CNN, supplied the start). kikuchipy and orix are
-imported, and the dictionary built, on first use only (30-60 s on this 2-core machine, or at start-up with
+imported, and the dictionary built, on first use only (~80 s cold on this 2-core machine, or at start-up with
 ``MATSERVE_EBSD_PRELOAD``): indexing without refinement needs neither.
 
 Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
@@ -430,7 +430,7 @@ def matcher(nominal_pc: tuple[float, float, float]) -> tuple[MasterPattern, Comp
 
     The dictionary (m-3m cubochoric grid at :data:`REFINE_DICTIONARY_RESOLUTION_DEG`, 60x60 patterns at the
     nominal PC, :data:`REFINE_DICTIONARY_COMPONENTS` principal components) is simulated from the bundled master
-    pattern, deterministically: about 20-30 s on 2 cores, ~30 MB. Call with the refinement lock held.
+    pattern, deterministically: about 40 s on 2 cores, ~36 MB. Call with the refinement lock held.
     """
     key = tuple(round(float(c), 6) for c in nominal_pc)
     if key not in _MATCHERS:
