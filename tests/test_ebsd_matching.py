@@ -44,14 +44,7 @@ def rotated(quaternions: np.ndarray, angle_deg: float, seed: int) -> np.ndarray:
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
     half = np.deg2rad(angle_deg) / 2
     turn = np.column_stack([np.full(len(axes), np.cos(half)), np.sin(half) * axes])
-    a1, b1, c1, d1 = turn.T
-    a2, b2, c2, d2 = np.asarray(quaternions, dtype=np.float64).T
-    return np.column_stack([
-        a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
-        a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
-        a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
-        a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
-    ])  # fmt: skip
+    return quaternion_multiply(turn, np.asarray(quaternions, dtype=np.float64))
 
 
 def test_projection_equals_kikuchipy_get_patterns(master: MasterPattern) -> None:

@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import kikuchipy
 import numpy as np
 
 from matserve.codecs.ebsd import NOMINAL_PC, normalize_patterns
@@ -78,7 +79,7 @@ def evaluate_set(name: str, data: dict[str, np.ndarray], network: OnnxIndexer, k
     (refined_bg, _), speed = rate(lambda: refine_orientations(patterns - background, pc, cnn), n)
     rows["refined_static_background"] = summary(disorientation_deg(truth, refined_bg)) | {"patterns_per_s": speed}
     k = min(kikuchipy_n, n)
-    signal = __import__("kikuchipy").signals.EBSD(normalize_patterns(patterns[:k]))
+    signal = kikuchipy.signals.EBSD(normalize_patterns(patterns[:k]))
     old, seconds = baselines.refine(signal, cnn[:k], pc[:k])
     rows["kikuchipy_refine_from_cnn"] = summary(disorientation_deg(truth[:k], old)) | {"patterns_per_s": k / seconds}
     (same, _), speed = rate(lambda: refine_orientations(patterns[:k], pc[:k], cnn[:k]), k)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     sets["real_ni_9"] = baselines.real_nickel_set()
     warm = sets[TEST_SETS[0]]
     refine_orientations(warm["patterns"][:4].astype(np.float32), warm["pc"][:4], warm["quaternions"][:4])  # compile
-    baselines.refine(__import__("kikuchipy").signals.EBSD(normalize_patterns(warm["patterns"][:4])),
+    baselines.refine(kikuchipy.signals.EBSD(normalize_patterns(warm["patterns"][:4])),
                      warm["quaternions"][:4], warm["pc"][:4])  # fmt: skip
     report = {
         "command": f"python -m training.ebsd.evaluate_refinement --n {args.n} --kikuchipy-n {args.kikuchipy_n}",

@@ -119,8 +119,6 @@ def invalid_pixels(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     return bad
 
 
-_kernel = compiled
-
 _KERNEL_DTYPES = tuple(
     np.dtype(t)
     for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float32, np.float64)
@@ -143,7 +141,7 @@ def _invalid_rule(dtype: np.dtype) -> int:
     raise ImageError(f"image dtype {dtype} is not numeric; accepted: {ACCEPTED_DTYPES}")
 
 
-@_kernel
+@compiled
 def _is_invalid(value, rule: int, dtype_max) -> bool:
     if rule == RULE_NEGATIVE:
         return value < 0
@@ -154,7 +152,7 @@ def _is_invalid(value, rule: int, dtype_max) -> bool:
     return False
 
 
-@_kernel
+@compiled
 def _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, ceiling, step, summed, n_valid, extremes):
     """One pass: per ``step x step`` block, the sum of the valid pixels clipped to [0, ceiling] and their count.
 
@@ -183,7 +181,7 @@ def _bin_valid_clipped(image, mask, use_mask, rule, dtype_max, ceiling, step, su
     extremes[0], extremes[1] = low, high
 
 
-@_kernel
+@compiled
 def _valid_values(image, mask, use_mask, rule, dtype_max):
     """The valid pixels' values of an image as float32 (1D)."""
     rows, cols = image.shape

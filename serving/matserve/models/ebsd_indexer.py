@@ -84,8 +84,6 @@ SCAN_CHUNK = 4096
 """Patterns a scan is decoded, normalised and indexed in at a time."""
 CONFIDENCE_SCALE_DEG = 1.0
 """``confidence = exp(-expected_error_deg / CONFIDENCE_SCALE_DEG)``."""
-REFINE_ENERGY_KV = 20
-"""Beam energy of the master pattern used by refinement, kV (the one energy the bundled Ni master pattern has)."""
 REFINE_DICTIONARY_RESOLUTION_DEG = 3.0
 """Grid spacing of the refinement's coarse dictionary, degrees (30,443 orientations in the m-3m zone)."""
 REFINE_DICTIONARY_COMPONENTS = 300

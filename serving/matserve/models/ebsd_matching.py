@@ -300,12 +300,17 @@ class MasterPattern:
 
     def project(self, quaternions: np.ndarray, pc: np.ndarray, shape: tuple[int, int] = (60, 60)) -> np.ndarray:
         """Patterns ``(n, rows, cols)`` float32 at one PC for ``(n, 4)`` orientations (not rescaled)."""
-        dc = direction_cosines(np.asarray(pc, dtype=np.float64).reshape(1, 3), shape)[0]
+        directions = direction_cosines(np.asarray(pc, dtype=np.float64).reshape(1, 3), shape)[0]
+        return self.project_along(quaternions, directions).reshape(len(quaternions), *shape)
+
+    def project_along(self, quaternions: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """Patterns ``(n, pixels)`` float32 for ``(n, 4)`` orientations, given the detector's ``(pixels, 3)``
+        direction cosines (:func:`direction_cosines`)."""
         quaternions = np.ascontiguousarray(quaternions, dtype=np.float64)
-        out = np.empty((len(quaternions), dc.shape[0]))
+        out = np.empty((len(quaternions), directions.shape[0]))
         with _PARALLEL_LOCK:
-            _project_many(quaternions, dc, self.upper, self.lower, out)
-        return out.reshape(len(quaternions), *shape).astype(np.float32)
+            _project_many(quaternions, np.ascontiguousarray(directions), self.upper, self.lower, out)
+        return out.astype(np.float32)
 
 
 def prepare_for_matching(patterns: np.ndarray, background_sigma_px: float | None = None) -> np.ndarray:
@@ -435,11 +440,15 @@ class CompressedDictionary:
             (start, quaternions[start : start + BUILD_CHUNK]) for start in range(0, len(quaternions), BUILD_CHUNK)
         ]
 
-        def prepared(chunk: np.ndarray) -> np.ndarray:
-            return prepare_for_matching(master.project(chunk, pc, shape)).astype(np.float32)
+        directions = direction_cosines(np.asarray(pc, dtype=np.float64).reshape(1, 3), shape)[0]
 
-        # principal axes from the (h*w, h*w) scatter matrix, accumulated chunk by chunk (float32 products, float64
-        # sums; memory stays ~150 MB)
+        def prepared(chunk: np.ndarray) -> np.ndarray:
+            patterns = master.project_along(chunk, directions).reshape(len(chunk), *shape)
+            return prepare_for_matching(patterns).astype(np.float32)
+
+        # Two passes over the grid, simulating each chunk twice (~3 s each): the principal axes from the (h*w, h*w)
+        # scatter matrix (float32 products, float64 sums), then each pattern's coordinates. Keeping the prepared
+        # patterns between the passes would hold 440 MB; this way memory stays ~150 MB.
         pixels = shape[0] * shape[1]
         total, scatter = np.zeros(pixels), np.zeros((pixels, pixels))
         for _, chunk in chunks:
