@@ -23,9 +23,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     ``MATSERVE_EBSD_PRELOAD``: the EBSD refinement's one-time set-up (kikuchipy import, dictionary, numba
     compilation: ~80 s cold on 2 cores) runs in the background from start-up, as in production, not inside the
-    first refinement request's timeout."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(MODELS_DIR, log, {"MATSERVE_ORT_THREADS": "1", "MATSERVE_EBSD_PRELOAD": "1"}) as url:
+    first refinement request's timeout. Meanwhile the test process imports orix and kikuchipy too, which load
+    and write the same numba caches (``__pycache__`` of the installed packages and of ``matserve``): a process
+    reading a cache file the other is writing crashed (a segfault in orix's import in one CI run). So the server
+    keeps its own cache (``NUMBA_CACHE_DIR``)."""
+    workdir = tmp_path_factory.mktemp("server")
+    env = {"MATSERVE_ORT_THREADS": "1", "MATSERVE_EBSD_PRELOAD": "1", "NUMBA_CACHE_DIR": str(workdir / "numba")}
+    with running_server(MODELS_DIR, workdir / "server.log", env) as url:
         yield url
 
 
