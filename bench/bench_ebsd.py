@@ -3,9 +3,14 @@
 In-process, patterns/s at batch 1 and 1024 (60x60 uint8 patterns of the held-out ``test_noisy`` kind, one PC
 per request):
 
-* ``tensor``: ONNX Runtime on normalised patterns (the network alone);
-* ``served``: the served path (codec checks and normalisation, network, least squares and decoding for the PC,
-  fundamental-zone reduction and Euler angles), as the HTTP API calls it.
+* ``tensor``: ONNX Runtime alone on the active version's graph input (2.0.0: resampled patterns; the graph
+  prepares them, matches the compressed dictionary and answers its best matches);
+* ``served``: the served path of the active version (codec checks, resampling, the graph, the PC correction,
+  error calibration, fundamental-zone reduction and Euler angles), as the HTTP API calls it;
+* ``served_pc_per_pattern``: the same with a different PC for every pattern (as in a scan with a PC per pixel:
+  the PC correction is computed per pattern);
+* ``cnn_served``: the served path of ``--baseline-version`` (1.0.0, the CNN: normalisation, network, least
+  squares and decoding for the PC), side by side in the same rounds.
 
 Baselines in the same rounds: Hough indexing (pyebsdindex through kikuchipy, per-pattern PCs, numba warm)
 and kikuchipy dictionary indexing with a 2 deg dictionary (100k patterns, NCC), both on the same patterns
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--http-requests", type=int, default=200)
     parser.add_argument("--dictionary-resolution-deg", type=float, default=2.0)
+    parser.add_argument("--baseline-version", default="1.0.0", help="the network version measured alongside")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -68,23 +74,27 @@ def main() -> None:
     runtime = OnnxRuntime(intra_op_threads=settings.ort_threads)
     model = EbsdIndexerModel(registry, runtime)
     version = model.load()
+    cnn_version = model.load(args.baseline_version)
+    dictionary_graph = version.card.get("orientation_decoding", {}).get("method") == "dictionary"
 
     recipe = RECIPES["noisy"]
     split = simulate_split(1024, recipe, np.random.default_rng(2026))
     patterns = split["patterns"]
     pc = np.asarray(NOMINAL_PC, dtype=np.float32)
-    normalised = normalize_patterns(patterns)
+    graph_input = patterns.astype(np.float32) if dictionary_graph else normalize_patterns(patterns)
+    jittered_pc = (pc + np.random.default_rng(7).uniform(-0.02, 0.02, (len(patterns), 3))).tolist()
     baseline_pc = np.tile(pc, (BASELINE_PATTERNS, 1))
     signal = baselines.preprocess(patterns[:BASELINE_PATTERNS], patterns.astype(np.float32).mean(axis=0))
     baselines.warm_up(signal, baseline_pc)
     dictionary = baselines.simulate_dictionary(args.dictionary_resolution_deg)
 
     def tensor(n: int) -> Callable[[], object]:
-        return lambda: runtime.run(version, {"patterns": normalised[:n]})
+        return lambda: runtime.run(version, {"patterns": graph_input[:n]})
 
-    def served(n: int) -> Callable[[], object]:
+    def served(n: int, served_version: str | None = None, per_pattern_pc: bool = False) -> Callable[[], object]:
         items = list(patterns[:n])
-        return lambda: model.index(items, pc=pc.tolist())
+        centres = jittered_pc[:n] if per_pattern_pc else pc.tolist()
+        return lambda: model.index(items, pc=centres, version=served_version)
 
     rounds: list[dict] = []
     for _ in range(args.rounds):
@@ -97,6 +107,9 @@ def main() -> None:
         for n in BATCHES:
             row[f"tensor_b{n}"] = best_rate(tensor(n), n, args.seconds)
             row[f"served_b{n}"] = best_rate(served(n), n, args.seconds)
+            row[f"served_pc_per_pattern_b{n}"] = best_rate(served(n, per_pattern_pc=True), n, args.seconds)
+            row[f"cnn_served_b{n}"] = best_rate(served(n, cnn_version.version), n, args.seconds)
+            row[f"served_b{n}_vs_cnn"] = row[f"served_b{n}"] / row[f"cnn_served_b{n}"]
             row[f"served_b{n}_vs_hough"] = row[f"served_b{n}"] / row["hough"]
             row[f"served_b{n}_vs_dictionary_indexing"] = row[f"served_b{n}"] / row["dictionary_indexing"]
         rounds.append(row)
@@ -133,9 +146,11 @@ def main() -> None:
 
     report = {
         "version": version.version,
+        "baseline_version": cnn_version.version,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "ort_threads": settings.ort_threads,
-        "patterns": "1024 simulated test_noisy-recipe patterns, 60x60 uint8, nominal PC",
+        "patterns": "1024 simulated test_noisy-recipe patterns, 60x60 uint8, nominal PC (served_pc_per_pattern: "
+        "nominal +- 0.02 per pattern)",
         "baseline_patterns": BASELINE_PATTERNS,
         "dictionary_resolution_deg": args.dictionary_resolution_deg,
         "in_process_patterns_per_s": in_process,
@@ -148,7 +163,7 @@ def main() -> None:
     print(f"EBSD indexer {version.version}; patterns/s, medians of {args.rounds} interleaved rounds")
     print(f"{'Hough (pyebsdindex)':<34} {in_process['hough']:10.0f}")
     print(f"{'dictionary indexing (2 deg)':<34} {in_process['dictionary_indexing']:10.0f}")
-    for kind in ("tensor", "served"):
+    for kind in ("tensor", "served", "served_pc_per_pattern", "cnn_served"):
         print(f"{kind:<34} {in_process[f'{kind}_b1']:10.0f} {in_process[f'{kind}_b1024']:10.0f}  (batch 1, 1024)")
     for key, value in http.items():
         print(f"{key:<34} {value:10.2f}")

@@ -212,33 +212,52 @@ def test_xrd_models_answer_the_same_on_triton(triton: TritonEndpoints, api_on_tr
                     assert abs(a[key] - b[key]) < 1e-5
 
 
-def test_ebsd_indexer_is_a_tensor_model(repository: Path) -> None:
-    """Normalised patterns in, the 15 x 15 axis map out; decoding to orientations stays in the API."""
+def test_ebsd_indexer_versions_with_other_tensors_are_their_own_triton_models(repository: Path) -> None:
+    """2.0.0 (resampled patterns in, the best dictionary matches out) is ``ebsd_indexer``; 1.0.0 (normalised
+    patterns in, the 15 x 15 axis map out) has another interface, so it is ``ebsd_indexer__1.0.0`` (one config per
+    Triton model); decoding to orientations stays in the API for both."""
     config = parse_config(repository / "ebsd_indexer" / "config.pbtxt")
     assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [
         ("patterns", [60, 60], model_config_pb2.TYPE_FP32)]  # fmt: skip
-    assert [(o.name, list(o.dims)) for o in config.output] == [("axis_map", [15, 15])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("candidate_quaternions", [4, 4]),
+                                                               ("candidate_similarity", [4])]  # fmt: skip
+    assert list(config.version_policy.specific.versions) == [2]
+    older = parse_config(repository / "ebsd_indexer__1.0.0" / "config.pbtxt")
+    assert [(o.name, list(o.dims)) for o in older.output] == [("axis_map", [15, 15])]
+    assert list(older.version_policy.specific.versions) == [1]
+    mapping = json.loads(config.parameters["matserve_versions"].string_value)
+    assert {n: (e["version"], e["model"]) for n, e in mapping.items()} == {
+        "1": ("1.0.0", "ebsd_indexer__1.0.0"), "2": ("2.0.0", "ebsd_indexer")}  # fmt: skip
 
 
-def test_ebsd_indexer_answers_the_same_on_triton(triton: TritonEndpoints, api_on_triton: str, server_url: str) -> None:
-    """The EBSD graph on Triton HTTP and gRPC against in-process ONNX Runtime, within 1e-5; and the API's EBSD
-    endpoint through Triton against the in-process API."""
+@pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
+def test_ebsd_indexer_answers_the_same_on_triton(
+    triton: TritonEndpoints, api_on_triton: str, server_url: str, version: str
+) -> None:
+    """Each EBSD graph on Triton HTTP and gRPC against in-process ONNX Runtime; and the API's EBSD endpoint
+    through Triton against the in-process API, for that version."""
     from matserve.codecs.ebsd import NOMINAL_PC, normalize_patterns
     from matserve.codecs.orientation import disorientation_deg
 
     rng = np.random.default_rng(5)
-    inputs = {"patterns": normalize_patterns(rng.random((24, 60, 60)).astype(np.float32) * 255)}
-    reference = OnnxRuntime(intra_op_threads=1).run(Registry(MODELS_DIR).get("ebsd_indexer"), inputs)
+    model = Registry(MODELS_DIR).get("ebsd_indexer", version)
+    patterns = rng.random((24, 60, 60)).astype(np.float32) * 255
+    inputs = {"patterns": normalize_patterns(patterns) if version == "1.0.0" else patterns}
+    reference = OnnxRuntime(intra_op_threads=1).run(model, inputs)
+    names = [o["name"] for o in model.tensor_specs("outputs")]
+    triton_name = "ebsd_indexer__1.0.0" if version == "1.0.0" else "ebsd_indexer"
     for url in (triton.http_url, f"grpc://{triton.grpc_target}"):
         transport = KServeTransport(url)
-        got, _ = transport.infer("ebsd_indexer", inputs, ["axis_map"], version="1")
+        got, _ = transport.infer(triton_name, inputs, names, version="1" if version == "1.0.0" else "2")
         transport.close()
-        np.testing.assert_allclose(got["axis_map"].reshape(reference["axis_map"].shape), reference["axis_map"],
-                                   atol=1e-5, rtol=0, err_msg=f"ebsd_indexer axis_map {url}")  # fmt: skip
-    body = {"patterns": (rng.random((5, 60, 60)) * 255).round().tolist(), "pc": list(NOMINAL_PC)}
+        for name in names:
+            np.testing.assert_allclose(got[name].reshape(reference[name].shape), reference[name], atol=1e-5, rtol=0,
+                                       err_msg=f"ebsd_indexer {version} {name} {url}")  # fmt: skip
+    body = {"patterns": (rng.random((5, 60, 60)) * 255).round().tolist(), "pc": list(NOMINAL_PC), "version": version}
     via_triton = httpx.post(api_on_triton + "/v1/ebsd/index", json=body, timeout=60)
     in_process = httpx.post(server_url + "/v1/ebsd/index", json=body, timeout=60)
     assert via_triton.status_code == in_process.status_code == 200, via_triton.text
+    assert via_triton.json()["version"] == in_process.json()["version"] == version
     for a, b in zip(via_triton.json()["results"], in_process.json()["results"], strict=True):
         assert disorientation_deg(np.array([a["quaternion"]]), np.array([b["quaternion"]]))[0] < 1e-3
         assert abs(a["expected_error_deg"] - b["expected_error_deg"]) < 1e-4

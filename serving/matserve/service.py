@@ -530,7 +530,8 @@ class MatServe:
         if self.models:
             self.workers.start()
         if SETTINGS.ebsd_preload and "ebsd_indexer" in self.models:
-            threading.Thread(target=warm_up_ebsd, name="matserve-ebsd-warm-up", daemon=True).start()
+            card = self.models["ebsd_indexer"].card()
+            threading.Thread(target=warm_up_ebsd, args=(card,), name="matserve-ebsd-warm-up", daemon=True).start()
         if "scattering_sorter" in self.models:  # compile the codec's kernels before the first image arrives
             threading.Thread(target=warm_up_scattering_codec, name="matserve-scattering-warm-up", daemon=True).start()
         logger.info(

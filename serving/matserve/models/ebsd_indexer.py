@@ -1,9 +1,17 @@
 """EBSD indexer: Kikuchi patterns in, crystal orientations (m-3m, nickel) out.
 
-Patterns are checked, area-resampled to 60x60 and normalised by :mod:`matserve.codecs.ebsd` (the function the
-training simulator uses); the network answers a cube-axis proximity map per pattern, which
-:mod:`matserve.codecs.orientation` turns into the orientation for the pattern's PC by least squares; the fit's
-residual, calibrated on validation data, is the error estimate.
+Patterns are checked and area-resampled to 60x60 by :mod:`matserve.codecs.ebsd` (the function the training
+simulator uses). Two kinds of registry versions, told apart by the card's ``orientation_decoding.method``:
+
+* **dictionary** (2.0.0, active): the graph takes the resampled patterns, removes their background, standardises
+  them and matches them against a compressed dictionary (30,443 dynamical simulations on a 3 deg grid of the
+  m-3m fundamental zone at the nominal PC, compared on 300 principal components); it answers the best
+  :data:`CANDIDATES` matches, which :func:`orientations_from_candidates` rotates to each pattern's PC. The answer
+  is the best one; ``expected_error_deg`` is the card's validation calibration of its similarity
+  (:func:`expected_error_from_similarity`). Built, not trained: ``python -m training.ebsd.dictionary``;
+* **network** (1.0.0, the CNN preview): the graph takes normalised patterns and answers a cube-axis proximity map
+  per pattern, which :mod:`matserve.codecs.orientation` turns into the orientation for the pattern's PC by least
+  squares; the fit's residual, calibrated on validation data, is the error estimate.
 
 Conventions of every result
 ---------------------------
@@ -13,20 +21,20 @@ Conventions of every result
   with ``a >= 0``: equal orientations give equal numbers.
 * ``euler_bunge_rad`` / ``euler_bunge_deg``: Bunge (ZXZ, passive) Euler angles (phi1, Phi, phi2) of that
   quaternion, as orix's ``Rotation.to_euler()`` (phi1, phi2 in [0, 360) deg; Phi in [0, 62.8] deg here).
-* ``expected_error_deg``: the estimated disorientation error, degrees (RMS residual of the least-squares fit
-  of the axis map times the card's ``orientation_decoding.error_deg_per_fit_residual``);
+* ``expected_error_deg``: the estimated disorientation error, degrees (see above);
   ``confidence = exp(-expected_error_deg / 1 deg)`` (1 for a perfect estimate, 0.37 at 1 deg, 0.05 at 3 deg).
 * ``pc``: the projection centre used, Bruker convention (PCx, PCy, PCz fractions of detector width, height,
   width).
 
 ``refine=True`` (:meth:`EbsdIndexerModel.index`) then refines each orientation against the Ni master pattern
-shipped in the kikuchipy wheel (20 kV, the pattern's own PC; :func:`refine_orientations`): it starts from the
-CNN's orientation and from the best matches in a compressed dictionary (:mod:`matserve.models.ebsd_matching`),
-runs Levenberg-Marquardt on the normalised cross-correlation from each, and answers the best, with
-``refined: true``, the NCC ``refinement_score`` and ``refinement_change_deg`` (disorientation between the CNN and
-the refined orientation: large when the dictionary, not the CNN, supplied the start). kikuchipy and orix are
-imported, and the dictionary built, on first use only (~80 s cold on this 2-core machine, or at start-up with
-``MATSERVE_EBSD_PRELOAD``): indexing without refinement needs neither.
+shipped in the kikuchipy wheel (20 kV, the pattern's own PC; :func:`refine_orientations`): it starts from a
+dictionary version's candidates (a network version: from the CNN's orientation and the best matches in the same
+dictionary, built at run time, ~40 s), runs Levenberg-Marquardt on the normalised cross-correlation from each
+(:mod:`matserve.models.ebsd_matching`), and answers the best, with ``refined: true``, the NCC
+``refinement_score`` and ``refinement_change_deg`` (disorientation between the fast path's and the refined
+orientation: large when another start won). kikuchipy and orix are imported on first use of the PC correction,
+refinement, scans or IPF maps (a few seconds; ~80 s with the kernels' first compilation), or at start-up with
+``MATSERVE_EBSD_PRELOAD``.
 
 Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
 does per pattern.
@@ -77,6 +85,11 @@ INPUT_PATTERNS = "patterns"
 OUTPUT_AXIS_MAP = "axis_map"
 OUTPUT_QUATERNION = "quaternion"
 OUTPUT_ERROR = "expected_error_deg"
+OUTPUT_CANDIDATE_QUATERNIONS = "candidate_quaternions"
+OUTPUT_CANDIDATE_SIMILARITY = "candidate_similarity"
+OUTPUT_CANDIDATES = "candidates"
+CANDIDATES = 4
+"""Best dictionary matches a dictionary version's graph answers per pattern (the refinement's starts)."""
 RUN_BATCH = 1024
 """Most patterns per runtime call (or the card's ``serving.max_batch_size``, Triton's limit, if smaller); also
 bounds ONNX Runtime's working memory."""
@@ -92,6 +105,8 @@ starts within 3 deg among the best 3): 200 components 94 %, 300 components 97 %.
 REFINE_CANDIDATES = 4
 """Dictionary matches refined per pattern, besides the network's orientation (with 300 components, the best 3
 hold a start within 3 deg for 97 % of noisy patterns, the best 6 for 98 %; 4 balance outliers and speed)."""
+REFINE_STARTS = 5
+"""Most starts refined per pattern (network versions: the network's orientation and 4 dictionary matches)."""
 MIN_STATIC_BACKGROUND_PATTERNS = 9
 """``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
 
@@ -99,6 +114,39 @@ MIN_STATIC_BACKGROUND_PATTERNS = 9
 def confidence(expected_error_deg: np.ndarray) -> np.ndarray:
     """``exp(-expected_error_deg / 1 deg)``: 1 for no expected error, 0.37 at 1 deg, 0.05 at 3 deg."""
     return np.exp(-np.clip(np.asarray(expected_error_deg, dtype=np.float64), 0.0, None) / CONFIDENCE_SCALE_DEG)
+
+
+def orientations_from_candidates(
+    candidates: np.ndarray, pc: np.ndarray, nominal_pc: tuple[float, float, float]
+) -> np.ndarray:
+    """Dictionary matches found at the nominal PC, rotated to each pattern's PC.
+
+    Parameters
+    ----------
+    candidates : numpy.ndarray
+        ``(m, k, 4)`` orix quaternions (sample -> crystal) from a dictionary simulated at ``nominal_pc``.
+    pc : numpy.ndarray
+        ``(m, 3)`` each pattern's projection centre (Bruker convention).
+    nominal_pc : tuple of float
+        The dictionary's PC.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, k, 4)`` float64 (see :func:`matserve.models.ebsd_matching.pc_correction`; not reduced to the
+        fundamental zone).
+    """
+    correction = pc_correction(
+        np.asarray(nominal_pc, dtype=np.float64), np.asarray(pc, dtype=np.float64).reshape(-1, 3)
+    )
+    return quaternion_multiply(np.asarray(candidates, dtype=np.float64), correction[:, None, :])
+
+
+def expected_error_from_similarity(similarity: np.ndarray, calibration: dict[str, list[float]]) -> np.ndarray:
+    """Expected disorientation (degrees) of a dictionary match from its cosine similarity: linear interpolation
+    in a card's ``orientation_decoding.error_by_similarity`` table (validation-split means per similarity decile;
+    constant beyond its ends)."""
+    return np.interp(np.asarray(similarity, dtype=np.float64), calibration["similarity"], calibration["mean_error_deg"])
 
 
 @dataclass
@@ -118,7 +166,9 @@ class Orientations:
     refinement_score : numpy.ndarray or None
         ``(m,)`` NCC of the refined orientation (``None`` without refinement).
     refinement_change_deg : numpy.ndarray or None
-        ``(m,)`` disorientation between the CNN and the refined orientation, degrees.
+        ``(m,)`` disorientation between the fast path's and the refined orientation, degrees.
+    candidates : numpy.ndarray or None
+        ``(m, k, 4)`` a dictionary version's best matches at each pattern's PC (the refinement's starts).
     """
 
     quaternion: np.ndarray
@@ -127,16 +177,18 @@ class Orientations:
     confidence: np.ndarray
     refinement_score: np.ndarray | None = None
     refinement_change_deg: np.ndarray | None = None
+    candidates: np.ndarray | None = None
 
     @classmethod
     def from_network(cls, outputs: dict[str, np.ndarray]) -> Orientations:
-        """From the network's ``quaternion`` and ``expected_error_deg`` outputs."""
+        """From :meth:`EbsdIndexerModel.predict`'s ``quaternion``, ``expected_error_deg`` (and ``candidates``)."""
         quaternion = reduce_to_fundamental_zone(outputs[OUTPUT_QUATERNION])
         error = np.asarray(outputs[OUTPUT_ERROR], dtype=np.float64).reshape(-1)
-        return cls(quaternion, quaternion_to_euler_bunge(quaternion), error, confidence(error))
+        return cls(quaternion, quaternion_to_euler_bunge(quaternion), error, confidence(error),
+                   candidates=outputs.get(OUTPUT_CANDIDATES))  # fmt: skip
 
     def refined(self, quaternion: np.ndarray, score: np.ndarray) -> Orientations:
-        """The same patterns with refined orientations (the CNN's error estimate and confidence are kept)."""
+        """The same patterns with refined orientations (the fast path's error estimate and confidence are kept)."""
         reduced = reduce_to_fundamental_zone(quaternion)
         return Orientations(reduced, quaternion_to_euler_bunge(reduced), self.expected_error_deg, self.confidence,
                             np.asarray(score, dtype=np.float64), disorientation_deg(self.quaternion, reduced))  # fmt: skip
@@ -218,19 +270,35 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         return self._prepared(encode_batch(items, geometry), geometry)
 
     def predict(self, prepared: PreparedEbsd, model: ModelVersion) -> dict[str, np.ndarray]:
-        """Run the network (axis maps), then least squares and decoding for each pattern's PC
-        (:func:`matserve.codecs.orientation.orientations_from_axis_map`): ``quaternion`` and
-        ``expected_error_deg`` (the fit residual times the card's validation calibration)."""
+        """Run the version's graph and decode each pattern's orientation for its PC: ``quaternion`` and
+        ``expected_error_deg``, plus ``candidates`` ``(m, k, 4)`` for a dictionary version.
+
+        * dictionary versions (card ``orientation_decoding.method == "dictionary"``): the graph takes the resampled
+          patterns and answers its best matches at the nominal PC; :func:`orientations_from_candidates` rotates
+          them to each pattern's PC; the error estimate is the card's calibration of the best similarity;
+        * network versions: the graph takes normalised patterns and answers axis maps, which
+          :func:`matserve.codecs.orientation.orientations_from_axis_map` fits (the fit residual times the card's
+          validation calibration is the error estimate).
+        """
         batch = prepared.batch
         if not batch.rows:
             return {}
         size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
+        decoding = model.card.get("orientation_decoding", {})
+        if decoding.get("method") == "dictionary":
+            parts = [self.runtime.run(model, {INPUT_PATTERNS: batch.resampled[i : i + size]})
+                     for i in range(0, len(batch.rows), size)]  # fmt: skip
+            found = np.concatenate([np.asarray(p[OUTPUT_CANDIDATE_QUATERNIONS], dtype=np.float64) for p in parts])
+            similarity = np.concatenate([np.asarray(p[OUTPUT_CANDIDATE_SIMILARITY], dtype=np.float64) for p in parts])
+            candidates = orientations_from_candidates(found, batch.pc, prepared.geometry.nominal_pc)
+            error = expected_error_from_similarity(similarity[:, 0], decoding["error_by_similarity"])
+            return {OUTPUT_QUATERNION: candidates[:, 0], OUTPUT_ERROR: error, OUTPUT_CANDIDATES: candidates}
         maps = np.concatenate([
             np.asarray(self.runtime.run(model, {INPUT_PATTERNS: batch.patterns[i : i + size]})[OUTPUT_AXIS_MAP])
             for i in range(0, len(batch.rows), size)
         ])  # fmt: skip
         quaternion, residual = orientations_from_axis_map(maps, batch.pc)
-        deg_per_residual = float(model.card.get("orientation_decoding", {}).get("error_deg_per_fit_residual", 1.0))
+        deg_per_residual = float(decoding.get("error_deg_per_fit_residual", 1.0))
         return {OUTPUT_QUATERNION: quaternion, OUTPUT_ERROR: deg_per_residual * residual}
 
     def postprocess(self, prepared: PreparedEbsd, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -380,15 +448,19 @@ def _concatenate(parts: list[Orientations]) -> Orientations:
     if not parts:
         empty = np.zeros(0)
         return Orientations(np.zeros((0, 4)), np.zeros((0, 3)), empty, empty)
-    return Orientations(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("quaternion", "euler_bunge_rad", "expected_error_deg", "confidence")))  # fmt: skip
+    joined = Orientations(*(np.concatenate([getattr(p, name) for p in parts])
+                            for name in ("quaternion", "euler_bunge_rad", "expected_error_deg", "confidence")))  # fmt: skip
+    if all(p.candidates is not None for p in parts):
+        joined.candidates = np.concatenate([p.candidates for p in parts])  # type: ignore[misc]
+    return joined
 
 
 # -- refinement (kikuchipy, imported on first use) ------------------------------------------------------------------
 
 _REFINE_LOCK = threading.Lock()
 _MASTER_PATTERN: Any = None
-_MATCHERS: dict[tuple[float, ...], tuple[MasterPattern, CompressedDictionary]] = {}
+_PROJECTOR: MasterPattern | None = None
+_DICTIONARIES: dict[tuple[float, ...], CompressedDictionary] = {}
 
 
 def master_pattern() -> Any:
@@ -408,45 +480,67 @@ def master_pattern() -> Any:
     return _MASTER_PATTERN
 
 
-def warm_up() -> None:
-    """Import kikuchipy/orix, load the master pattern, build the refinement dictionary at the nominal PC and compile
-    the refinement kernels now (``MATSERVE_EBSD_PRELOAD``), not at the first refinement, scan upload or IPF map."""
+def projector() -> MasterPattern:
+    """The Ni master pattern as the refinement's projector, loaded once per process."""
+    global _PROJECTOR
+    if _PROJECTOR is None:
+        _PROJECTOR = MasterPattern.from_kikuchipy(master_pattern())
+    return _PROJECTOR
+
+
+def warm_up(card: dict[str, Any] | None = None) -> None:
+    """Import kikuchipy/orix, load the master pattern and compile the refinement kernels now
+    (``MATSERVE_EBSD_PRELOAD``), not at the first request, refinement, scan upload or IPF map.
+
+    Parameters
+    ----------
+    card : dict, optional
+        The active version's card. Unless it is a dictionary version, the run-time dictionary that refines a
+        network version's orientations (:func:`matcher`) is built too (~40 s).
+    """
     try:
         with _REFINE_LOCK:
             master_pattern()
-        refine_orientations(np.full((1, 60, 60), 1.0, np.float32) + np.eye(60, dtype=np.float32),
-                            np.array([NOMINAL_PC]), np.array([[1.0, 0.0, 0.0, 0.0]]))  # fmt: skip
+        pattern = np.full((1, 60, 60), 1.0, np.float32) + np.eye(60, dtype=np.float32)
+        start = np.array([[1.0, 0.0, 0.0, 0.0]])
+        in_graph = (card or {}).get("orientation_decoding", {}).get("method") == "dictionary"
+        refine_orientations(pattern, np.array([NOMINAL_PC]), start, starts=start[:, None] if in_graph else None)
+        orientations_from_candidates(start[:, None], np.array([NOMINAL_PC]), NOMINAL_PC)
         from matserve.plots import ipf_z_rgb
 
-        ipf_z_rgb(np.array([[1.0, 0.0, 0.0, 0.0]]))
+        ipf_z_rgb(start)
     except Exception:  # pragma: no cover - a warm-up failure only costs the first request its time
         logger.exception("EBSD warm-up failed")
 
 
 def matcher(nominal_pc: tuple[float, float, float]) -> tuple[MasterPattern, CompressedDictionary]:
-    """The Ni master pattern and the compressed dictionary at ``nominal_pc``, built once per process and PC.
+    """The Ni master pattern and a run-time compressed dictionary at ``nominal_pc``, built once per process and PC
+    (for network versions, whose graph has no dictionary).
 
     The dictionary (m-3m cubochoric grid at :data:`REFINE_DICTIONARY_RESOLUTION_DEG`, 60x60 patterns at the
     nominal PC, :data:`REFINE_DICTIONARY_COMPONENTS` principal components) is simulated from the bundled master
-    pattern, deterministically: about 40 s on 2 cores, ~36 MB. Call with the refinement lock held.
+    pattern, deterministically: about 40 s on 2 cores, ~36 MB; dictionary versions (2.0.0) ship the same one in
+    their graph. Call with the refinement lock held.
     """
     key = tuple(round(float(c), 6) for c in nominal_pc)
-    if key not in _MATCHERS:
+    if key not in _DICTIONARIES:
         started = time.perf_counter()
-        master = MasterPattern.from_kikuchipy(master_pattern())
-        dictionary = CompressedDictionary.build(
-            master, np.asarray(key), REFINE_DICTIONARY_RESOLUTION_DEG, REFINE_DICTIONARY_COMPONENTS
+        _DICTIONARIES[key] = CompressedDictionary.build(
+            projector(), np.asarray(key), REFINE_DICTIONARY_RESOLUTION_DEG, REFINE_DICTIONARY_COMPONENTS
         )
-        _MATCHERS[key] = (master, dictionary)
-        logger.info("EBSD refinement dictionary (%d orientations at PC %s) built in %.1f s", len(dictionary.quaternions),
-                    key, time.perf_counter() - started)  # fmt: skip
-    return _MATCHERS[key]
+        logger.info("EBSD refinement dictionary (%d orientations at PC %s) built in %.1f s",
+                    len(_DICTIONARIES[key].quaternions), key, time.perf_counter() - started)  # fmt: skip
+    return projector(), _DICTIONARIES[key]
 
 
 def refine_orientations(
-    patterns: np.ndarray, pc: np.ndarray, quaternions: np.ndarray, nominal_pc: tuple[float, float, float] = NOMINAL_PC
+    patterns: np.ndarray,
+    pc: np.ndarray,
+    quaternions: np.ndarray,
+    nominal_pc: tuple[float, float, float] = NOMINAL_PC,
+    starts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Refine orientations against the Ni master pattern, starting from the network and from a dictionary.
+    """Refine orientations against the Ni master pattern, from several starts per pattern.
 
     Parameters
     ----------
@@ -455,9 +549,13 @@ def refine_orientations(
     pc : numpy.ndarray
         ``(m, 3)`` projection centres (Bruker convention); sample tilt 70 deg, detector tilt 0 deg.
     quaternions : numpy.ndarray
-        ``(m, 4)`` the network's orientations (sample -> crystal, orix convention).
+        ``(m, 4)`` the fast path's orientations (sample -> crystal, orix convention).
     nominal_pc : tuple of float
-        The PC of the coarse dictionary (the model's nominal PC).
+        The PC of the run-time dictionary (the model's nominal PC); used only without ``starts``.
+    starts : numpy.ndarray, optional
+        ``(m, k, 4)`` starts already found at each pattern's PC (a dictionary version's candidates). Without them,
+        the starts are ``quaternions`` and the :data:`REFINE_CANDIDATES` best matches in the run-time dictionary
+        (:func:`matcher`), corrected from its PC to the pattern's.
 
     Returns
     -------
@@ -469,28 +567,26 @@ def refine_orientations(
 
     Notes
     -----
-    Starts: the network's orientation and the :data:`REFINE_CANDIDATES` best matches in the compressed
-    dictionary (:func:`matcher`), each corrected from the dictionary's PC to the pattern's
-    (:func:`matserve.models.ebsd_matching.pc_correction`). Each start runs a few Levenberg-Marquardt iterations on
-    the NCC at the pattern's own PC (on 2x2-binned patterns), and the best-scoring one is refined to the end
-    (:func:`matserve.models.ebsd_matching.refine`; converges from up to ~3-4 deg away). The dictionary has one
-    PC: the farther a pattern's PC is from it, the more often no start is within reach (see
-    ``training/ebsd/refinement.json``).
+    Each start runs a few Levenberg-Marquardt iterations on the NCC at the pattern's own PC (on 2x2-binned
+    patterns), and the best-scoring one is refined to the end (:func:`matserve.models.ebsd_matching.refine`;
+    converges from up to ~3-4 deg away). The dictionary has one PC: the farther a pattern's PC is from it, the
+    more often no start is within reach (see ``training/ebsd/refinement.json``).
     """
     with _REFINE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        master, dictionary = matcher(nominal_pc)
         prepared = prepare_for_matching(np.asarray(patterns, dtype=np.float32))
         pc = np.asarray(pc, dtype=np.float64).reshape(-1, 3)
-        candidates, _ = dictionary.candidates(prepared, REFINE_CANDIDATES)
-        candidates = quaternion_multiply(candidates, pc_correction(np.asarray(nominal_pc), pc)[:, None, :])
-        starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
-        return refine(master, prepared, pc, starts)
+        if starts is None:
+            _, dictionary = matcher(nominal_pc)
+            candidates, _ = dictionary.candidates(prepared, REFINE_CANDIDATES)
+            candidates = quaternion_multiply(candidates, pc_correction(np.asarray(nominal_pc), pc)[:, None, :])
+            starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
+        return refine(projector(), prepared, pc, np.asarray(starts, dtype=np.float64)[:, :REFINE_STARTS])
 
 
 def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersion,
                  static_background: bool) -> Orientations:  # fmt: skip
-    """Refine a batch's CNN orientations (see :func:`refine_orientations`); checks the card's phase is Ni.
+    """Refine a batch's fast-path orientations (see :func:`refine_orientations`); checks the card's phase is Ni.
 
     Raises
     ------
@@ -512,7 +608,8 @@ def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersi
         patterns = batch.resampled
     started = time.perf_counter()
     nominal_pc = Geometry.from_card(model.card).nominal_pc
-    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion, nominal_pc)
+    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion, nominal_pc,
+                                              starts=orientations.candidates)  # fmt: skip
     elapsed = time.perf_counter() - started
     logger.info("refined %d orientation(s) in %.2f s (%.1f patterns/s)", len(scores), elapsed,
                 len(scores) / max(elapsed, 1e-9))  # fmt: skip

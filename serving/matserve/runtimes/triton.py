@@ -61,7 +61,7 @@ class TritonRuntime:
         self.transport = KServeTransport(url, timeout=timeout_s, connect_timeout=1.0)
         self.fallback = fallback
         self.breaker = CircuitBreaker(f"Triton at {url}", retry_after_s)
-        self._numbers: dict[tuple[str, str], str] = {}
+        self._numbers: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def load(self, model: ModelVersion) -> None:
@@ -82,9 +82,9 @@ class TritonRuntime:
         if self.fallback is not None and not self.breaker.allow():
             return self._fall_back(model, inputs)
         try:
-            number = self._triton_version(model)
+            triton_name, number = self._triton_version(model)
             try:
-                outputs, _ = self.transport.infer(model.name, inputs, [o["name"] for o in model.tensor_specs("outputs")],
+                outputs, _ = self.transport.infer(triton_name, inputs, [o["name"] for o in model.tensor_specs("outputs")],
                                                   version=number)  # fmt: skip
             except MatserveConnectionError as error:
                 raise _Unreachable(self._unavailable(error)) from None
@@ -112,7 +112,9 @@ class TritonRuntime:
         RUNTIME_FALLBACKS.labels(model=model.name, version=model.version).inc()
         return self.fallback.run(model, inputs)
 
-    def _triton_version(self, model: ModelVersion) -> str:
+    def _triton_version(self, model: ModelVersion) -> tuple[str, str]:
+        """(Triton model name, Triton version number) serving a registry version (the name differs from the
+        registry's for an older version with another tensor interface; see ``matserve.triton.repository``)."""
         key = (model.name, model.version)
         with self._lock:
             if key in self._numbers:
@@ -132,9 +134,10 @@ class TritonRuntime:
                         f"(model.onnx sha256 {entry['sha256'][:12]}…, registry {sha256[:12]}…); rebuild its "
                         "repository with `matserve triton build-repo`"
                     )
+                found = (entry.get("model", model.name), number)
                 with self._lock:
-                    self._numbers[key] = number
-                return number
+                    self._numbers[key] = found
+                return found
         raise Unavailable(
             f"Triton at {self.url} does not serve {model.name} {model.version} (it has "
             f"{', '.join(e['version'] for e in mapping.values()) or 'none'}); rebuild its repository"

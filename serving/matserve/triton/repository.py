@@ -7,6 +7,8 @@ Layout written by :func:`build_repository` (``matserve triton build-repo OUT --t
         config.pbtxt                 cpu: python backend running model.onnx with ONNX Runtime
                                      gpu: the official container's onnxruntime backend, KIND_GPU
         1/model.onnx                 registry version 1.0.0 (card.json and model.py too for cpu)
+      ebsd_indexer/2/model.onnx      versions with the newest version's tensor interface
+      ebsd_indexer__1.0.0/1/...      an older version with other inputs/outputs (:func:`triton_models`)
       formation_enthalpy_formulas/   domain model (python backend, both targets): formulas in (BYTES)
         config.pbtxt                 it runs the same codec as the HTTP API, then calls the tensor
         1/model.py, card.json        model above through BLS, so a gRPC client sends formulas
@@ -83,6 +85,32 @@ def triton_versions(registry: Registry, name: str) -> dict[str, ModelVersion]:
     return {str(i): registry.get(name, v) for i, v in enumerate(registry.versions(name), start=1)}
 
 
+def _signature(model: ModelVersion) -> str:
+    """The tensor interface of a version (names, dtypes and shapes of its inputs and outputs)."""
+    specs = {kind: [(t["name"], t["dtype"], [int(d) for d in t["shape"]]) for t in model.tensor_specs(kind)]
+             for kind in ("inputs", "outputs")}  # fmt: skip
+    return json.dumps(specs, sort_keys=True)
+
+
+def triton_models(registry: Registry, name: str) -> dict[str, dict[str, ModelVersion]]:
+    """Triton tensor model name -> {Triton version number -> registry version}.
+
+    A Triton model has one config, so one tensor interface for all its versions. Versions with the newest
+    version's interface are the Triton model ``name``; a version whose inputs or outputs differ (e.g.
+    ``ebsd_indexer`` 1.0.0's axis maps next to 2.0.0's dictionary matches) goes with the versions of its interface
+    into ``<name>__<its oldest registry version>``. Version numbers stay those of :func:`triton_versions`.
+    """
+    versions = triton_versions(registry, name)
+    newest = _signature(list(versions.values())[-1])
+    groups: dict[str, dict[str, ModelVersion]] = {}
+    first_of: dict[str, str] = {}
+    for number, version in versions.items():
+        signature = _signature(version)
+        model_name = name if signature == newest else f"{name}__{first_of.setdefault(signature, version.version)}"
+        groups.setdefault(model_name, {})[number] = version
+    return groups
+
+
 def _quote(text: str) -> str:
     return json.dumps(text)  # protobuf text format accepts JSON string escapes
 
@@ -105,8 +133,10 @@ def _parameters(values: dict[str, str]) -> str:
 def _version_parameters(registry: Registry, name: str) -> dict[str, str]:
     versions = triton_versions(registry, name)
     active = registry.active_version(name)
+    model_of = {n: model_name for model_name, group in triton_models(registry, name).items() for n in group}
     mapping = {
-        n: {"version": mv.version, "sha256": mv.card["files"]["model.onnx"]["sha256"]} for n, mv in versions.items()
+        n: {"version": mv.version, "sha256": mv.card["files"]["model.onnx"]["sha256"], "model": model_of[n]}
+        for n, mv in versions.items()
     }
     active_number = next(n for n, mv in versions.items() if mv.version == active)
     return {"matserve_versions": json.dumps(mapping, sort_keys=True), "matserve_active_version": active_number}
@@ -117,12 +147,19 @@ def max_batch_size(model: ModelVersion, default: int = 1024) -> int:
     return int(model.card.get("serving", {}).get("max_batch_size", default))
 
 
-def tensor_config(registry: Registry, name: str, target: Target, instances: int = 1) -> str:
-    """``config.pbtxt`` of the tensor model (onnxruntime backend on GPU, python + ONNX Runtime on CPU)."""
-    versions = triton_versions(registry, name)
+def tensor_config(
+    registry: Registry, name: str, target: Target, instances: int = 1, triton_name: str | None = None
+) -> str:
+    """``config.pbtxt`` of a tensor model (onnxruntime backend on GPU, python + ONNX Runtime on CPU).
+
+    ``triton_name`` is one of :func:`triton_models` (default ``name``): the config serves that group's versions;
+    its ``matserve_versions`` map names every version of the registry model and the Triton model serving it.
+    """
+    triton_name = triton_name or name
+    versions = triton_models(registry, name)[triton_name]
     newest = list(versions.values())[-1]
     batch = max_batch_size(newest)
-    lines = [f"name: {_quote(name)}"]
+    lines = [f"name: {_quote(triton_name)}"]
     if target == "gpu":
         lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
     else:
@@ -208,18 +245,22 @@ def build_repository(registry: Registry, out: Path, target: Target = "cpu", inst
     manifest: dict = {"target": target, "registry": str(registry.root.resolve()), "models": {}}
     for name in registry.names():
         versions = triton_versions(registry, name)
-        model_dir = out / name
-        model_dir.mkdir()
-        (model_dir / "config.pbtxt").write_text(tensor_config(registry, name, target, instances))
-        for number, version in versions.items():
-            _place(version.file("model.onnx"), model_dir / number / "model.onnx")
-            if target == "cpu":
-                shutil.copy2(PYTHON_MODELS / "onnx_model.py", model_dir / number / "model.py")
+        groups = triton_models(registry, name)
+        for triton_name, group in groups.items():
+            model_dir = out / triton_name
+            model_dir.mkdir()
+            (model_dir / "config.pbtxt").write_text(tensor_config(registry, name, target, instances, triton_name))
+            for number, version in group.items():
+                _place(version.file("model.onnx"), model_dir / number / "model.onnx")
+                if target == "cpu":
+                    shutil.copy2(PYTHON_MODELS / "onnx_model.py", model_dir / number / "model.py")
         entry = {
             "tensor_model": name,
             "active_version": registry.active_version(name),
             "versions": {n: v.version for n, v in versions.items()},
         }
+        if len(groups) > 1:
+            entry["tensor_models"] = {triton_name: sorted(group) for triton_name, group in groups.items()}
         if name in DOMAIN_MODELS:
             domain_dir = out / domain_model_name(name)
             domain_dir.mkdir()
