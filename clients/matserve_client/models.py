@@ -177,7 +177,8 @@ class EbsdIndexResult(BaseModel):
         Unit quaternion (a, b, c, d), orix convention, rotation from the sample to the crystal frame (as
         kikuchipy's ``CrystalMap.rotations``), fundamental zone, ``a >= 0``.
     expected_error_deg : float
-        The network's estimate of its own disorientation error, degrees.
+        The estimated disorientation error, degrees (2.0.0: calibrated from the match similarity; 1.0.0: the
+        network's fit residual).
     confidence : float
         ``exp(-expected_error_deg / 1 deg)``.
     pc : list of float
@@ -187,7 +188,7 @@ class EbsdIndexResult(BaseModel):
     refinement_score : float or None
         Normalised cross-correlation of the pattern with the simulation at the refined orientation.
     refinement_change_deg : float or None
-        Disorientation between the CNN's and the refined orientation, degrees.
+        Disorientation between the fast path's and the refined orientation, degrees.
     source : str or None
         The file the pattern came from (``path`` or ``path[k]`` for the k-th pattern of a TIFF or ``.npy``).
     model, version : str

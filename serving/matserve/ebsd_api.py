@@ -117,12 +117,16 @@ class EbsdResult(BaseModel):
     euler_bunge_deg: list[float] = Field(description="Bunge ZXZ (phi1, Phi, phi2), degrees, m-3m fundamental zone")
     euler_bunge_rad: list[float] = Field(description="the same angles in radians")
     quaternion: list[float] = Field(description="unit quaternion (a, b, c, d), sample -> crystal, a >= 0, orix")
-    expected_error_deg: float = Field(description="the network's estimate of its own error, degrees")
+    expected_error_deg: float = Field(
+        description="estimated disorientation error, degrees (calibrated on validation data)"
+    )
     confidence: float = Field(description="exp(-expected_error_deg / 1 deg)")
     pc: list[float] = Field(description="projection centre used (PCx, PCy, PCz), Bruker convention")
     refined: bool
     refinement_score: float | None = Field(default=None, description="NCC of the refined orientation")
-    refinement_change_deg: float | None = Field(default=None, description="CNN -> refined disorientation, degrees")
+    refinement_change_deg: float | None = Field(
+        default=None, description="fast path -> refined disorientation, degrees"
+    )
     source: str | None = Field(default=None, description="file part (and page/index) of a multipart upload")
 
 
