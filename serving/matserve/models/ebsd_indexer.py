@@ -3,12 +3,13 @@
 Patterns are checked and area-resampled to 60x60 by :mod:`matserve.codecs.ebsd` (the function the training
 simulator uses). Two kinds of registry versions, told apart by the card's ``orientation_decoding.method``:
 
-* **dictionary** (2.0.0, active): the graph takes the resampled patterns, removes their background, standardises
-  them and matches them against a compressed dictionary (30,443 dynamical simulations on a 3 deg grid of the
-  m-3m fundamental zone at the nominal PC, compared on 300 principal components); it answers the best
-  :data:`CANDIDATES` matches, which :func:`orientations_from_candidates` rotates to each pattern's PC. The answer
-  is the best one; ``expected_error_deg`` is the card's validation calibration of its similarity
-  (:func:`expected_error_from_similarity`). Built, not trained: ``python -m training.ebsd.dictionary``;
+* **dictionary** (2.0.0, active): each resampled pattern is first warped from its PC onto the detector as seen
+  from the nominal PC (:func:`matserve.models.ebsd_matching.warp_to_pc`, exact geometry); the graph removes its
+  background, standardises it and matches it against a compressed dictionary (30,443 dynamical simulations on a
+  3 deg grid of the m-3m fundamental zone at the nominal PC, compared on 300 principal components), and answers
+  the best :data:`CANDIDATES` matches. The answer is the best one; ``expected_error_deg`` is the card's
+  validation calibration of its similarity (:func:`expected_error_from_similarity`). Built, not trained:
+  ``python -m training.ebsd.dictionary``;
 * **network** (1.0.0, the CNN preview): the graph takes normalised patterns and answers a cube-axis proximity map
   per pattern, which :mod:`matserve.codecs.orientation` turns into the orientation for the pattern's PC by least
   squares; the fit's residual, calibrated on validation data, is the error estimate.
@@ -64,7 +65,6 @@ from matserve.codecs.ebsd import (
 from matserve.codecs.orientation import (
     disorientation_deg,
     orientations_from_axis_map,
-    quaternion_multiply,
     quaternion_to_euler_bunge,
     reduce_to_fundamental_zone,
 )
@@ -73,9 +73,9 @@ from matserve.models.base import Prediction, ServedModel
 from matserve.models.ebsd_matching import (
     CompressedDictionary,
     MasterPattern,
-    pc_correction,
     prepare_for_matching,
     refine,
+    warp_to_pc,
 )
 from matserve.registry import ModelVersion
 
@@ -114,32 +114,6 @@ MIN_STATIC_BACKGROUND_PATTERNS = 9
 def confidence(expected_error_deg: np.ndarray) -> np.ndarray:
     """``exp(-expected_error_deg / 1 deg)``: 1 for no expected error, 0.37 at 1 deg, 0.05 at 3 deg."""
     return np.exp(-np.clip(np.asarray(expected_error_deg, dtype=np.float64), 0.0, None) / CONFIDENCE_SCALE_DEG)
-
-
-def orientations_from_candidates(
-    candidates: np.ndarray, pc: np.ndarray, nominal_pc: tuple[float, float, float]
-) -> np.ndarray:
-    """Dictionary matches found at the nominal PC, rotated to each pattern's PC.
-
-    Parameters
-    ----------
-    candidates : numpy.ndarray
-        ``(m, k, 4)`` orix quaternions (sample -> crystal) from a dictionary simulated at ``nominal_pc``.
-    pc : numpy.ndarray
-        ``(m, 3)`` each pattern's projection centre (Bruker convention).
-    nominal_pc : tuple of float
-        The dictionary's PC.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(m, k, 4)`` float64 (see :func:`matserve.models.ebsd_matching.pc_correction`; not reduced to the
-        fundamental zone).
-    """
-    correction = pc_correction(
-        np.asarray(nominal_pc, dtype=np.float64), np.asarray(pc, dtype=np.float64).reshape(-1, 3)
-    )
-    return quaternion_multiply(np.asarray(candidates, dtype=np.float64), correction[:, None, :])
 
 
 def expected_error_from_similarity(similarity: np.ndarray, calibration: dict[str, list[float]]) -> np.ndarray:
@@ -273,9 +247,10 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         """Run the version's graph and decode each pattern's orientation for its PC: ``quaternion`` and
         ``expected_error_deg``, plus ``candidates`` ``(m, k, 4)`` for a dictionary version.
 
-        * dictionary versions (card ``orientation_decoding.method == "dictionary"``): the graph takes the resampled
-          patterns and answers its best matches at the nominal PC; :func:`orientations_from_candidates` rotates
-          them to each pattern's PC; the error estimate is the card's calibration of the best similarity;
+        * dictionary versions (card ``orientation_decoding.method == "dictionary"``): the resampled patterns,
+          warped from their PCs to the nominal one (:func:`matserve.models.ebsd_matching.warp_to_pc`), go through
+          the graph, which answers the best dictionary matches; the error estimate is the card's calibration of
+          the best similarity;
         * network versions: the graph takes normalised patterns and answers axis maps, which
           :func:`matserve.codecs.orientation.orientations_from_axis_map` fits (the fit residual times the card's
           validation calibration is the error estimate).
@@ -286,11 +261,14 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
         decoding = model.card.get("orientation_decoding", {})
         if decoding.get("method") == "dictionary":
-            parts = [self.runtime.run(model, {INPUT_PATTERNS: batch.resampled[i : i + size]})
-                     for i in range(0, len(batch.rows), size)]  # fmt: skip
-            found = np.concatenate([np.asarray(p[OUTPUT_CANDIDATE_QUATERNIONS], dtype=np.float64) for p in parts])
+            geometry = prepared.geometry
+            parts = [
+                self.runtime.run(model, {INPUT_PATTERNS: warp_to_pc(batch.resampled[i : i + size], batch.pc[i : i + size],
+                                                                    np.asarray(geometry.nominal_pc))})
+                for i in range(0, len(batch.rows), size)
+            ]  # fmt: skip
+            candidates = np.concatenate([np.asarray(p[OUTPUT_CANDIDATE_QUATERNIONS], dtype=np.float64) for p in parts])
             similarity = np.concatenate([np.asarray(p[OUTPUT_CANDIDATE_SIMILARITY], dtype=np.float64) for p in parts])
-            candidates = orientations_from_candidates(found, batch.pc, prepared.geometry.nominal_pc)
             error = expected_error_from_similarity(similarity[:, 0], decoding["error_by_similarity"])
             return {OUTPUT_QUATERNION: candidates[:, 0], OUTPUT_ERROR: error, OUTPUT_CANDIDATES: candidates}
         maps = np.concatenate([
@@ -505,7 +483,7 @@ def warm_up(card: dict[str, Any] | None = None) -> None:
         start = np.array([[1.0, 0.0, 0.0, 0.0]])
         in_graph = (card or {}).get("orientation_decoding", {}).get("method") == "dictionary"
         refine_orientations(pattern, np.array([NOMINAL_PC]), start, starts=start[:, None] if in_graph else None)
-        orientations_from_candidates(start[:, None], np.array([NOMINAL_PC]), NOMINAL_PC)
+        warp_to_pc(pattern, np.array([NOMINAL_PC]), np.asarray(NOMINAL_PC))
         from matserve.plots import ipf_z_rgb
 
         ipf_z_rgb(start)
@@ -553,9 +531,9 @@ def refine_orientations(
     nominal_pc : tuple of float
         The PC of the run-time dictionary (the model's nominal PC); used only without ``starts``.
     starts : numpy.ndarray, optional
-        ``(m, k, 4)`` starts already found at each pattern's PC (a dictionary version's candidates). Without them,
-        the starts are ``quaternions`` and the :data:`REFINE_CANDIDATES` best matches in the run-time dictionary
-        (:func:`matcher`), corrected from its PC to the pattern's.
+        ``(m, k, 4)`` starts already found (a dictionary version's candidates). Without them, the starts are
+        ``quaternions`` and the :data:`REFINE_CANDIDATES` best matches of the patterns, warped to the nominal PC,
+        in the run-time dictionary (:func:`matcher`).
 
     Returns
     -------
@@ -574,12 +552,13 @@ def refine_orientations(
     """
     with _REFINE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_for_matching(np.asarray(patterns, dtype=np.float32))
+        patterns = np.asarray(patterns, dtype=np.float32)
+        prepared = prepare_for_matching(patterns)
         pc = np.asarray(pc, dtype=np.float64).reshape(-1, 3)
         if starts is None:
             _, dictionary = matcher(nominal_pc)
-            candidates, _ = dictionary.candidates(prepared, REFINE_CANDIDATES)
-            candidates = quaternion_multiply(candidates, pc_correction(np.asarray(nominal_pc), pc)[:, None, :])
+            warped = warp_to_pc(patterns, pc, np.asarray(nominal_pc))
+            candidates, _ = dictionary.candidates(prepare_for_matching(warped), REFINE_CANDIDATES)
             starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
         return refine(projector(), prepared, pc, np.asarray(starts, dtype=np.float64)[:, :REFINE_STARTS])
 

@@ -44,10 +44,6 @@ SCREEN_ITERATIONS = 3
 SCREEN_BINNING = 2
 #: Patterns compared with the whole dictionary at a time (bounds the similarity matrix to ~60 MB).
 SEARCH_CHUNK = 512
-#: Distinct PCs whose viewing directions :func:`pc_correction` computes at a time.
-PC_CHUNK = 1024
-#: :func:`pc_correction` averages the viewing directions of this many x this many points of the screen.
-VIEW_GRID = 12
 #: Dictionary patterns simulated and prepared at a time while building a :class:`CompressedDictionary`.
 BUILD_CHUNK = 4096
 
@@ -97,11 +93,9 @@ def direction_cosines(
     point ``(x, y, 1)`` times ``PCz``, rotated from the detector into the sample frame, normalised.
     """
     pc = np.atleast_2d(np.asarray(pc, dtype=np.float64))
-    pcx, pcy, pcz = pc[:, 0], pc[:, 1], pc[:, 2]
+    pcz = pc[:, 2]
     rows, cols = shape
-    aspect = cols / rows
-    x_min, x_max = -aspect * pcx / pcz, aspect * (1.0 - pcx) / pcz
-    y_min, y_max = -(1.0 - pcy) / pcz, pcy / pcz
+    x_min, x_max, y_min, y_max = gnomonic_bounds(pc, shape).T
     gn_x = x_min[:, None] + (np.arange(cols) + 0.5) * ((x_max - x_min) / cols)[:, None]  # (m, cols)
     gn_y = y_max[:, None] - (np.arange(rows) + 0.5) * ((y_max - y_min) / rows)[:, None]  # (m, rows)
     vectors = np.empty((len(pc), rows, cols, 3))
@@ -114,30 +108,76 @@ def direction_cosines(
     return vectors
 
 
-def pc_correction(from_pc: np.ndarray, to_pc: np.ndarray, shape: tuple[int, int] = (60, 60)) -> np.ndarray:
-    """Rotations ``r`` ``(m, 4)`` such that an orientation ``q`` found at ``from_pc`` is about ``q * r`` at each
-    ``to_pc`` ``(m, 3)``.
+def gnomonic_bounds(pc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """kikuchipy's gnomonic bounds ``(m, 4)`` ``[x_min, x_max, y_min, y_max]`` of Bruker PCs ``(m, 3)`` on a
+    detector of ``shape`` (see :func:`direction_cosines`)."""
+    pc = np.atleast_2d(np.asarray(pc, dtype=np.float64))
+    pcx, pcy, pcz = pc[:, 0], pc[:, 1], pc[:, 2]
+    aspect = shape[1] / shape[0]
+    return np.column_stack([-aspect * pcx / pcz, aspect * (1.0 - pcx) / pcz, -(1.0 - pcy) / pcz, pcy / pcz])
 
-    A shifted PC moves the pattern on the screen: the crystal direction seen at the screen's centre changes. ``r``
-    is the smallest rotation taking the screen's mean viewing direction at ``to_pc`` onto the one at ``from_pc``
-    (sample frame), so ``q * r`` sees at ``to_pc`` what ``q`` saw at ``from_pc`` there (exact for the centre, first
-    order elsewhere; a PCz change also zooms, which no rotation undoes).
+
+@compiled(fastmath=True)
+def _warp(patterns: np.ndarray, bounds: np.ndarray, gn_x: np.ndarray, gn_y: np.ndarray, out: np.ndarray) -> None:
+    n, rows, cols = patterns.shape
+    for i in range(n):
+        x_step = (bounds[i, 1] - bounds[i, 0]) / cols
+        y_step = (bounds[i, 3] - bounds[i, 2]) / rows
+        for p in range(gn_x.shape[0]):
+            col = min(max((gn_x[p] - bounds[i, 0]) / x_step - 0.5, 0.0), cols - 1.0)
+            row = min(max((bounds[i, 3] - gn_y[p]) / y_step - 0.5, 0.0), rows - 1.0)
+            c0 = min(int(col), cols - 2)
+            r0 = min(int(row), rows - 2)
+            fc = col - c0
+            fr = row - r0
+            top = patterns[i, r0, c0] * (1.0 - fc) + patterns[i, r0, c0 + 1] * fc
+            bottom = patterns[i, r0 + 1, c0] * (1.0 - fc) + patterns[i, r0 + 1, c0 + 1] * fc
+            out[i, p // cols, p % cols] = top * (1.0 - fr) + bottom * fr
+
+
+def warp_to_pc(
+    patterns: np.ndarray,
+    pc: np.ndarray,
+    target_pc: np.ndarray,
+    sample_tilt_deg: float = 70.0,
+    detector_tilt_deg: float = 0.0,
+) -> np.ndarray:
+    """Patterns taken at their own PCs, resampled to look as if taken at ``target_pc`` (same detector shape).
+
+    A Kikuchi pattern's intensity is a function of the ray's direction from the beam spot; a PC is where the
+    detector plane sits relative to that spot. Each target pixel's ray (:func:`direction_cosines` at
+    ``target_pc``) meets the pattern's own detector at a gnomonic point that only depends on the pattern's PC;
+    the pattern is sampled there, bilinearly. This is exact geometry (a homography between two detector planes seen
+    from one point), so a dictionary simulated at one PC matches patterns from any PC without a correction of the
+    orientation. Target pixels whose rays miss the pattern's screen take its nearest edge pixel.
+
+    Parameters
+    ----------
+    patterns : numpy.ndarray
+        ``(n, rows, cols)`` detector intensities.
+    pc : numpy.ndarray
+        ``(n, 3)`` (or ``(3,)``) each pattern's PC, Bruker convention.
+    target_pc : numpy.ndarray
+        ``(3,)`` the PC to resample to.
+    sample_tilt_deg, detector_tilt_deg : float
+        Tilts of both geometries, degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, rows, cols)`` float32.
     """
-    pcs = np.vstack([np.asarray(from_pc, dtype=np.float64).reshape(1, 3), np.asarray(to_pc, dtype=np.float64)])
-    unique, inverse = np.unique(np.round(pcs, 6), axis=0, return_inverse=True)
-    # chunks of PCs keep the (chunk, pixels, 3) direction cosines small when a scan has one PC per pixel
-    # the mean over a coarse grid of the same screen (12 x 12 for a square one): within 0.002 deg of the mean over
-    # every pixel of a 60 x 60 screen, and 28x cheaper for a batch whose patterns all have their own PC
-    scale = VIEW_GRID / max(shape)
-    coarse = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
-    views = np.concatenate([direction_cosines(unique[start : start + PC_CHUNK], coarse).mean(axis=1)
-                            for start in range(0, len(unique), PC_CHUNK)])  # fmt: skip
-    views /= np.linalg.norm(views, axis=1, keepdims=True)
-    views = views[inverse.reshape(-1)]
-    target, sources = views[0], views[1:]
-    # the rotation taking a onto b: half-angle quaternion (1 + a.b, a x b), normalised
-    rotations = np.column_stack([1.0 + sources @ target, np.cross(sources, target)])
-    return rotations / np.linalg.norm(rotations, axis=1, keepdims=True)
+    patterns = np.ascontiguousarray(patterns, dtype=np.float32)
+    n, rows, cols = patterns.shape
+    pc = np.broadcast_to(np.asarray(pc, dtype=np.float64).reshape(-1, 3), (n, 3))
+    rays = direction_cosines(np.asarray(target_pc, dtype=np.float64).reshape(1, 3), (rows, cols),
+                             sample_tilt_deg, detector_tilt_deg)[0]  # fmt: skip
+    on_detector = rays @ sample_to_detector_matrix(sample_tilt_deg, detector_tilt_deg).T
+    gn_x = np.ascontiguousarray(on_detector[:, 0] / on_detector[:, 2])
+    gn_y = np.ascontiguousarray(on_detector[:, 1] / on_detector[:, 2])
+    out = np.empty_like(patterns)
+    _warp(patterns, np.ascontiguousarray(gnomonic_bounds(pc, (rows, cols))), gn_x, gn_y, out)
+    return out
 
 
 # -------------------------------------------------------------------------------------------- numba kernels
