@@ -33,9 +33,9 @@ dictionary version's candidates (a network version: from the CNN's orientation a
 dictionary, built at run time, ~40 s), runs Levenberg-Marquardt on the normalised cross-correlation from each
 (:mod:`matserve.models.ebsd_matching`), and answers the best, with ``refined: true``, the NCC
 ``refinement_score`` and ``refinement_change_deg`` (disorientation between the fast path's and the refined
-orientation: large when another start won). kikuchipy and orix are imported on first use of the PC correction,
-refinement, scans or IPF maps (a few seconds; ~80 s with the kernels' first compilation), or at start-up with
-``MATSERVE_EBSD_PRELOAD``.
+orientation: large when another start won). kikuchipy and orix are imported on first use of refinement, scans or
+IPF maps (a few seconds; ~40 s more with the refinement kernels' first compilation), or at start-up with
+``MATSERVE_EBSD_PRELOAD``; the fast path needs neither.
 
 Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
 does per pattern.
@@ -100,8 +100,8 @@ CONFIDENCE_SCALE_DEG = 1.0
 REFINE_DICTIONARY_RESOLUTION_DEG = 3.0
 """Grid spacing of the refinement's coarse dictionary, degrees (30,443 orientations in the m-3m zone)."""
 REFINE_DICTIONARY_COMPONENTS = 300
-"""Principal components the coarse dictionary keeps. Measured on 300 held-out noisy patterns (PC-corrected
-starts within 3 deg among the best 3): 200 components 94 %, 300 components 97 %."""
+"""Principal components the coarse dictionary keeps. Measured on 300 held-out noisy patterns (starts within 3 deg
+among the best 3, with the rotation PC correction used before the warp): 200 components 94 %, 300 components 97 %."""
 REFINE_CANDIDATES = 4
 """Dictionary matches refined per pattern, besides the network's orientation (with 300 components, the best 3
 hold a start within 3 deg for 97 % of noisy patterns, the best 6 for 98 %; 4 balance outliers and speed)."""
@@ -547,8 +547,8 @@ def refine_orientations(
     -----
     Each start runs a few Levenberg-Marquardt iterations on the NCC at the pattern's own PC (on 2x2-binned
     patterns), and the best-scoring one is refined to the end (:func:`matserve.models.ebsd_matching.refine`;
-    converges from up to ~3-4 deg away). The dictionary has one PC: the farther a pattern's PC is from it, the
-    more often no start is within reach (see ``training/ebsd/refinement.json``).
+    converges from up to ~3-4 deg away). Patterns no start is within reach of (2-3 % of noisy simulated ones, most
+    low-dose ones; ``training/ebsd/refinement.json``) stay wrong.
     """
     with _REFINE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
