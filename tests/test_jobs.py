@@ -200,7 +200,8 @@ def test_a_killed_workers_chunk_is_taken_over_by_another_worker(tmp_path: Path, 
     redis_server.start()
     env = {"REDIS_URL": redis_server.url, "MATSERVE_ORT_THREADS": "1", "MATSERVE_JOB_CLAIM_IDLE_S": "2"}
     store = RedisJobStore(redis_server.url, ttl_s=600, max_attempts=3, claim_idle_s=2)
-    version = httpx.get(redis_stack.url + "/v1/models").json()["models"][0]["active_version"]
+    listed = httpx.get(redis_stack.url + "/v1/models").json()["models"]
+    version = next(m["active_version"] for m in listed if m["name"] == MODEL)
     items = formulas(3000, seed=200)
     job = store.submit(MODEL, version, items, chunk_size=500)
     client = redis_server.client()
