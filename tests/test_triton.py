@@ -491,8 +491,12 @@ def test_triton_serve_command_builds_serves_and_stops_on_sigint(tmp_path: Path) 
             assert client.formation_enthalpy(["NaCl"])[0].ok
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert 'nv_inference_request_success{model="formation_enthalpy_formulas"' in metrics
+        # the command announces readiness from its own poll of /v2/health/ready, which may come a moment after ours
+        deadline = time.monotonic() + 30
+        while "Triton ready" not in log.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
-        assert "Triton ready" in log.read_text()
     finally:
         stop(process)
