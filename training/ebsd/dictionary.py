@@ -13,7 +13,7 @@ Nothing is trained. The dictionary is simulated from the Ni master pattern shipp
 
 The graph (:func:`dictionary_graph`) does the whole match for a batch of resampled 60x60 patterns: the same
 preparation, the projection on the principal axes, cosine similarity with every dictionary entry, and the
-:data:`CANDIDATES` best entries (orientations and similarities). The server first warps each pattern from its own
+:data:`REFINE_CANDIDATES` best entries (orientations and similarities). The server first warps each pattern from its own
 PC onto the detector as seen from the nominal PC (:func:`matserve.models.ebsd_matching.warp_to_pc`). The
 coefficients are stored as float16 (half the file; ONNX Runtime casts them to float32 once, at load).
 
@@ -41,9 +41,9 @@ import numpy as np
 
 from matserve.codecs.ebsd import CLIP_SIGMA, NOMINAL_PC, PATTERN_SIDE_PX, _gaussian_matrix
 from matserve.models.ebsd_indexer import (
-    CANDIDATES,
     OUTPUT_CANDIDATE_QUATERNIONS,
     OUTPUT_CANDIDATE_SIMILARITY,
+    REFINE_CANDIDATES,
     REFINE_DICTIONARY_COMPONENTS,
     REFINE_DICTIONARY_RESOLUTION_DEG,
     expected_error_from_similarity,
@@ -66,7 +66,9 @@ OPSET = 13
 CALIBRATION_BINS = 10
 
 
-def dictionary_graph(dictionary: CompressedDictionary, candidates: int = CANDIDATES, side: int = PATTERN_SIDE_PX):
+def dictionary_graph(
+    dictionary: CompressedDictionary, candidates: int = REFINE_CANDIDATES, side: int = PATTERN_SIDE_PX
+):
     """The ONNX model: resampled patterns ``(n, side, side)`` float32 in; the ``candidates`` best dictionary
     orientations ``(n, candidates, 4)`` (at the dictionary's PC) and their cosine similarities ``(n, candidates)``
     out, best first.
@@ -317,13 +319,13 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "name": OUTPUT_CANDIDATE_QUATERNIONS,
                 "dtype": "float32",
-                "shape": [-1, CANDIDATES, 4],
+                "shape": [-1, REFINE_CANDIDATES, 4],
                 "unit": "the best dictionary orientations, orix quaternions (sample -> crystal)",
             },
             {
                 "name": OUTPUT_CANDIDATE_SIMILARITY,
                 "dtype": "float32",
-                "shape": [-1, CANDIDATES],
+                "shape": [-1, REFINE_CANDIDATES],
                 "unit": "cosine similarity in the 300-component space (-1 to 1), best first",
             },
         ],

@@ -7,7 +7,7 @@ simulator uses). Two kinds of registry versions, told apart by the card's ``orie
   from the nominal PC (:func:`matserve.models.ebsd_matching.warp_to_pc`, exact geometry); the graph removes its
   background, standardises it and matches it against a compressed dictionary (30,443 dynamical simulations on a
   3 deg grid of the m-3m fundamental zone at the nominal PC, compared on 300 principal components), and answers
-  the best :data:`CANDIDATES` matches. The answer is the best one; ``expected_error_deg`` is the card's
+  the best :data:`REFINE_CANDIDATES` matches. The answer is the best one; ``expected_error_deg`` is the card's
   validation calibration of its similarity (:func:`expected_error_from_similarity`). Built, not trained:
   ``python -m training.ebsd.dictionary``;
 * **network** (1.0.0, the CNN preview): the graph takes normalised patterns and answers a cube-axis proximity map
@@ -88,8 +88,6 @@ OUTPUT_ERROR = "expected_error_deg"
 OUTPUT_CANDIDATE_QUATERNIONS = "candidate_quaternions"
 OUTPUT_CANDIDATE_SIMILARITY = "candidate_similarity"
 OUTPUT_CANDIDATES = "candidates"
-CANDIDATES = 4
-"""Best dictionary matches a dictionary version's graph answers per pattern (the refinement's starts)."""
 RUN_BATCH = 1024
 """Most patterns per runtime call (or the card's ``serving.max_batch_size``, Triton's limit, if smaller); also
 bounds ONNX Runtime's working memory."""
@@ -103,10 +101,9 @@ REFINE_DICTIONARY_COMPONENTS = 300
 """Principal components the coarse dictionary keeps. Measured on 300 held-out noisy patterns (starts within 3 deg
 among the best 3, with the rotation PC correction used before the warp): 200 components 94 %, 300 components 97 %."""
 REFINE_CANDIDATES = 4
-"""Dictionary matches refined per pattern, besides the network's orientation (with 300 components, the best 3
-hold a start within 3 deg for 97 % of noisy patterns, the best 6 for 98 %; 4 balance outliers and speed)."""
-REFINE_STARTS = 5
-"""Most starts refined per pattern (network versions: the network's orientation and 4 dictionary matches)."""
+"""Dictionary matches refined per pattern (and the matches a dictionary version's graph answers), besides a network
+version's own orientation (with 300 components, the best 3 hold a start within 3 deg for 97 % of noisy patterns,
+the best 6 for 98 %; 4 balance outliers and speed)."""
 MIN_STATIC_BACKGROUND_PATTERNS = 9
 """``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
 
@@ -560,7 +557,7 @@ def refine_orientations(
             warped = warp_to_pc(patterns, pc, np.asarray(nominal_pc))
             candidates, _ = dictionary.candidates(prepare_for_matching(warped), REFINE_CANDIDATES)
             starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
-        return refine(projector(), prepared, pc, np.asarray(starts, dtype=np.float64)[:, :REFINE_STARTS])
+        return refine(projector(), prepared, pc, np.asarray(starts, dtype=np.float64))
 
 
 def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersion,
