@@ -28,9 +28,9 @@ from matserve.codecs.detector_files import (
     read_frames,
     sniff_format,
 )
-from matserve.codecs.scattering import ImageError, encode_image
+from matserve.codecs.scattering import ImageError, Setup, encode_image, setup_features
 from matserve.errors import InvalidInput
-from matserve.models.scattering_sorter import Labels, ScatteringSorterModel
+from matserve.models.scattering_sorter import Labels, ScatteringSorterModel, uses_setup
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
 from tests.conftest import MODELS_DIR
@@ -430,6 +430,68 @@ def test_the_codec_works_from_a_read_only_installation_without_a_writable_home(t
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
+# -- the measurement setup ----------------------------------------------------------------------------------------
+
+PILATUS_100K_Q_SPAN = 2.16543  # 1/A: D 0.25 m, 1 A, 172 um pixels; diagonal 524.59 px = 90.23 mm, 2theta 19.85 deg
+
+
+def test_q_span_setup_features_limits_and_precedence() -> None:
+    setup = Setup(distance_m=0.25, wavelength_angstrom=1.0, pixel_size_m=172e-6, source="header")
+    two_theta = np.arctan(np.hypot(*PILATUS_100K) * 172e-6 / 0.25)
+    assert setup.q_span_inv_angstrom(PILATUS_100K) == pytest.approx(4 * np.pi * np.sin(two_theta / 2), rel=1e-12)
+    assert setup.q_span_inv_angstrom(PILATUS_100K) == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
+    assert Setup(distance_m=0.25, wavelength_angstrom=1.0).q_span_inv_angstrom(PILATUS_100K) is None
+    np.testing.assert_array_equal(setup_features(None), [0.0, 0.0])
+    np.testing.assert_allclose(setup_features(10.0), [1.0, 1.0])
+    np.testing.assert_allclose(setup_features(0.1), [-1.0, 1.0])
+    for bad in ({"distance_m": 0.0}, {"wavelength_angstrom": 50.0}, {"pixel_size_m": float("nan")}):
+        with pytest.raises(ImageError, match=f"{next(iter(bad))} = .* is outside the accepted range"):
+            Setup(**bad)
+    overridden = setup.updated(Setup(distance_m=2.0, source="request"))
+    assert overridden == Setup(2.0, 1.0, 172e-6, source="header+request")
+    assert Setup().updated(Setup(1.0, 1.0, 75e-6, source="request")).source == "request"
+    assert setup.updated(Setup()) == setup
+
+
+def pilatus_header(distance: str = "0.25000") -> str:
+    return (f"# Detector: PILATUS 100K, S/N 1-0000\r\n# Pixel_size 172e-6 m x 172e-6 m\r\n"
+            f"# Exposure_time 1.0000000 s\r\n# Wavelength 1.0000 A\r\n# Detector_distance {distance} m\r\n"
+            "# Beam_xy (250.00, 100.00) pixels")  # fmt: skip
+
+
+def test_the_setup_is_read_from_cbf_edf_and_nexus_headers(tmp_path: Path) -> None:
+    import h5py
+    from fabio import cbfimage, edfimage
+
+    image = pilatus_image()
+    expected = Setup(0.25, 1.0, 172e-6, source="header")
+    cbf = cbfimage.CbfImage(data=image)
+    cbf.header["_array_data.header_convention"] = "PILATUS_1.2"
+    cbf.header["_array_data.header_contents"] = pilatus_header()
+    cbf.write(str(tmp_path / "a.cbf"))
+    assert read_frames((tmp_path / "a.cbf").read_bytes(), "a.cbf")[0].setup == expected
+    cbf.header["_array_data.header_contents"] = pilatus_header("0.00000")  # an unset distance stays unknown
+    cbf.write(str(tmp_path / "b.cbf"))
+    assert read_frames((tmp_path / "b.cbf").read_bytes(), "b.cbf")[0].setup == Setup(None, 1.0, 172e-6, "header")
+    edf = edfimage.EdfImage(data=image.astype(np.float32),
+                            header={"SampleDistance": "0.25", "WaveLength": "1e-10", "PSize_1": "172e-6"})  # fmt: skip
+    edf.append_frame(data=image.astype(np.float32), header={"SampleDistance": "0.25", "WaveLength": "1e-10"})
+    edf.write(str(tmp_path / "c.edf"))
+    first, second = read_frames((tmp_path / "c.edf").read_bytes(), "c.edf")
+    assert first.setup == expected and second.setup == Setup(0.25, 1.0, None, "header")
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        handle[NEXUS_DATA] = np.stack([image, image]).astype(np.uint32)
+        handle.create_dataset("/entry/instrument/detector/detector_distance", data=250.0).attrs["units"] = "mm"
+        handle.create_dataset("/entry/instrument/beam/incident_wavelength", data=0.1).attrs["units"] = b"nm"
+        handle.create_dataset("/entry/instrument/detector/x_pixel_size", data=172.0).attrs["units"] = "um"
+    for frame in read_frames(buffer.getvalue(), "d.h5"):  # mm, nm and um converted
+        values = (frame.setup.distance_m, frame.setup.wavelength_angstrom, frame.setup.pixel_size_m)
+        assert values == pytest.approx((0.25, 1.0, 172e-6), rel=1e-12) and frame.setup.source == "header"
+    assert read_frames(tiff(image), "e.tif")[0].setup == Setup()
+    assert read_frames(npy(image), "f.npy")[0].setup == Setup()
+
+
 # -- the served model (in-process ONNX Runtime) -----------------------------------------------------------------
 
 
@@ -446,10 +508,16 @@ def test_served_path_matches_a_direct_onnx_run(sorter: ScatteringSorterModel) ->
     from matserve.codecs.detector_files import Frame
 
     images = [pilatus_image(seed=k) for k in range(3)] + [ring_image(PILATUS_2M, np.uint32), ring_image((40, 60))]
-    prediction = sorter.sort([Frame(image, None, f"i{k}") for k, image in enumerate(images)])
+    setups = [Setup(0.25, 1.0, 172e-6, "header"), Setup(), Setup(3.0, 1.5, 75e-6, "header"), Setup(2.0), Setup()]
+    frames = [Frame(image, None, f"i{k}", setup) for k, (image, setup) in enumerate(zip(images, setups, strict=True))]
+    prediction = sorter.sort(frames)
     version = sorter.version()
+    assert uses_setup(version.card)
     session = ort.InferenceSession(str(version.file("model.onnx")), providers=["CPUExecutionProvider"])
-    direct = session.run(None, {"images": np.stack([encode_image(image).tensor for image in images])})
+    q_spans = [setup.q_span_inv_angstrom(image.shape) for setup, image in zip(setups, images, strict=True)]
+    assert q_spans[0] == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5) and q_spans[1::2] == [None, None]
+    direct = session.run(None, {"images": np.stack([encode_image(image).tensor for image in images]),
+                                "setup": np.stack([setup_features(q) for q in q_spans])})  # fmt: skip
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, direct, strict=True))
     labels = Labels.from_card(version.card)
@@ -468,6 +536,29 @@ def test_served_path_matches_a_direct_onnx_run(sorter: ScatteringSorterModel) ->
         called = outputs["feature_probabilities"][k] >= np.array(labels.feature_thresholds)
         assert result["features"] == [f for f, c in zip(labels.features, called, strict=True) if c]
         assert 0 < result["valid_fraction"] <= 1 and result["saliency_png_base64"] is None
+        assert result["q_span_inv_angstrom"] == (None if q_spans[k] is None else pytest.approx(q_spans[k], abs=1e-6))
+        assert result["setup_source"] == (None if q_spans[k] is None else "header")
+
+
+def test_the_setup_changes_the_answer_and_the_request_overrides_the_header(sorter: ScatteringSorterModel) -> None:
+    from matserve.codecs.detector_files import Frame
+
+    image = ring_image()
+    header = Setup(0.25, 1.0, 172e-6, "header")
+    alone, with_header = (sorter.sort([Frame(image, None, "a", setup)]).results[0] for setup in (Setup(), header))
+    assert alone["q_span_inv_angstrom"] is None and alone["setup_source"] is None
+    assert with_header["q_span_inv_angstrom"] == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
+    assert alone["technique_probabilities"] != with_header["technique_probabilities"]  # the network reads it
+    far = sorter.sort([Frame(image, None, "a", header)], setup=Setup(distance_m=5.0, source="request")).results[0]
+    assert far["setup_source"] == "header+request"
+    assert far["q_span_inv_angstrom"] == pytest.approx(Setup(5.0, 1.0, 172e-6).q_span_inv_angstrom(PILATUS_100K))
+    from_request = sorter.sort([Frame(image, None, "a")], setup=Setup(0.25, 1.0, 172e-6, "request")).results[0]
+    assert from_request["technique_probabilities"] == with_header["technique_probabilities"]
+    assert from_request["setup_source"] == "request"
+    as_job = sorter([{"image": image.tolist(), "distance_m": 0.25, "wavelength_angstrom": 1.0, "pixel_size_um": 172}])
+    assert as_job.results[0]["technique_probabilities"] == with_header["technique_probabilities"]
+    refused = sorter([{"image": image.tolist(), "distance_m": -1.0}]).results[0]
+    assert "distance_m = -1.0 is outside the accepted range" in refused["error"]
 
 
 def test_per_item_errors_saliency_and_job_items(sorter: ScatteringSorterModel) -> None:
@@ -499,4 +590,4 @@ def test_card_outputs_are_read_from_the_graph_for_triton() -> None:
                        "feature_probabilities": ("float32", [-1, 5]),
                        "class_activation_maps": ("float32", [-1, 16, 16, 11])}  # fmt: skip
     inputs = [(spec["name"], spec["dtype"], spec["shape"]) for spec in version.tensor_specs("inputs")]
-    assert inputs == [("images", "float32", [-1, 128, 128, 2])]
+    assert inputs == [("images", "float32", [-1, 128, 128, 2]), ("setup", "float32", [-1, 2])]

@@ -31,7 +31,17 @@ from matserve_client import (
     ScatteringResult,
 )
 from tests.conftest import MODELS_DIR
-from tests.test_codec_scattering import eiger_h5, fabio_file, npy, pilatus_image, png, ring_image, tiff
+from tests.test_codec_scattering import (
+    PILATUS_100K_Q_SPAN,
+    eiger_h5,
+    fabio_file,
+    npy,
+    pilatus_header,
+    pilatus_image,
+    png,
+    ring_image,
+    tiff,
+)
 
 SORT = "/v1/scattering/sort"
 LABELS = {"technique": ["saxs", "waxs", "gisaxs", "giwaxs"], "geometry": ["transmission", "grazing"],
@@ -177,6 +187,10 @@ def _bad_cases() -> list[tuple[str, dict, int, str]]:
          404, "9.9"),
         ("master file", {"content": _master_file(), "content_type": "application/x-hdf5"}, 422,
          "master file: /entry/data/data_000001 links to series_data_000001.h5"),
+        ("distance out of range", {"content": npy(good), "content_type": "application/x-npy",
+                                   "params": {"distance_m": "0"}}, 422, "distance_m"),
+        ("wavelength not a number", {"body": {"image": good.tolist(), "wavelength_angstrom": "blue"}}, 422,
+         "wavelength_angstrom"),
     ]  # fmt: skip
 
 
@@ -204,6 +218,38 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server
     assert unreadable.status_code == 415 and "a.txt:" in unreadable.json()["error"]["message"]
     ok = post(server_url + SORT, {"image": pilatus_image().tolist()})
     assert ok.status_code == 200, ok.text
+
+
+def test_the_setup_comes_from_the_file_header_and_the_request_overrides_it(server_url: str, tmp_path: Path) -> None:
+    from fabio import cbfimage
+
+    image = pilatus_image()
+    cbf = cbfimage.CbfImage(data=image)
+    cbf.header["_array_data.header_convention"] = "PILATUS_1.2"
+    cbf.header["_array_data.header_contents"] = pilatus_header()
+    cbf.write(str(tmp_path / "a.cbf"))
+    content = (tmp_path / "a.cbf").read_bytes()
+    from_header = post(server_url + SORT, content=content, content_type="application/octet-stream").json()["results"][0]
+    assert from_header["setup_source"] == "header"
+    assert from_header["q_span_inv_angstrom"] == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
+    farther = post(server_url + SORT, content=content, content_type="application/octet-stream",
+                   params={"distance_m": "5"}).json()["results"][0]  # fmt: skip
+    assert farther["setup_source"] == "header+request" and farther["q_span_inv_angstrom"] < 0.2
+    setup = {"distance_m": 0.25, "wavelength_angstrom": 1.0, "pixel_size_um": 172}
+    from_json = post(server_url + SORT, {"image": image.tolist(), **setup}).json()["results"][0]
+    form = httpx.post(server_url + SORT, files=[("files", ("a.npy", npy(image), "application/x-npy"))],
+                      data={k: str(v) for k, v in setup.items()}, timeout=60).json()["results"][0]  # fmt: skip
+    without = post(server_url + SORT, {"image": image.tolist()}).json()["results"][0]
+    for result in (from_json, form):
+        assert result["setup_source"] == "request"
+        assert result["technique_probabilities"] == from_header["technique_probabilities"]
+    assert without["q_span_inv_angstrom"] is None and without["setup_source"] is None
+    assert without["technique_probabilities"] != from_header["technique_probabilities"]
+    with Client(server_url) as client:
+        (sdk,) = client.sort_scattering(image, **setup)
+        (sdk_header,) = client.sort_scattering(tmp_path / "a.cbf")
+    assert sdk.q_span_inv_angstrom == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5) and sdk.setup_source == "request"
+    assert sdk.technique_probabilities == sdk_header.technique_probabilities == from_header["technique_probabilities"]
 
 
 def test_oversized_upload_is_refused_before_it_is_read(server_url: str) -> None:
@@ -294,6 +340,10 @@ async def test_async_sdk_has_the_same_surface(server_url: str, tmp_path: Path) -
     async with AsyncClient(server_url) as client:
         got = await client.sort_scattering(folder / "a_0001.cbf", saliency=True)
         files = await client.sort_scattering_folder(folder, progress=False)
+        with_setup = await client.sort_scattering_folder(
+            folder, "a_*", progress=False, distance_m=0.25, wavelength_angstrom=1.0, pixel_size_um=172
+        )
+    assert with_setup[0].results[0].q_span_inv_angstrom == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
     assert got[0].technique_probabilities == expected[0].technique_probabilities and got[0].saliency_png
     assert [f.ok for f in files] == [True, True, False, True]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from matserve.codecs.scattering import Setup
 from matserve.registry import Registry
 from tests.conftest import REPO
 
@@ -47,6 +48,7 @@ def tiny_scattering_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "1",
         "--lenet-epochs",
         "1",
+        "--with-setup",
     ]
     done = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -79,3 +81,17 @@ def test_pipeline_writes_a_verified_version_with_a_complete_card(tiny_scattering
         "feature_probabilities",
         "class_activation_maps",
     ]
+    assert [i["name"] for i in card["inputs"]] == ["images", "setup"] and card["architecture"]["setup_units"] == 16
+    without = card["metrics_without_setup"]["test"]
+    assert without["n"] == 6 and np.array(without["technique"]["confusion_matrix"]["counts"]).sum() == 6
+
+
+def test_the_stored_setup_is_the_scene_s_and_gives_the_setup_input(tiny_scattering_registry: Path) -> None:
+    from training.scattering.simulate import load_split, simulate_item
+
+    split = load_split(tiny_scattering_registry / "data", "test")
+    for i in range(3):
+        _, scene, _ = simulate_item(0, "test", i)
+        assert split["distance_m"][i] == scene.distance_m and split["wavelength_angstrom"][i] == scene.wavelength_a
+        q_span = Setup(scene.distance_m, scene.wavelength_a, scene.pixel_m).q_span_inv_angstrom(scene.shape)
+        np.testing.assert_allclose(split["setup"][i], [np.log10(q_span), 1.0], rtol=1e-6)

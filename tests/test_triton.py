@@ -268,16 +268,20 @@ def test_scattering_sorter_answers_the_same_on_triton(
 ) -> None:
     """The sorter's four outputs (Grad-CAM maps included) on Triton HTTP and gRPC against in-process ONNX Runtime,
     within 1e-5; and the API's sort endpoint through Triton against the in-process API."""
-    from matserve.codecs.scattering import encode_image
+    from matserve.codecs.scattering import Setup, encode_image, setup_features
 
     config = parse_config(repository / "scattering_sorter" / "config.pbtxt")
-    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [128, 128, 2])]
+    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [128, 128, 2]), ("setup", [2])]
+    older = parse_config(repository / "scattering_sorter__1.1.0" / "config.pbtxt")  # no setup input: its own model
+    assert [(i.name, list(i.dims)) for i in older.input] == [("images", [128, 128, 2])]
     assert [(o.name, list(o.dims)) for o in config.output] == [
         ("technique_probabilities", [4]), ("geometry_probabilities", [2]), ("feature_probabilities", [5]),
         ("class_activation_maps", [16, 16, 11])]  # fmt: skip
     rng = np.random.default_rng(6)
     images = [(rng.poisson(5.0, (195, 487)) + 50 * (rng.random((195, 487)) < 0.01)).astype(np.int32) for _ in range(3)]
-    inputs = {"images": np.stack([encode_image(image).tensor for image in images])}
+    q_spans = [Setup(0.25, 1.0, 172e-6).q_span_inv_angstrom(image.shape) for image in images[:2]] + [None]
+    inputs = {"images": np.stack([encode_image(image).tensor for image in images]),
+              "setup": np.stack([setup_features(q) for q in q_spans])}  # fmt: skip
     version = Registry(MODELS_DIR).get("scattering_sorter")
     reference = OnnxRuntime(intra_op_threads=1).run(version, inputs)
     names = [o.name for o in config.output]
@@ -290,7 +294,8 @@ def test_scattering_sorter_answers_the_same_on_triton(
         for name in names:
             np.testing.assert_allclose(got[name].reshape(reference[name].shape), reference[name], atol=1e-5, rtol=0,
                                        err_msg=f"scattering_sorter {name} {url}")  # fmt: skip
-    body = {"images": [image.tolist() for image in images[:2]], "saliency": True}
+    body = {"images": [image.tolist() for image in images[:2]], "saliency": True, "distance_m": 0.25,
+            "wavelength_angstrom": 1.0, "pixel_size_um": 172}  # fmt: skip
     via_triton = httpx.post(api_on_triton + "/v1/scattering/sort", json=body, timeout=60)
     in_process = httpx.post(server_url + "/v1/scattering/sort", json=body, timeout=60)
     assert via_triton.status_code == in_process.status_code == 200, via_triton.text

@@ -780,16 +780,29 @@ class BaseClient:
     # -- scattering sorter ---------------------------------------------------------------------------------------
 
     def _scattering_flow(
-        self, path_or_array: Any, saliency: bool, saliency_label: str | None, version: str | None
+        self,
+        path_or_array: Any,
+        saliency: bool,
+        saliency_label: str | None,
+        version: str | None,
+        setup: dict[str, float | None] | None = None,
     ) -> Flow[list[ScatteringResult]]:
         """Sort one file, ``bytes`` or 2D array: one result per frame."""
         return (yield from self._scattering_upload_flow(scattering_upload(path_or_array), saliency, saliency_label,
-                                                        version))  # fmt: skip
+                                                        version, setup))  # fmt: skip
 
     def _scattering_upload_flow(
-        self, upload: ScatteringUpload, saliency: bool, saliency_label: str | None, version: str | None
+        self,
+        upload: ScatteringUpload,
+        saliency: bool,
+        saliency_label: str | None,
+        version: str | None,
+        setup: dict[str, float | None] | None = None,
     ) -> Flow[list[ScatteringResult]]:
-        params: dict[str, str] = {}
+        """One request; ``setup``: ``distance_m``, ``wavelength_angstrom``, ``pixel_size_um`` (``None``: not sent)."""
+        params: dict[str, str] = {
+            name: repr(float(value)) for name, value in (setup or {}).items() if value is not None
+        }
         if saliency:
             params["saliency"] = "true"
         if saliency_label is not None:
@@ -830,6 +843,7 @@ class BaseClient:
         saliency: bool,
         saliency_label: str | None,
         version: str | None,
+        setup: dict[str, float | None] | None = None,
     ) -> Flow[list[ScatteringFileResult]]:
         """One request per file (version pinned after the first answer); refusals recorded per file."""
         files = scattering_files(folder, pattern, recursive)
@@ -840,7 +854,7 @@ class BaseClient:
             for path in files:
                 try:
                     upload = scattering_upload(path)
-                    results = yield from self._scattering_upload_flow(upload, saliency, saliency_label, pinned)
+                    results = yield from self._scattering_upload_flow(upload, saliency, saliency_label, pinned, setup)
                 except (NotFoundError, ServiceUnavailableError):
                     raise  # an unknown version or a server that cannot sort: every file would fail the same way
                 except (ClientRequestError, ServerError) as exc:

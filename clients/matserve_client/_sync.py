@@ -371,6 +371,9 @@ class Client(BaseClient):
         saliency: bool = False,
         saliency_label: str | None = None,
         version: str | None = None,
+        distance_m: float | None = None,
+        wavelength_angstrom: float | None = None,
+        pixel_size_um: float | None = None,
     ) -> list[ScatteringResult]:
         """Technique, geometry and features of 2D X-ray detector images (``POST /v1/scattering/sort``).
 
@@ -388,6 +391,11 @@ class Client(BaseClient):
             Draw this label's map instead (any technique, geometry or feature label; implies ``saliency``).
         version : str, optional
             Model version, e.g. ``"1.0.0"``; default the server's active one.
+        distance_m, wavelength_angstrom, pixel_size_um : float, optional
+            The measurement setup: sample-detector distance (m), wavelength (Angstrom), pixel size (um). Each
+            overrides the file header's value (CBF, EDF and NeXus files usually carry them). With all three
+            known, versions from 1.2.0 on are given the detector's q span and separate small- from wide-angle
+            images much better; ``result.q_span_inv_angstrom`` says whether they were.
 
         Returns
         -------
@@ -409,7 +417,8 @@ class Client(BaseClient):
         FileNotFoundError, ValueError, TypeError
             A missing file, an array that is not 2D, or an input of another type (checked before sending).
         """
-        return self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version))
+        setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
+        return self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version, setup))
 
     def sort_scattering_folder(
         self,
@@ -421,6 +430,9 @@ class Client(BaseClient):
         saliency_label: str | None = None,
         version: str | None = None,
         recursive: bool = False,
+        distance_m: float | None = None,
+        wavelength_angstrom: float | None = None,
+        pixel_size_um: float | None = None,
     ) -> list[ScatteringFileResult]:
         """Sort every detector file of a folder, one request per file, recording each file's outcome.
 
@@ -434,8 +446,9 @@ class Client(BaseClient):
             ``.png``), in path order.
         progress : bool, default True
             A tqdm progress bar over files, when tqdm is installed.
-        saliency, saliency_label, version
-            As for :meth:`sort_scattering` (the version that answers the first file is pinned for the rest).
+        saliency, saliency_label, version, distance_m, wavelength_angstrom, pixel_size_um
+            As for :meth:`sort_scattering` (the version that answers the first file is pinned for the rest; the
+            setup values apply to every file).
         recursive : bool, default False
             Also take the files of subfolders.
 
@@ -452,8 +465,9 @@ class Client(BaseClient):
         NotFoundError, ServiceUnavailableError, MatserveConnectionError
             An unknown ``version``, or a server that cannot sort at all: every file would fail the same way.
         """
+        setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
         return self._run(
-            self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label, version)
+            self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label, version, setup)
         )
 
     def models(self) -> list[ModelInfo]:

@@ -326,6 +326,12 @@ class ScatteringResult(BaseModel):
         ``[rows, cols]`` of the image, pixels.
     valid_fraction : float or None
         Share of the detector's pixels that were valid (not gaps, masked, negative or saturated), 0-1.
+    q_span_inv_angstrom : float or None
+        The detector's q span the network was given (1/Angstrom, |q| at the detector's diagonal); ``None`` when
+        the distance, wavelength or pixel size was unknown (sorted from the pixels alone), or the version takes
+        no setup.
+    setup_source : str or None
+        Where the setup came from: ``header``, ``request`` or ``header+request``.
     saliency_png : bytes or None
         With ``saliency=True``: an RGB PNG of the image as the network saw it (log intensity, grey) with the
         Grad-CAM map of :attr:`saliency_label` over it (see :meth:`save_saliency_png`).
@@ -348,6 +354,8 @@ class ScatteringResult(BaseModel):
     feature_probabilities: dict[str, float] | None = None
     detector_shape: list[int] | None = None
     valid_fraction: float | None = None
+    q_span_inv_angstrom: float | None = None
+    setup_source: str | None = None
     saliency_png: bytes | None = Field(default=None, repr=False)
     saliency_label: str | None = None
     error: str | None = None

@@ -7,7 +7,7 @@
     matserve predict xrd scan.xy other.csv [--plots DIR]      # phase + novelty of pattern files
     matserve predict ebsd a.png b.tif c.npy [--pc X,Y,Z] [--refine]  # orientations of EBSD patterns
     matserve predict ebsd-scan scan.h5 [--ipf map.png]       # orientation map + IPF-Z PNG of a scan
-    matserve predict scattering a.cbf b.h5 [--saliency-png OUT]  # technique/geometry/features of detector images
+    matserve predict scattering a.cbf b.h5 [--saliency-png OUT] [--distance-m 0.25]  # technique/geometry/features
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
@@ -169,8 +169,10 @@ def _predict_scattering(args: argparse.Namespace) -> int:
         with Client(args.url, timeout=args.timeout) as client:
             for path in args.files:
                 try:
-                    rows.extend(client.sort_scattering(str(path), saliency=saliency, saliency_label=args.saliency_label,
-                                                       version=args.version))  # fmt: skip
+                    rows.extend(client.sort_scattering(
+                        str(path), saliency=saliency, saliency_label=args.saliency_label, version=args.version,
+                        distance_m=args.distance_m, wavelength_angstrom=args.wavelength_angstrom,
+                        pixel_size_um=args.pixel_size_um))  # fmt: skip
                 except (ClientRequestError, ServerError, OSError, ValueError) as error:
                     failed.append((str(path), getattr(error, "message", None) or str(error)))
     except MatserveError as error:
@@ -403,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     scattering.add_argument("--saliency-label", default=None, metavar="LABEL",
                             help="draw this label's map (default the predicted technique)")  # fmt: skip
     scattering.add_argument("--version", default=None, help="pin a model version")
+    scattering.add_argument("--distance-m", type=float, default=None, metavar="M",
+                            help="sample-detector distance, m (overrides the file header)")  # fmt: skip
+    scattering.add_argument("--wavelength-angstrom", type=float, default=None, metavar="A",
+                            help="X-ray wavelength, Angstrom (overrides the file header)")  # fmt: skip
+    scattering.add_argument("--pixel-size-um", type=float, default=None, metavar="UM",
+                            help="detector pixel size, micrometres (overrides the file header)")  # fmt: skip
     client_options(scattering)
     scattering.set_defaults(handler=_predict_scattering)
 

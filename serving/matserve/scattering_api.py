@@ -14,7 +14,9 @@
   options as body fields.
 
 Options: ``saliency`` (``true``: a Grad-CAM PNG per image), ``saliency_label`` (whose map: any technique,
-geometry or feature label; implies ``saliency``), ``version``.
+geometry or feature label; implies ``saliency``), ``version``; the measurement setup ``distance_m``,
+``wavelength_angstrom``, ``pixel_size_um`` (each overrides the file header's value, for every image of the
+request; see :mod:`matserve.models.scattering_sorter`).
 
 Every image gets a result, in order, with ``source`` naming it (``file.tif[frame 2]``, ``images[3]``, ``body``);
 an image that cannot be used gets an ``error`` and the others are answered (200). When no image of the request
@@ -43,7 +45,7 @@ from matserve.codecs.detector_files import (
     UnsupportedFormat,
     read_frames,
 )
-from matserve.codecs.scattering import ImageError, as_image_array, check_shape
+from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, as_image_array, check_shape
 from matserve.ebsd_api import media_type
 from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
 from matserve.models.scattering_sorter import thread_map
@@ -71,6 +73,12 @@ class ScatteringOptions(BaseModel):
         image's predicted technique.
     version : str, optional
         Registry version of ``scattering_sorter``.
+    distance_m : float, optional
+        Sample-detector distance, metres (0.01-100).
+    wavelength_angstrom : float, optional
+        X-ray wavelength, Angstrom (0.05-20; ``12.398 / energy_kev``).
+    pixel_size_um : float, optional
+        Detector pixel size, micrometres (1-2000; Pilatus 172, Eiger 75).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +86,28 @@ class ScatteringOptions(BaseModel):
     saliency: bool = False
     saliency_label: str | None = Field(default=None, examples=["saxs"])
     version: str | None = Field(default=None, examples=[None])
+    distance_m: float | None = Field(
+        default=None, ge=SETUP_LIMITS["distance_m"][0], le=SETUP_LIMITS["distance_m"][1], examples=[None]
+    )
+    wavelength_angstrom: float | None = Field(
+        default=None,
+        ge=SETUP_LIMITS["wavelength_angstrom"][0],
+        le=SETUP_LIMITS["wavelength_angstrom"][1],
+        examples=[None],
+    )
+    pixel_size_um: float | None = Field(
+        default=None,
+        ge=SETUP_LIMITS["pixel_size_m"][0] * 1e6,
+        le=SETUP_LIMITS["pixel_size_m"][1] * 1e6,
+        examples=[None],
+    )
+
+    @property
+    def setup(self) -> Setup:
+        """The request's setup values (``None`` where not given)."""
+        pixel_size_m = None if self.pixel_size_um is None else self.pixel_size_um * 1e-6
+        given = (self.distance_m, self.wavelength_angstrom, pixel_size_m)
+        return Setup(*given, source="request" if any(v is not None for v in given) else "")
 
 
 _ARRAY_2D = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
@@ -107,6 +137,14 @@ class ScatteringResult(BaseModel):
     feature_probabilities: dict[str, float] | None = Field(description="independent probability of each feature")
     detector_shape: list[int] | None = Field(description="[rows, cols], pixels")
     valid_fraction: float | None = Field(description="share of the detector's pixels that were valid (0-1)")
+    q_span_inv_angstrom: float | None = Field(
+        default=None,
+        description="the detector's q span given to the network (1/Angstrom: |q| at the detector's diagonal); "
+        "null when the distance, wavelength or pixel size was unknown, or the version takes no setup",
+    )
+    setup_source: str | None = Field(
+        default=None, description="where the setup came from: header, request or header+request"
+    )
     saliency_png_base64: str | None = Field(default=None, description="base64 RGB PNG: Grad-CAM over the image")
     saliency_label: str | None = Field(default=None, description="label whose Grad-CAM map the PNG shows")
     error: str | None = Field(default=None, description="why this image could not be sorted")
@@ -355,6 +393,9 @@ def openapi_sort_body() -> dict[str, Any]:
         "saliency": "true: add a Grad-CAM PNG (base64) per image (at most 64 images)",
         "saliency_label": "label whose map the PNG shows (technique, geometry or feature); default the technique",
         "version": "registry version of scattering_sorter",
+        "distance_m": "sample-detector distance, m (overrides the file header)",
+        "wavelength_angstrom": "X-ray wavelength, Angstrom (overrides the file header)",
+        "pixel_size_um": "detector pixel size, micrometres (overrides the file header)",
     }
     parameters = [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                   for name, text in descriptions.items()]  # fmt: skip

@@ -746,7 +746,9 @@ class MatServe:
             items = await anyio.to_thread.run_sync(scattering_api.decode_body, kind, body, budget, name)
             del body
         scattering_api.check_saliency(options, len(items.items))
-        run = functools.partial(model.sort, items.items, options.version, options.saliency, options.saliency_label)
+        run = functools.partial(
+            model.sort, items.items, options.version, options.saliency, options.saliency_label, options.setup
+        )
         prediction = await anyio.to_thread.run_sync(run)
         failed = scattering_api.failures(items, prediction.results)
         if failed is not None:

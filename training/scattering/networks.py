@@ -1,7 +1,10 @@
 """Keras networks of the scattering sorter: the seed's LeNet and the served global-pooling CNN.
 
 Both take the codec's ``(N, 128, 128, 2)`` float32 input (normalised log intensity, block valid fraction; see
-:mod:`matserve.codecs.scattering`) and answer three heads:
+:mod:`matserve.codecs.scattering`); the served network with ``with_setup=True`` (version 1.2.0 on) also takes
+``setup`` ``(N, 2)``, the codec's :func:`~matserve.codecs.scattering.setup_features` (log10 of the detector's
+q span and a flag that it is known; zeros when the distance, wavelength or pixel size is missing). All answer
+three heads:
 
 * ``technique_probabilities`` ``(N, 4)``, softmax over :data:`TECHNIQUES`;
 * ``geometry_probabilities`` ``(N, 2)``, softmax over :data:`GEOMETRIES`;
@@ -19,7 +22,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS
+from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS, SETUP_FEATURES
 from training.scattering.labels import FEATURES, GEOMETRIES, TECHNIQUES
 
 OUTPUTS = ("technique_probabilities", "geometry_probabilities", "feature_probabilities")
@@ -32,6 +35,8 @@ LENET_DENSE = (192, 64)
 #: The served CNN: (filters, stride, dilation) per 3x3 convolution after a 5x5 stride-2 stem of 16 filters.
 SORTER_STEM = 16
 SORTER_LAYERS: tuple[tuple[int, int, int], ...] = ((32, 2, 1), (32, 1, 1), (64, 2, 1), (64, 1, 1), (96, 1, 2))
+#: Units of the setup's embedding (``with_setup``).
+SETUP_UNITS = 16
 
 
 def _heads(features: keras.KerasTensor) -> list[keras.KerasTensor]:
@@ -70,16 +75,24 @@ class ClassActivationMaps(layers.Layer):
         self.heads = heads
 
     def call(self, feature_maps: tf.Tensor) -> tf.Tensor:
-        kernel = tf.concat([head.kernel for head in self.heads], axis=1)
+        # With a setup input the heads also read the setup's embedding (the kernels' last rows): it is the
+        # same everywhere in the image, so the maps use only the rows of the pooled feature maps.
+        kernel = tf.concat([head.kernel for head in self.heads], axis=1)[: feature_maps.shape[-1]]
         return tf.einsum("nhwk,kj->nhwj", feature_maps, kernel)
 
 
-def sorter_cnn(dropout: float = 0.3) -> keras.Model:
+def sorter_cnn(dropout: float = 0.3, with_setup: bool = False) -> keras.Model:
     """The served CNN: strided convolutions, global average pooling, linear heads and their Grad-CAM maps.
 
     Why this one: the last feature maps are averaged over the whole frame, so a ring, rod or horizon counts
     wherever the beam centre and the detector's modules put it (often off the image on real detectors); it costs
     about a quarter of the LeNet's multiply-adds; and its Grad-CAM is exact and part of the graph.
+
+    ``with_setup``: a second input ``setup`` ``(N, SETUP_FEATURES)`` goes through a small dense layer whose
+    output joins the pooled features before the heads. The codec normalises away the image's scale, and the q
+    range the detector covers is what separates small- from wide-angle scattering when the pictures look alike
+    (a mesophase's sharp orders and a calibrant's powder rings; a liquid-like peak and an amorphous halo).
+    Trained with the setup withheld (zeros) for a fraction of the images, so a file without it is still sorted.
     """
     images = keras.Input((INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), name="images")
     x = layers.Conv2D(SORTER_STEM, 5, strides=2, padding="same", use_bias=False)(images)
@@ -92,7 +105,32 @@ def sorter_cnn(dropout: float = 0.3) -> keras.Model:
     feature_maps = x
     pooled = layers.GlobalAveragePooling2D()(feature_maps)
     pooled = layers.Dropout(dropout)(pooled)
+    inputs = [images]
+    if with_setup:
+        setup = keras.Input((SETUP_FEATURES,), name="setup")
+        embedded = layers.Dense(SETUP_UNITS, activation="relu", name="setup_embedding")(setup)
+        pooled = layers.Concatenate(name="pooled_and_setup")([pooled, embedded])
+        inputs.append(setup)
     heads = _heads(pooled)
     dense = [head._keras_history.operation for head in heads]
     maps = ClassActivationMaps(dense, name=CAM_OUTPUT)(feature_maps)
-    return keras.Model(images, [*heads, maps], name="scattering_sorter_cnn")
+    return keras.Model(inputs if with_setup else images, [*heads, maps], name="scattering_sorter_cnn")
+
+
+def load_trunk(network: keras.Model, weights_path: str, dropout: float = 0.3) -> None:
+    """Start ``network`` from a setup-less sorter's weights: the convolutions as they are, the heads' rows of the
+    pooled features copied (their setup rows keep their initial values)."""
+    source = sorter_cnn(dropout)
+    source.load_weights(weights_path)
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in network.layers:
+        if layer.name in OUTPUTS:
+            kernel, bias = by_name[layer.name].get_weights()
+            new_kernel, _ = layer.get_weights()
+            new_kernel[: kernel.shape[0]] = kernel
+            layer.set_weights([new_kernel, bias])
+    skip = {*OUTPUTS, CAM_OUTPUT, "setup_embedding"}  # the heads (above), their maps, the new embedding
+    trunk = [layer for layer in source.layers if layer.weights and layer.name not in skip]
+    target = [layer for layer in network.layers if layer.weights and layer.name not in skip]
+    for old, new in zip(trunk, target, strict=True):
+        new.set_weights(old.get_weights())

@@ -62,7 +62,15 @@ from pathlib import Path
 import numpy as np
 from scipy.special import j1
 
-from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS, EncodedImage, ImageError, encode_image
+from matserve.codecs.scattering import (
+    INPUT_SIDE_PX,
+    N_CHANNELS,
+    EncodedImage,
+    ImageError,
+    encode_image,
+    q_span_inv_angstrom,
+    setup_features,
+)
 from training.scattering.labels import FEATURES, GEOMETRIES, GEOMETRY_OF_TECHNIQUE, TECHNIQUES
 
 HC_KEV_ANGSTROM = 12.398419843
@@ -795,6 +803,19 @@ def labels(scene: Scene) -> tuple[int, int, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------------
 # Datasets
 
+#: The measurement setup stored with every image: what a file header or a user gives the served model (the
+#: detector's diagonal in metres is the same whether the scene was simulated binned or at full resolution).
+SETUP_FIELDS = ("distance_m", "wavelength_angstrom", "detector_diagonal_m")
+
+
+def scene_setup(scene: Scene) -> dict[str, float]:
+    """The setup of a scene as :data:`SETUP_FIELDS` (metres, Angstrom)."""
+    return {
+        "distance_m": scene.distance_m,
+        "wavelength_angstrom": scene.wavelength_a,
+        "detector_diagonal_m": math.hypot(*scene.shape) * scene.pixel_m,
+    }
+
 
 def simulate_item(seed: int, split: str, index: int) -> tuple[np.ndarray, Scene, EncodedImage]:
     """Raw image, scene and codec output of image ``index`` of ``split`` (exactly what the dataset holds).
@@ -823,18 +844,22 @@ def _simulate_range(args: tuple[int, str, int, int]) -> dict[str, np.ndarray]:
     geometry = np.zeros(n, dtype=np.uint8)
     features = np.zeros((n, len(FEATURES)), dtype=np.uint8)
     detector_index = np.zeros(n, dtype=np.uint8)
+    setup = {name: np.zeros(n, dtype=np.float64) for name in SETUP_FIELDS}
     names = sorted(set(TRAIN_DETECTORS) | set(UNSEEN_DETECTORS))
     for k, i in enumerate(range(start, stop)):
         _, scene, encoded = simulate_item(seed, split, i)
         tensors[k] = np.round(encoded.tensor * 255).astype(np.uint8)
         technique[k], geometry[k], features[k] = labels(scene)
         detector_index[k] = names.index(scene.detector)
+        for name, value in scene_setup(scene).items():
+            setup[name][k] = value
     return {
         "tensors": tensors,
         "technique": technique,
         "geometry": geometry,
         "features": features,
         "detector": detector_index,
+        **setup,
     }
 
 
@@ -855,10 +880,16 @@ def write_split(out: Path, split: str, n: int, seed: int, workers: int = 2, chun
 
 
 def load_split(folder: Path, split: str) -> dict[str, np.ndarray]:
-    """A split as arrays: ``images`` float32 (N, 128, 128, 2) in [0, 1], ``technique``, ``geometry``, ``features``."""
+    """A split as arrays: ``images`` float32 (N, 128, 128, 2) in [0, 1], ``technique``, ``geometry``, ``features``;
+    ``setup`` float32 (N, 2), the codec's :func:`setup_features` of each scene, when the split stores
+    :data:`SETUP_FIELDS` (simulated from version 1.2.0 on)."""
     with np.load(folder / f"{split}.npz") as data:
         arrays = {key: data[key] for key in data.files}
     arrays["images"] = arrays.pop("tensors").astype(np.float32) / 255.0
+    if all(name in arrays for name in SETUP_FIELDS):
+        q_span = [q_span_inv_angstrom(d, D, w) for d, D, w in zip(arrays["detector_diagonal_m"], arrays["distance_m"],
+                                                                  arrays["wavelength_angstrom"], strict=True)]  # fmt: skip
+        arrays["setup"] = np.stack([setup_features(q) for q in q_span])
     return arrays
 
 

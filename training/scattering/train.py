@@ -2,8 +2,12 @@
 
 Run from the repository root (offline, never by CI)::
 
-    python -m training.scattering.simulate          # ~15 min on 2 cores: runs/data_seed0
-    python -m training.scattering.train --version 1.0.0
+    python -m training.scattering.simulate          # ~20 min on 2 cores: runs/data_seed0
+    python -m training.scattering.train --version 1.1.0
+    # 1.2.0: the same network with the setup input, started from 1.1.0's weights (~30 min)
+    python -m training.scattering.train --version 1.2.0 --with-setup \
+        --init-from training/scattering/runs/train_1.1.0/sorter.weights.h5 --epochs 5 --learning-rate 5e-4 \
+        --lenet-epochs 0 --baselines-from models/scattering_sorter/1.1.0/card.json
 
 1. Load the simulated splits (``training.scattering.simulate``): ``train`` and ``val`` simulated on binned
    detectors; ``test`` (same scene distribution), ``test_unseen_detectors`` (detectors never used in training:
@@ -14,7 +18,9 @@ Run from the repository root (offline, never by CI)::
    the best validation epoch is kept. Baseline on the same splits: the seed's histogram features (HF) with a
    random forest (seed 003 table III: 97.5 % on real data).
 3. Report per split: technique accuracy, Cohen's kappa, MCC, per-class recall and precision, confusion matrix;
-   geometry accuracy; per-feature precision, recall, F1 and AUROC.
+   geometry accuracy; per-feature precision, recall, F1 and AUROC. With ``--with-setup`` every split is
+   scored twice: with the scene's setup (``metrics``) and with it withheld (``metrics_without_setup``, as for
+   a file without distance, wavelength or pixel size).
 4. Export both networks to ONNX (opset 17), check ONNX Runtime against Keras, write
    ``models/scattering_sorter/<version>`` (the served CNN) with its card; the LeNet's ONNX and metrics stay in
    ``runs/`` and in the card's ``baselines``.
@@ -44,7 +50,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS
+from matserve.codecs.scattering import INPUT_SIDE_PX, N_CHANNELS, SETUP_FEATURES
 from matserve.registry import write_card
 from training.formation_enthalpy.train import git_commit
 from training.scattering import networks
@@ -94,23 +100,59 @@ def augment(images: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.random.uniform(()) < 0.5, lambda: tf.image.flip_left_right(images), lambda: images)
 
 
-def fit(network: keras.Model, sets: dict, epochs: int, batch_size: int, seed: int, minutes: float) -> dict:
-    """Train; keep the best validation-loss epoch; returns the history."""
+def uses_setup(network: keras.Model) -> bool:
+    """Whether the network takes the ``setup`` input (``networks.sorter_cnn(with_setup=True)``)."""
+    return len(network.inputs) > 1
+
+
+def network_inputs(network: keras.Model, split: dict, with_setup: bool = True) -> np.ndarray | dict:
+    """The network's input for a split: the images, and the setup (zeros when ``with_setup`` is False)."""
+    if not uses_setup(network):
+        return split["images"]
+    setup = split["setup"] if with_setup else np.zeros_like(split["setup"])
+    return {"images": split["images"], "setup": setup}
+
+
+def withhold_setup(inputs: dict, rate: float) -> dict:
+    """Zero each image's setup with probability ``rate`` (as for files without it)."""
+    keep = tf.cast(tf.random.uniform((tf.shape(inputs["setup"])[0], 1)) >= rate, tf.float32)
+    return {"images": augment(inputs["images"]), "setup": inputs["setup"] * keep}
+
+
+def fit(
+    network: keras.Model,
+    sets: dict,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    minutes: float,
+    learning_rate: float = 1e-3,
+    setup_dropout: float = 0.0,
+) -> dict:
+    """Train; keep the best validation-loss epoch; returns the history.
+
+    The validation loss of a network with the setup input is taken with every image's setup known.
+    """
     keras.utils.set_random_seed(seed)
     model = training_model(network)
     train = sets["train"]
+    inputs = network_inputs(network, train)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((train["images"], targets(train)))
+        tf.data.Dataset.from_tensor_slices((inputs, targets(train)))
         .shuffle(len(train["images"]), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
-        .map(lambda x, y: (augment(x), y), num_parallel_calls=2)
-        .prefetch(2)
     )
-    val = (sets["val"]["images"], targets(sets["val"]))
+    if uses_setup(network):
+        dataset = dataset.map(lambda x, y: (withhold_setup(x, setup_dropout), y), num_parallel_calls=2)
+    else:
+        dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=2)
+    dataset = dataset.prefetch(2)
+    val = (network_inputs(network, sets["val"]), targets(sets["val"]))
     best = {"loss": np.inf, "epoch": -1, "weights": None}
     history = []
     started = time.perf_counter()
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * int(np.ceil(len(train["images"]) / batch_size)))
+    steps = epochs * int(np.ceil(len(train["images"]) / batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
     model.optimizer.learning_rate = schedule
     for epoch in range(epochs):
         log = model.fit(dataset, epochs=1, verbose=0).history
@@ -137,8 +179,9 @@ def fit(network: keras.Model, sets: dict, epochs: int, batch_size: int, seed: in
         "best_epoch": best["epoch"],
         "batch_size": batch_size,
         "seed": seed,
-        "optimizer": "Adam, cosine decay from 1e-3",
-        "augmentation": "random 90-degree rotations and flips",
+        "optimizer": f"Adam, cosine decay from {learning_rate:g}",
+        "augmentation": "random 90-degree rotations and flips"
+        + (f"; setup withheld (zeros) for {setup_dropout:.0%} of the images" if uses_setup(network) else ""),
     }
 
 
@@ -202,11 +245,12 @@ def classification_metrics(
     return out
 
 
-def predict_splits(network: keras.Model, sets: dict) -> dict[str, dict[str, np.ndarray]]:
+def predict_splits(network: keras.Model, sets: dict, with_setup: bool = True) -> dict[str, dict[str, np.ndarray]]:
     """The three heads' probabilities on the validation and held-out splits (one pass each)."""
     predictions = {}
     for name in ("val", *EVAL_SPLITS):
-        technique, geometry, features = network.predict(sets[name]["images"], batch_size=256, verbose=0)[:3]
+        inputs = network_inputs(network, sets[name], with_setup)
+        technique, geometry, features = network.predict(inputs, batch_size=256, verbose=0)[:3]
         predictions[name] = {"technique": technique, "geometry": geometry, "features": features}
     return predictions
 
@@ -247,13 +291,18 @@ def histogram_baseline(sets: dict, seed: int) -> dict:
 
 
 def export_onnx(network: keras.Model, path: Path) -> list[str]:
-    """tf2onnx (opset 17), dynamic batch, input ``images``; outputs named as the network's outputs."""
+    """tf2onnx (opset 17), dynamic batch, inputs ``images`` (and ``setup``); outputs named as the network's."""
     import onnx
     import tf2onnx
 
     names = [*networks.OUTPUTS, networks.CAM_OUTPUT][: len(network.outputs)]
     signature = [tf.TensorSpec((None, INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS), tf.float32, name="images")]
-    function = tf.function(lambda images: network(images, training=False), input_signature=signature)
+    if uses_setup(network):
+        signature.append(tf.TensorSpec((None, SETUP_FEATURES), tf.float32, name="setup"))
+        function = tf.function(lambda images, setup: network([images, setup], training=False),
+                               input_signature=signature)  # fmt: skip
+    else:
+        function = tf.function(lambda images: network(images, training=False), input_signature=signature)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
     rename = {output.name: name for output, name in zip(proto.graph.output, names, strict=True)}
     for node in proto.graph.node:
@@ -265,12 +314,14 @@ def export_onnx(network: keras.Model, path: Path) -> list[str]:
     return names
 
 
-def onnx_parity(network: keras.Model, path: Path, images: np.ndarray) -> float:
+def onnx_parity(network: keras.Model, path: Path, split: dict) -> float:
+    """Largest absolute difference of any output, ONNX Runtime vs Keras, on the first 256 images of ``split``."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": images})
-    expected = network.predict(images, batch_size=256, verbose=0)
+    inputs = network_inputs(network, {k: v[:256] for k, v in split.items()})
+    got = session.run(None, inputs if isinstance(inputs, dict) else {"images": inputs})
+    expected = network.predict(inputs, batch_size=256, verbose=0)
     return max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
 
 
@@ -287,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lenet-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (tests)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="start of the cosine schedule")
+    parser.add_argument("--with-setup", action="store_true", help="the served network also takes the setup input")
+    parser.add_argument("--setup-dropout", type=float, default=0.3, help="share of training images without setup")
+    parser.add_argument("--init-from", type=Path, help="start from a setup-less sorter's weights (.weights.h5)")
+    parser.add_argument(
+        "--baselines-from", type=Path, help="with --lenet-epochs 0: copy the LeNet baseline from this card"
+    )
     args = parser.parse_args(argv)
 
     manifest = json.loads((args.data / "manifest.json").read_text())
@@ -299,24 +357,54 @@ def main(argv: list[str] | None = None) -> None:
     baseline = histogram_baseline(sets, args.seed)
     print(json.dumps({"histogram_rf_test_accuracy": baseline["test"]["technique"]["accuracy"]}), flush=True)
 
-    network = networks.sorter_cnn()
-    history = fit(network, sets, args.epochs, args.batch_size, args.seed, args.minutes)
+    network = networks.sorter_cnn(with_setup=args.with_setup)
+    if args.init_from:
+        networks.load_trunk(network, str(args.init_from))
+    history = fit(network, sets, args.epochs, args.batch_size, args.seed, args.minutes, args.learning_rate,
+                  args.setup_dropout)  # fmt: skip
     network.save_weights(str(work / "sorter.weights.h5"))
     predictions = predict_splits(network, sets)
     feature_thresholds = calibrate_feature_thresholds(predictions["val"]["features"], sets["val"]["features"])
     metrics = network_metrics(predictions, sets, feature_thresholds)
-    (work / "served_metrics.json").write_text(json.dumps({"training": history, "metrics": metrics}, indent=1))
+    metrics_without_setup = (
+        network_metrics(predict_splits(network, sets, with_setup=False), sets, feature_thresholds)
+        if args.with_setup
+        else None
+    )
+    (work / "served_metrics.json").write_text(
+        json.dumps({"training": history, "metrics": metrics, "metrics_without_setup": metrics_without_setup}, indent=1)
+    )
 
-    lenet = networks.lenet()
-    lenet_history = fit(lenet, sets, args.lenet_epochs, args.batch_size, args.seed, args.lenet_minutes)
-    lenet_metrics = network_metrics(predict_splits(lenet, sets), sets)
-    export_onnx(lenet, work / "lenet.onnx")
-    lenet_parity = onnx_parity(lenet, work / "lenet.onnx", sets["test"]["images"][:256])
+    if args.lenet_epochs:
+        lenet = networks.lenet()
+        lenet_history = fit(lenet, sets, args.lenet_epochs, args.batch_size, args.seed, args.lenet_minutes)
+        lenet_metrics = network_metrics(predict_splits(lenet, sets), sets)
+        export_onnx(lenet, work / "lenet.onnx")
+        lenet_parity = onnx_parity(lenet, work / "lenet.onnx", sets["test"])
+        seed_lenet = {
+            "architecture": {
+                "filters": list(networks.LENET_FILTERS),
+                "dense": list(networks.LENET_DENSE),
+                "parameters": int(lenet.count_params()),
+            },
+            "training": lenet_history,
+            "metrics": lenet_metrics,
+            "onnx_parity": lenet_parity,
+        }
+    elif args.baselines_from:
+        seed_lenet = {
+            **json.loads(args.baselines_from.read_text())["baselines"]["seed_lenet"],
+            "source": f"{args.baselines_from}: trained and scored on the same images (only the setup arrays were "
+            "added to the splits since; the image tensors are byte-identical)",
+        }
+        lenet_metrics, lenet_parity = seed_lenet["metrics"], 0.0
+    else:
+        raise SystemExit("--lenet-epochs 0 needs --baselines-from (a card whose LeNet baseline to report)")
 
     folder = args.models_dir / MODEL / args.version
     folder.mkdir(parents=True, exist_ok=True)
     names = export_onnx(network, folder / "model.onnx")
-    parity = onnx_parity(network, folder / "model.onnx", sets["test"]["images"][:256])
+    parity = onnx_parity(network, folder / "model.onnx", sets["test"])
     print(f"ONNX parity: served {parity:.2e}, LeNet {lenet_parity:.2e}", flush=True)
     if max(parity, lenet_parity) > PARITY_TOLERANCE:
         raise SystemExit(f"ONNX parity failed: {parity}, {lenet_parity}")
@@ -353,7 +441,20 @@ def main(argv: list[str] | None = None) -> None:
                 "dtype": "float32",
                 "shape": [-1, INPUT_SIDE_PX, INPUT_SIDE_PX, N_CHANNELS],
                 "unit": "matserve.codecs.scattering.encode_image: normalised log intensity, valid fraction",
-            }
+            },
+            *(
+                [
+                    {
+                        "name": "setup",
+                        "dtype": "float32",
+                        "shape": [-1, SETUP_FEATURES],
+                        "unit": "matserve.codecs.scattering.setup_features: log10 q span (1/Angstrom), known flag; "
+                        "zeros when unknown",
+                    }
+                ]
+                if args.with_setup
+                else []
+            ),
         ],
         "outputs": [
             {"name": names[0], "dtype": "float32", "shape": [-1, len(TECHNIQUES)], "labels": list(TECHNIQUES)},
@@ -375,22 +476,12 @@ def main(argv: list[str] | None = None) -> None:
             "stem": networks.SORTER_STEM,
             "conv3x3_filters_stride_dilation": [list(x) for x in networks.SORTER_LAYERS],
             "parameters": int(network.count_params()),
+            "setup_units": networks.SETUP_UNITS if args.with_setup else None,
         },
-        "training": history,
+        "training": {**history, "init_from": str(args.init_from) if args.init_from else None},
         "metrics": metrics,
-        "baselines": {
-            "seed_lenet": {
-                "architecture": {
-                    "filters": list(networks.LENET_FILTERS),
-                    "dense": list(networks.LENET_DENSE),
-                    "parameters": int(lenet.count_params()),
-                },
-                "training": lenet_history,
-                "metrics": lenet_metrics,
-                "onnx_parity": lenet_parity,
-            },
-            "histogram_features_random_forest": baseline,
-        },
+        **({"metrics_without_setup": metrics_without_setup} if args.with_setup else {}),
+        "baselines": {"seed_lenet": seed_lenet, "histogram_features_random_forest": baseline},
         "seed_paper": SEED_PAPER,
         "onnx": {"opset": 17, "parity_max_abs_diff_vs_keras": parity, "parity_set": "first 256 test images"},
         "serving": {"max_batch_size": 256},

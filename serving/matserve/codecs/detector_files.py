@@ -25,19 +25,36 @@ Formats
 
 Sizes are bounded before the pixels are decoded (:class:`FrameBudget`: frames and pixels per request), so a
 small compressed file cannot expand into gigabytes.
+
+Setup
+-----
+Where a file records the measurement setup, every frame carries it (:attr:`Frame.setup`, see
+:class:`~matserve.codecs.scattering.Setup`), as the sorter's network uses the detector's q span:
+
+* CBF: the Pilatus mini-header (``# Detector_distance 0.25 m``, ``# Wavelength 1.0332 A``,
+  ``# Pixel_size 172e-6 m x 172e-6 m``);
+* EDF: the ESRF keys ``SampleDistance`` (m), ``WaveLength`` (m) and ``PSize_1``/``PSize_2`` (m);
+* HDF5/NeXus: ``/entry/instrument/detector/distance`` (or Dectris' ``detector_distance``),
+  ``/entry/instrument/beam/incident_wavelength`` and ``/entry/instrument/detector/x_pixel_size``, in the unit
+  of their ``units`` attribute (m, mm, um, nm, angstrom; default m, and Angstrom for the wavelength).
+
+A value that is missing, unparsable or outside :data:`~matserve.codecs.scattering.SETUP_LIMITS` (a header's
+distance of 0, say) is left unknown; TIFF, NPY and PNG carry none.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from matserve.codecs.scattering import ImageError, check_shape
+from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, check_shape
 
 ACCEPTED_FORMATS = (
     "TIFF (.tif/.tiff, every page a frame), CBF (.cbf, Pilatus/Dectris), EDF (.edf, every frame), "
@@ -77,11 +94,14 @@ class Frame:
     label : str
         Names the frame in messages and results: ``name`` for a one-frame file, ``name[frame k]`` (0-based)
         for frame ``k`` of a multi-frame one.
+    setup : Setup
+        The measurement setup the file records (see the module docstring); all ``None`` when it records none.
     """
 
     image: np.ndarray
     mask: np.ndarray | None
     label: str
+    setup: Setup = field(default_factory=Setup)
 
 
 class FrameBudget:
@@ -257,7 +277,10 @@ def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: Fram
         frame = image if k == 0 else image.getframe(k)
         array = np.asarray(frame.data)
         _check_frame(array.shape, array.dtype, label)
-        frames.append(Frame(array, None, label))
+        header = getattr(frame, "header", None) or {}
+        setup = setup_from_pilatus_header(str(header.get(PILATUS_HEADER, ""))) if kind == "CBF" else (
+            setup_from_edf_header(header))  # fmt: skip
+        frames.append(Frame(array, None, label, setup))
     return frames
 
 
@@ -341,10 +364,11 @@ def _read_hdf5(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
         _check_frame(frame_shape, dataset.dtype, where)
         budget.take(count, frame_shape, name)
         mask = _pixel_mask(handle, frame_shape)
+        setup = setup_from_nexus(handle)
         labels = _labels(name, count)
         if len(shape) == 2:
-            return [Frame(np.asarray(dataset[()]), mask, labels[0])]
-        return [Frame(np.asarray(dataset[k]), mask, labels[k]) for k in range(count)]
+            return [Frame(np.asarray(dataset[()]), mask, labels[0], setup)]
+        return [Frame(np.asarray(dataset[k]), mask, labels[k], setup) for k in range(count)]
 
 
 def _image_dataset(handle: Any, name: str) -> tuple[str, Any]:
@@ -402,3 +426,77 @@ def _pixel_mask(handle: Any, shape: tuple[int, ...]) -> np.ndarray | None:
         if isinstance(item, h5py.Dataset) and tuple(item.shape) == tuple(shape) and item.dtype.kind in "uifb":
             return np.asarray(item[()])
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The measurement setup recorded in headers
+
+PILATUS_HEADER = "_array_data.header_contents"
+"""The CBF item holding the Pilatus mini-header (fabio's ``header`` key)."""
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+_PILATUS_FIELDS = {
+    "distance_m": (re.compile(r"#\s*Detector_distance\s+" + _NUMBER + r"\s*m\b"), 1.0),
+    "wavelength_angstrom": (re.compile(r"#\s*Wavelength\s+" + _NUMBER + r"\s*A\b"), 1.0),
+    "pixel_size_m": (re.compile(r"#\s*Pixel_size\s+" + _NUMBER + r"\s*m\b"), 1.0),
+}
+_EDF_FIELDS = {"distance_m": ("SampleDistance", 1.0), "wavelength_angstrom": ("WaveLength", 1e10),
+               "pixel_size_m": ("PSize_1", 1.0)}  # fmt: skip
+_NEXUS_FIELDS = {
+    "distance_m": (("/entry/instrument/detector/distance", "/entry/instrument/detector/detector_distance"), "m"),
+    "wavelength_angstrom": (("/entry/instrument/beam/incident_wavelength",), "angstrom"),
+    "pixel_size_m": (("/entry/instrument/detector/x_pixel_size",), "m"),
+}
+_METRES_PER_UNIT = {"m": 1.0, "metre": 1.0, "meter": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6,
+                    "micron": 1e-6, "micrometre": 1e-6, "micrometer": 1e-6, "nm": 1e-9, "a": 1e-10, "å": 1e-10,
+                    "angstrom": 1e-10}  # fmt: skip
+
+
+def _known(values: Mapping[str, float | None], source: str) -> Setup:
+    """A :class:`Setup` of the values within :data:`SETUP_LIMITS` (the others unknown)."""
+    kept = {}
+    for name, value in values.items():
+        low, high = SETUP_LIMITS[name]
+        if value is not None and math.isfinite(value) and low <= value <= high:
+            kept[name] = float(value)
+    return Setup(**kept, source=source if kept else "")
+
+
+def setup_from_pilatus_header(text: str) -> Setup:
+    """The setup in a Pilatus CBF mini-header (``# Detector_distance 0.25 m`` etc.; see the module docstring)."""
+    values: dict[str, float | None] = {}
+    for name, (pattern, scale) in _PILATUS_FIELDS.items():
+        match = pattern.search(text)
+        values[name] = float(match.group(1)) * scale if match else None
+    return _known(values, "header")
+
+
+def setup_from_edf_header(header: Mapping[str, Any]) -> Setup:
+    """The setup in an EDF header's ESRF keys (``SampleDistance``, ``WaveLength``, ``PSize_1``; metres)."""
+    values: dict[str, float | None] = {}
+    for name, (key, scale) in _EDF_FIELDS.items():
+        try:
+            values[name] = float(str(header[key]).split()[0]) * scale
+        except (KeyError, ValueError, IndexError):
+            values[name] = None
+    return _known(values, "header")
+
+
+def setup_from_nexus(handle: Any) -> Setup:
+    """The setup in a NeXus/Eiger file's instrument group (see the module docstring for paths and units)."""
+    import h5py
+
+    values: dict[str, float | None] = {}
+    for name, (paths, default_unit) in _NEXUS_FIELDS.items():
+        values[name] = None
+        for path in paths:
+            item = handle.get(path)
+            if not isinstance(item, h5py.Dataset) or item.size != 1 or item.dtype.kind not in "uif":
+                continue
+            unit = item.attrs.get("units", default_unit)
+            unit = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip().lower()
+            if unit not in _METRES_PER_UNIT:
+                continue
+            metres = float(np.asarray(item[()]).reshape(-1)[0]) * _METRES_PER_UNIT[unit]
+            values[name] = metres * 1e10 if name == "wavelength_angstrom" else metres
+            break
+    return _known(values, "header")

@@ -31,6 +31,13 @@ Channel 0 is that intensity (0 where masked); channel 1 the valid fraction of ea
 the detector, in gaps and under the beamstop's mask, 1 in full blocks). An image with fewer than
 :data:`MIN_VALID_PIXELS` valid pixels, or with all valid pixels equal (empty, constant), is refused with
 :class:`ImageError`.
+
+5. **The setup, when known** (:class:`Setup`: sample-detector distance, wavelength, pixel size, from the file's
+   header or the request). Step 4 removes the image's scale, so the network is also given the q span of the
+   detector, ``q_span = 4 pi / lambda sin(atan(d / D) / 2)`` (1/Angstrom) with ``d`` the detector's diagonal and
+   ``D`` the distance: the largest |q| the detector can see (with the beam at a corner), wherever the beam
+   really is. :func:`setup_features` gives the network ``(log10 q_span, 1)``, or ``(0, 0)`` when any of the three
+   is unknown.
 """
 
 from __future__ import annotations
@@ -60,8 +67,84 @@ CONSTANT_MESSAGE = (
 ACCEPTED_DTYPES = "integer (int8-int64, uint8-uint64), float16/32/64 or bool"
 
 
+SETUP_FEATURES = 2
+"""Width of :func:`setup_features`: log10 of the q span (1/Angstrom) and a flag that it is known."""
+SETUP_LIMITS = {
+    "distance_m": (0.01, 100.0),
+    "wavelength_angstrom": (0.05, 20.0),
+    "pixel_size_m": (1e-6, 2e-3),
+}
+"""Accepted range of each setup value (metres, Angstrom): 1 cm to 100 m; 0.05-20 Angstrom (0.6-250 keV);
+1 um to 2 mm pixels."""
+
+
 class ImageError(ValueError):
     """An image that cannot be sorted, with the reason and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The measurement setup of a detector image, as far as it is known (``None``: unknown).
+
+    Attributes
+    ----------
+    distance_m : float or None
+        Sample-detector distance along the beam, metres.
+    wavelength_angstrom : float or None
+        X-ray wavelength, Angstrom (``12.398 / energy_kev``).
+    pixel_size_m : float or None
+        Detector pixel size, metres (square pixels; Pilatus 172e-6, Eiger 75e-6).
+    source : str
+        Where the values came from: ``"header"``, ``"request"`` or ``"header+request"`` (``""``: nowhere).
+    """
+
+    distance_m: float | None = None
+    wavelength_angstrom: float | None = None
+    pixel_size_m: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in SETUP_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and low <= value <= high):
+                raise ImageError(f"{name} = {value} is outside the accepted range {low:g}-{high:g}")
+
+    @property
+    def complete(self) -> bool:
+        """Whether the distance, wavelength and pixel size are all known."""
+        return None not in (self.distance_m, self.wavelength_angstrom, self.pixel_size_m)
+
+    def updated(self, other: Setup) -> Setup:
+        """This setup with every value ``other`` knows replaced by ``other``'s (a request overrides a header)."""
+        values = {name: getattr(other, name) if getattr(other, name) is not None else getattr(self, name)
+                  for name in SETUP_LIMITS}  # fmt: skip
+        sources = [s.source for s in (self, other) if s.source and any(getattr(s, n) is not None for n in SETUP_LIMITS)]
+        return Setup(**values, source="+".join(sources))
+
+    def q_span_inv_angstrom(self, shape: tuple[int, int]) -> float | None:
+        """The detector's q span (see the module docstring), 1/Angstrom, or ``None`` if the setup is incomplete.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Detector ``(rows, cols)``, pixels of ``pixel_size_m``.
+        """
+        if not self.complete:
+            return None
+        diagonal_m = math.hypot(*shape) * self.pixel_size_m  # type: ignore[operator]
+        return q_span_inv_angstrom(diagonal_m, self.distance_m, self.wavelength_angstrom)  # type: ignore[arg-type]
+
+
+def q_span_inv_angstrom(diagonal_m: float, distance_m: float, wavelength_angstrom: float) -> float:
+    """``4 pi / lambda sin(atan(diagonal / distance) / 2)``, 1/Angstrom: |q| at a detector's diagonal."""
+    return 4.0 * math.pi / wavelength_angstrom * math.sin(0.5 * math.atan(diagonal_m / distance_m))
+
+
+def setup_features(q_span: float | None) -> np.ndarray:
+    """The network's ``setup`` input for one image: float32 ``(log10 q_span, 1)``, or ``(0, 0)`` if unknown."""
+    if q_span is None:
+        return np.zeros(SETUP_FEATURES, dtype=np.float32)
+    return np.array([math.log10(q_span), 1.0], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ small thread pool (the codec's kernel releases the GIL). The network answers, pe
   features), on the network's 16 x 16 grid over the 128 x 128 input.
 
 Every result also has ``detector_shape`` ``[rows, cols]`` (pixels) and ``valid_fraction`` (share of the
-detector's pixels that were valid). With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the
+detector's pixels that were valid).
+
+**The setup.** Versions whose card lists a ``setup`` input (1.2.0 on) are also given the detector's q span
+(:func:`matserve.codecs.scattering.setup_features`), computed from the sample-detector distance, wavelength
+and pixel size: the file's header (:mod:`matserve.codecs.detector_files`), with any value the request gives
+overriding it. ``q_span_inv_angstrom`` reports what the network was given (``null``: the setup was incomplete,
+the image was sorted from its pixels alone, and accuracy is lower; see the card's ``metrics_without_setup``),
+``setup_source`` where it came from (``header``, ``request``, ``header+request``). With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the
 image as the network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
 frame, under the ReLU'd Grad-CAM map of ``saliency_label`` (default: the predicted technique), bilinearly
 upsampled to 128 x 128 and scaled to [0, 1] over the crop, each input pixel drawn 4 x 4.
@@ -44,10 +51,13 @@ from matserve.codecs.detector_files import Frame
 from matserve.codecs.scattering import (
     INPUT_SIDE_PX,
     MAX_SIDE_PX,
+    SETUP_FEATURES,
     EncodedImage,
     ImageError,
+    Setup,
     as_image_array,
     encode_image,
+    setup_features,
 )
 from matserve.errors import InvalidInput
 from matserve.metrics import ITEMS, REQUESTS
@@ -55,6 +65,7 @@ from matserve.models.base import Prediction, ServedModel
 from matserve.registry import ModelVersion
 
 INPUT = "images"
+SETUP_INPUT = "setup"
 TECHNIQUE_OUTPUT = "technique_probabilities"
 GEOMETRY_OUTPUT = "geometry_probabilities"
 FEATURE_OUTPUT = "feature_probabilities"
@@ -70,7 +81,7 @@ DEFAULT_FEATURE_THRESHOLD = 0.5
 EMPTY_RESULT: dict[str, Any] = {
     "technique": None, "technique_probabilities": None, "geometry": None, "geometry_probabilities": None,
     "features": None, "feature_probabilities": None, "detector_shape": None, "valid_fraction": None,
-    "saliency_png_base64": None, "saliency_label": None,
+    "q_span_inv_angstrom": None, "setup_source": None, "saliency_png_base64": None, "saliency_label": None,
 }  # fmt: skip
 
 _POOL: ThreadPoolExecutor | None = None
@@ -132,12 +143,18 @@ class ScatteringImageInput(TypedDict):
         :func:`~matserve.codecs.scattering.invalid_pixels` (negative values are gaps); floats are floats.
     mask : list of list of number, optional
         Same shape, nonzero = bad pixel.
+    distance_m, wavelength_angstrom, pixel_size_um : float, optional
+        The measurement setup (sample-detector distance in metres, wavelength in Angstrom, pixel size in
+        micrometres), for versions with a setup input.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
     image: Annotated[list[Annotated[list[int | float], Field(max_length=MAX_SIDE_PX)]], Field(max_length=MAX_SIDE_PX)]
     mask: NotRequired[list[list[int | float]] | None]
+    distance_m: NotRequired[float | None]
+    wavelength_angstrom: NotRequired[float | None]
+    pixel_size_um: NotRequired[float | None]
 
 
 @dataclass
@@ -154,18 +171,24 @@ class PreparedScattering:
         One per row.
     shapes : list of tuple of int
         Detector shape ``(rows, cols)`` of each encoded image.
+    setups : list of Setup
+        The setup of each encoded image (file header, then the request's values).
     labels : Labels
         The version's labels.
     saliency_label : str or None
         Label whose map is drawn (``""``: each image's predicted technique); ``None``: no saliency PNG.
+    uses_setup : bool
+        Whether the version takes the ``setup`` input (:func:`uses_setup`).
     """
 
     results: list[dict[str, Any]]
     rows: list[int]
     encoded: list[EncodedImage]
     shapes: list[tuple[int, int]]
+    setups: list[Setup]
     labels: Labels
     saliency_label: str | None = None
+    uses_setup: bool = False
 
     @property
     def tensors(self) -> np.ndarray:
@@ -174,29 +197,59 @@ class PreparedScattering:
             return np.zeros((0, INPUT_SIDE_PX, INPUT_SIDE_PX, 2), dtype=np.float32)
         return np.stack([e.tensor for e in self.encoded])
 
+    @property
+    def q_spans(self) -> list[float | None]:
+        """Each encoded image's q span (1/Angstrom), ``None`` where the setup is incomplete."""
+        return [setup.q_span_inv_angstrom(shape) for setup, shape in zip(self.setups, self.shapes, strict=True)]
 
-def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(image, mask)`` of one item: a :class:`Frame`, a mapping ``{"image", "mask"}`` or a 2D array."""
+    @property
+    def setup_tensor(self) -> np.ndarray:
+        """float32 ``(len(rows), 2)`` setup input (:func:`~matserve.codecs.scattering.setup_features`)."""
+        if not self.encoded:
+            return np.zeros((0, SETUP_FEATURES), dtype=np.float32)
+        return np.stack([setup_features(q) for q in self.q_spans])
+
+
+def setup_of(values: Mapping[str, Any], source: str) -> Setup:
+    """A :class:`Setup` from wire values ``distance_m``, ``wavelength_angstrom``, ``pixel_size_um`` (any may be
+    missing or ``None``); :class:`ImageError` for a value that is not a number in the accepted range."""
+    converted: dict[str, float | None] = {}
+    for wire, name, scale in (("distance_m", "distance_m", 1.0), ("wavelength_angstrom", "wavelength_angstrom", 1.0),
+                              ("pixel_size_um", "pixel_size_m", 1e-6)):  # fmt: skip
+        value = values.get(wire)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ImageError(f"{wire} must be a number, got {value!r}")
+        converted[name] = None if value is None else float(value) * scale
+    try:
+        return Setup(**converted, source=source if any(v is not None for v in converted.values()) else "")
+    except ImageError as error:
+        raise ImageError(str(error).replace("pixel_size_m", "pixel_size_um (in metres)")) from None
+
+
+def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None, Setup]:
+    """``(image, mask, setup)`` of one item: a :class:`Frame`, a mapping ``{"image", "mask", setup values}`` or a
+    2D array."""
     if isinstance(item, Frame):
-        return item.image, item.mask
+        return item.image, item.mask, item.setup
     if isinstance(item, Mapping):
         if "image" not in item:
             raise ImageError('an item is an object {"image": [[...], ...], "mask": optional}')
         mask = item.get("mask")
-        return as_image_array(item["image"], "image"), None if mask is None else as_image_array(mask, "mask")
-    return as_image_array(item, "image"), None
+        image = as_image_array(item["image"], "image")
+        return image, None if mask is None else as_image_array(mask, "mask"), setup_of(item, "request")
+    return as_image_array(item, "image"), None, Setup()
 
 
-def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, str | None]:
-    """Encode one item: ``(encoded, detector shape, None)`` or ``(None, None, reason)``."""
+def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, Setup | None, str | None]:
+    """Encode one item: ``(encoded, detector shape, setup, None)`` or ``(None, None, None, reason)``."""
     if isinstance(item, str):
-        return None, None, item
+        return None, None, None, item
     try:
-        image, mask = _item_arrays(item)
+        image, mask, setup = _item_arrays(item)
         encoded = encode_image(image, mask)
     except ImageError as error:
-        return None, None, str(error)
-    return encoded, (int(image.shape[0]), int(image.shape[1])), None
+        return None, None, None, str(error)
+    return encoded, (int(image.shape[0]), int(image.shape[1])), setup, None
 
 
 def thread_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -207,7 +260,9 @@ def thread_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any
     return list(_pool().map(function, items))
 
 
-def encode_items(items: Sequence[Any]) -> list[tuple[EncodedImage | None, tuple[int, int] | None, str | None]]:
+def encode_items(
+    items: Sequence[Any],
+) -> list[tuple[EncodedImage | None, tuple[int, int] | None, Setup | None, str | None]]:
     """:func:`_encode` every item, on the encode threads when there are several."""
     return thread_map(_encode, items)
 
@@ -279,6 +334,11 @@ def saliency_png(intensity: np.ndarray, level: np.ndarray, scale: int = SALIENCY
     return buffer.getvalue()
 
 
+def uses_setup(card: Mapping[str, Any]) -> bool:
+    """Whether a version's network takes the ``setup`` input (its card lists it)."""
+    return any(spec.get("name") == SETUP_INPUT for spec in card.get("inputs", []))
+
+
 def _probabilities(labels: tuple[str, ...], values: np.ndarray) -> dict[str, float]:
     return {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
 
@@ -308,8 +368,13 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         if not prepared.rows:
             return {}
         size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
-        tensors = prepared.tensors
-        parts = [self.runtime.run(model, {INPUT: tensors[i : i + size]}) for i in range(0, len(tensors), size)]
+        inputs = {INPUT: prepared.tensors}
+        if uses_setup(model.card):
+            inputs[SETUP_INPUT] = prepared.setup_tensor
+        parts = [
+            self.runtime.run(model, {name: value[i : i + size] for name, value in inputs.items()})
+            for i in range(0, len(prepared.rows), size)
+        ]
         return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in OUTPUTS}
 
     def postprocess(self, prepared: PreparedScattering, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -323,6 +388,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         if widths != (len(labels.technique), len(labels.geometry), len(labels.features)):
             raise RuntimeError(f"{self.name}: the graph answers {widths} probabilities but the card has "
                                f"{len(labels.technique)}, {len(labels.geometry)}, {len(labels.features)} labels")  # fmt: skip
+        q_spans = prepared.q_spans if prepared.uses_setup else [None] * len(prepared.rows)
         for k, row in enumerate(prepared.rows):
             encoded, shape = prepared.encoded[k], prepared.shapes[k]
             best = labels.technique[int(technique[k].argmax())]
@@ -335,6 +401,8 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 "feature_probabilities": _probabilities(labels.features, features[k]),
                 "detector_shape": [shape[0], shape[1]],
                 "valid_fraction": round(encoded.valid_fraction, 6),
+                "q_span_inv_angstrom": None if q_spans[k] is None else round(q_spans[k], 6),
+                "setup_source": prepared.setups[k].source or None if q_spans[k] is not None else None,
             })  # fmt: skip
             if prepared.saliency_label is not None:
                 label = prepared.saliency_label or best
@@ -345,19 +413,24 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 results[row]["saliency_label"] = label
         return results
 
-    def _prepare(self, items: Sequence[Any], model: ModelVersion, saliency_label: str | None) -> PreparedScattering:
+    def _prepare(
+        self, items: Sequence[Any], model: ModelVersion, saliency_label: str | None, setup: Setup | None = None
+    ) -> PreparedScattering:
         labels = Labels.from_card(model.card)
         results: list[dict[str, Any]] = []
         rows: list[int] = []
         encoded: list[EncodedImage] = []
         shapes: list[tuple[int, int]] = []
-        for i, (image, shape, error) in enumerate(encode_items(items)):
+        setups: list[Setup] = []
+        for i, (image, shape, item_setup, error) in enumerate(encode_items(items)):
             results.append({**EMPTY_RESULT, "error": error})
-            if image is not None and shape is not None:
+            if image is not None and shape is not None and item_setup is not None:
                 rows.append(i)
                 encoded.append(image)
                 shapes.append(shape)
-        return PreparedScattering(results, rows, encoded, shapes, labels, saliency_label)
+                setups.append(item_setup.updated(setup) if setup is not None else item_setup)
+        return PreparedScattering(results, rows, encoded, shapes, setups, labels, saliency_label,
+                                  uses_setup(model.card))  # fmt: skip
 
     # -- the HTTP API's entry point ----------------------------------------------------------------------------
 
@@ -384,6 +457,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         version: str | None = None,
         saliency: bool = False,
         saliency_label: str | None = None,
+        setup: Setup | None = None,
     ) -> Prediction:
         """Sort decoded frames (one result per item, refused ones with ``error``), optionally with saliency PNGs.
 
@@ -398,6 +472,8 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         saliency_label : str, optional
             Draw this label's map (any technique, geometry or feature label of the card; implies ``saliency``);
             default each image's predicted technique.
+        setup : Setup, optional
+            The request's setup values: each overrides the file header's (the others stay as the header says).
 
         Raises
         ------
@@ -409,7 +485,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         metric_labels = {"model": model.name, "version": model.version}
         try:
             with self._timed(metric_labels, "preprocess"):
-                prepared = self._prepare(items, model, wanted)
+                prepared = self._prepare(items, model, wanted, setup)
             with self._timed(metric_labels, "predict"):
                 outputs = self.predict(prepared, model)
             with self._timed(metric_labels, "postprocess"):
