@@ -14,6 +14,9 @@ uncompressed TIFF files, as Pilatus detectors write them. Paths, images/s, measu
 Over HTTP (a real ``matserve serve`` subprocess): one TIFF per request (``image/tiff`` body), sequential
 (latency p50/p99 and images/s) and from 4 concurrent clients (images/s), next to the same single-image calls
 in-process. Run: ``make bench-scattering`` (writes ``bench/results/scattering.json``).
+
+Versions with a setup input (1.2.0 on) get the setup with every image (``distance_m`` 0.3, ``wavelength_angstrom``
+1.0, ``pixel_size_um`` 172, in-process and as query parameters), as a CBF header or the request gives it.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import tifffile
 from bench_formation_enthalpy import best_rate, latencies_ms, percentile  # bench/ is on sys.path as a script
 
 from matserve.codecs.detector_files import FrameBudget, read_frames
+from matserve.codecs.scattering import Setup, setup_features
 from matserve.devserver import running_server
-from matserve.models.scattering_sorter import ScatteringSorterModel, encode_items
+from matserve.models.scattering_sorter import ScatteringSorterModel, encode_items, uses_setup
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
 from matserve.scattering_api import decode_multipart
@@ -88,28 +92,37 @@ def main() -> None:
         # a batch of 64 Pilatus 2M frames (158 Mpixel) is over the service's default request budget (2^27 pixels)
         return decode_multipart(files, [], FrameBudget(max_frames=BATCH, max_pixels=2**31)).items
 
-    tensors = {key: np.stack([e.tensor for e, _, _ in encode_items(decode(batch))]) for key, batch in batches.items()}
+    tensors = {key: np.stack([e.tensor for e, *_ in encode_items(decode(batch))]) for key, batch in batches.items()}
+    # As a CBF header or the request gives it (TIFFs carry none): every image gets the setup input.
+    setup = Setup(distance_m=0.3, wavelength_angstrom=1.0, pixel_size_m=172e-6, source="request")
+
+    def network_inputs(images: np.ndarray) -> dict[str, np.ndarray]:
+        if not uses_setup(version.card):
+            return {"images": images}
+        return {"images": images, "setup": np.tile(setup_features(1.0), (len(images), 1))}
 
     rounds: list[dict[str, float]] = []
     for _ in range(args.rounds):
         row: dict[str, float] = {}
         for key, batch in batches.items():
-            row[f"{key}_tensor"] = best_rate(
-                lambda t=tensors[key]: runtime.run(version, {"images": t}), BATCH, args.seconds
-            )
+            inputs = network_inputs(tensors[key])
+            row[f"{key}_tensor"] = best_rate(lambda t=inputs: runtime.run(version, t), BATCH, args.seconds)
             row[f"{key}_codec"] = best_rate(lambda b=batch: encode_items(decode(b)), BATCH, args.seconds)
-            row[f"{key}_end_to_end"] = best_rate(lambda b=batch: model.sort(decode(b)), BATCH, args.seconds)
+            row[f"{key}_end_to_end"] = best_rate(
+                lambda b=batch: model.sort(decode(b), setup=setup), BATCH, args.seconds
+            )
             row[f"{key}_end_to_end_vs_tensor"] = row[f"{key}_end_to_end"] / row[f"{key}_tensor"]
         rounds.append(row)
     in_process = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
     # In-process single-image latencies first: an idle keep-alive connection would expire during them.
     local_latencies = {
-        key: latencies_ms(lambda d=data: model.sort(read_frames(d[0], "image.tif")), args.http_requests)
+        key: latencies_ms(lambda d=data: model.sort(read_frames(d[0], "image.tif"), setup=setup), args.http_requests)
         for key, data in files.items()
     }
     http: dict[str, float] = {}
     headers = {"content-type": "image/tiff"}
+    setup_query = {"distance_m": "0.3", "wavelength_angstrom": "1.0", "pixel_size_um": "172"}
     with tempfile.TemporaryDirectory() as tmp, running_server(settings.models_dir, Path(tmp) / "server.log") as url:
         with httpx.Client(base_url=url, timeout=300) as client:
             for key, data in files.items():
@@ -117,7 +130,9 @@ def main() -> None:
 
                 def call(data: list[bytes] = data, cycle=cycle, client: httpx.Client = client) -> object:
                     body = data[next(cycle) % len(data)]
-                    return client.post("/v1/scattering/sort", content=body, headers=headers).raise_for_status()
+                    return client.post(
+                        "/v1/scattering/sort", content=body, headers=headers, params=setup_query
+                    ).raise_for_status()
 
                 samples = latencies_ms(call, args.http_requests)
                 local = local_latencies[key]

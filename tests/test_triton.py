@@ -272,7 +272,7 @@ def test_scattering_sorter_answers_the_same_on_triton(
 
     config = parse_config(repository / "scattering_sorter" / "config.pbtxt")
     assert [(i.name, list(i.dims)) for i in config.input] == [("images", [128, 128, 2]), ("setup", [2])]
-    older = parse_config(repository / "scattering_sorter__1.1.0" / "config.pbtxt")  # no setup input: its own model
+    older = parse_config(repository / "scattering_sorter__1.0.0" / "config.pbtxt")  # 1.0.0, 1.1.0: no setup input
     assert [(i.name, list(i.dims)) for i in older.input] == [("images", [128, 128, 2])]
     assert [(o.name, list(o.dims)) for o in config.output] == [
         ("technique_probabilities", [4]), ("geometry_probabilities", [2]), ("feature_probabilities", [5]),
