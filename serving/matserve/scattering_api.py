@@ -48,7 +48,7 @@ from matserve.codecs.detector_files import (
 from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, as_image_array, check_shape
 from matserve.ebsd_api import media_type
 from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
-from matserve.models.scattering_sorter import thread_map
+from matserve.models.scattering_sorter import WIRE_SETUP, setup_of, thread_map
 
 SORT_MEDIA_TYPES = ("application/json", "image/tiff", "image/png", "application/x-npy", "application/x-hdf5",
                     "application/x-hdf", "application/octet-stream", "multipart/form-data")  # fmt: skip
@@ -105,9 +105,7 @@ class ScatteringOptions(BaseModel):
     @property
     def setup(self) -> Setup:
         """The request's setup values (``None`` where not given)."""
-        pixel_size_m = None if self.pixel_size_um is None else self.pixel_size_um * 1e-6
-        given = (self.distance_m, self.wavelength_angstrom, pixel_size_m)
-        return Setup(*given, source="request" if any(v is not None for v in given) else "")
+        return setup_of(self.model_dump(include={wire for wire, _, _ in WIRE_SETUP}), "request")
 
 
 _ARRAY_2D = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}

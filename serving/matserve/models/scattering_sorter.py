@@ -22,8 +22,9 @@ detector's pixels that were valid).
 and pixel size: the file's header (:mod:`matserve.codecs.detector_files`), with any value the request gives
 overriding it. ``q_span_inv_angstrom`` reports what the network was given (``null``: the setup was incomplete,
 the image was sorted from its pixels alone, and accuracy is lower; see the card's ``metrics_without_setup``),
-``setup_source`` where it came from (``header``, ``request``, ``header+request``). With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the
-image as the network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
+``setup_source`` where it came from (``header``, ``request``, ``header+request``).
+
+With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the image as the network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
 frame, under the ReLU'd Grad-CAM map of ``saliency_label`` (default: the predicted technique), bilinearly
 upsampled to 128 x 128 and scaled to [0, 1] over the crop, each input pixel drawn 4 x 4.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +54,7 @@ from matserve.codecs.scattering import (
     INPUT_SIDE_PX,
     MAX_SIDE_PX,
     SETUP_FEATURES,
+    SETUP_LIMITS,
     EncodedImage,
     ImageError,
     Setup,
@@ -210,20 +213,27 @@ class PreparedScattering:
         return np.stack([setup_features(q) for q in self.q_spans])
 
 
+WIRE_SETUP = (("distance_m", "distance_m", 1.0), ("wavelength_angstrom", "wavelength_angstrom", 1.0),
+              ("pixel_size_um", "pixel_size_m", 1e-6))  # fmt: skip
+"""``(wire name, Setup field, Setup units per wire unit)`` of the setup values a request carries."""
+
+
 def setup_of(values: Mapping[str, Any], source: str) -> Setup:
     """A :class:`Setup` from wire values ``distance_m``, ``wavelength_angstrom``, ``pixel_size_um`` (any may be
     missing or ``None``); :class:`ImageError` for a value that is not a number in the accepted range."""
     converted: dict[str, float | None] = {}
-    for wire, name, scale in (("distance_m", "distance_m", 1.0), ("wavelength_angstrom", "wavelength_angstrom", 1.0),
-                              ("pixel_size_um", "pixel_size_m", 1e-6)):  # fmt: skip
+    for wire, name, scale in WIRE_SETUP:
         value = values.get(wire)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        converted[name] = None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ImageError(f"{wire} must be a number, got {value!r}")
-        converted[name] = None if value is None else float(value) * scale
-    try:
-        return Setup(**converted, source=source if any(v is not None for v in converted.values()) else "")
-    except ImageError as error:
-        raise ImageError(str(error).replace("pixel_size_m", "pixel_size_um (in metres)")) from None
+        low, high = (limit / scale for limit in SETUP_LIMITS[name])
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ImageError(f"{wire} = {value} is outside the accepted range {low:g}-{high:g}")
+        converted[name] = float(value) * scale
+    return Setup(**converted, source=source if any(v is not None for v in converted.values()) else "")
 
 
 def _item_arrays(item: Any) -> tuple[np.ndarray, np.ndarray | None, Setup]:
