@@ -96,16 +96,16 @@ def main() -> None:
     # As a CBF header or the request gives it (TIFFs carry none): every image gets the setup input.
     setup = Setup(distance_m=0.3, wavelength_angstrom=1.0, pixel_size_m=172e-6, source="request")
 
-    def network_inputs(images: np.ndarray) -> dict[str, np.ndarray]:
+    def network_inputs(images: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         if not uses_setup(version.card):
             return {"images": images}
-        return {"images": images, "setup": np.tile(setup_features(1.0), (len(images), 1))}
+        return {"images": images, "setup": np.tile(setup_features(setup.q_span_inv_angstrom(shape)), (len(images), 1))}
 
     rounds: list[dict[str, float]] = []
     for _ in range(args.rounds):
         row: dict[str, float] = {}
         for key, batch in batches.items():
-            inputs = network_inputs(tensors[key])
+            inputs = network_inputs(tensors[key], decode(batch[:1])[0].image.shape)
             row[f"{key}_tensor"] = best_rate(lambda t=inputs: runtime.run(version, t), BATCH, args.seconds)
             row[f"{key}_codec"] = best_rate(lambda b=batch: encode_items(decode(b)), BATCH, args.seconds)
             row[f"{key}_end_to_end"] = best_rate(

@@ -559,8 +559,11 @@ def test_the_setup_changes_the_answer_and_the_request_overrides_the_header(sorte
     assert from_request["setup_source"] == "request"
     as_job = sorter([{"image": image.tolist(), "distance_m": 0.25, "wavelength_angstrom": 1.0, "pixel_size_um": 172}])
     assert as_job.results[0]["technique_probabilities"] == with_header["technique_probabilities"]
-    refused = sorter([{"image": image.tolist(), "distance_m": -1.0}]).results[0]
-    assert "distance_m = -1.0 is outside the accepted range" in refused["error"]
+    refused = sorter([{"image": image.tolist(), "distance_m": -1.0}, {"image": image.tolist(), "pixel_size_um": 0.000172},
+                      {"image": image.tolist(), "wavelength_angstrom": float("nan")}]).results  # fmt: skip
+    assert "distance_m = -1.0 is outside the accepted range 0.01-100" in refused[0]["error"]
+    assert "pixel_size_um = 0.000172 is outside the accepted range 1-2000" in refused[1]["error"]
+    assert "wavelength_angstrom = nan is outside the accepted range" in refused[2]["error"]
 
 
 def test_per_item_errors_saliency_and_job_items(sorter: ScatteringSorterModel) -> None:

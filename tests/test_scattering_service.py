@@ -191,6 +191,12 @@ def _bad_cases() -> list[tuple[str, dict, int, str]]:
                                    "params": {"distance_m": "0"}}, 422, "distance_m"),
         ("wavelength not a number", {"body": {"image": good.tolist(), "wavelength_angstrom": "blue"}}, 422,
          "wavelength_angstrom"),
+        ("distance in mm", {"content": npy(good), "content_type": "application/x-npy",
+                            "params": {"distance_m": "250"}}, 422, "distance_m"),
+        ("pixel size in metres", {"content": npy(good), "content_type": "application/x-npy",
+                                  "params": {"pixel_size_um": "172e-6"}}, 422, "pixel_size_um"),
+        ("NaN wavelength", {"content": npy(good), "content_type": "application/x-npy",
+                            "params": {"wavelength_angstrom": "nan"}}, 422, "wavelength_angstrom"),
     ]  # fmt: skip
 
 

@@ -113,8 +113,8 @@ def network_inputs(network: keras.Model, split: dict, with_setup: bool = True) -
     return {"images": split["images"], "setup": setup}
 
 
-def withhold_setup(inputs: dict, rate: float) -> dict:
-    """Zero each image's setup with probability ``rate`` (as for files without it)."""
+def augment_and_withhold_setup(inputs: dict, rate: float) -> dict:
+    """:func:`augment` the images; zero each image's setup with probability ``rate`` (as for files without it)."""
     keep = tf.cast(tf.random.uniform((tf.shape(inputs["setup"])[0], 1)) >= rate, tf.float32)
     return {"images": augment(inputs["images"]), "setup": inputs["setup"] * keep}
 
@@ -143,7 +143,7 @@ def fit(
         .batch(batch_size)
     )
     if uses_setup(network):
-        dataset = dataset.map(lambda x, y: (withhold_setup(x, setup_dropout), y), num_parallel_calls=2)
+        dataset = dataset.map(lambda x, y: (augment_and_withhold_setup(x, setup_dropout), y), num_parallel_calls=2)
     else:
         dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=2)
     dataset = dataset.prefetch(2)

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, check_shape
+from matserve.codecs.scattering import ImageError, Setup, check_shape, setup_value_error
 
 ACCEPTED_FORMATS = (
     "TIFF (.tif/.tiff, every page a frame), CBF (.cbf, Pilatus/Dectris), EDF (.edf, every frame), "
@@ -278,8 +278,10 @@ def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: Fram
         array = np.asarray(frame.data)
         _check_frame(array.shape, array.dtype, label)
         header = getattr(frame, "header", None) or {}
-        setup = setup_from_pilatus_header(str(header.get(PILATUS_HEADER, ""))) if kind == "CBF" else (
-            setup_from_edf_header(header))  # fmt: skip
+        if kind == "CBF":
+            setup = setup_from_pilatus_header(str(header.get(PILATUS_HEADER, "")))
+        else:
+            setup = setup_from_edf_header(header)
         frames.append(Frame(array, None, label, setup))
     return frames
 
@@ -453,11 +455,8 @@ _METRES_PER_UNIT = {"m": 1.0, "metre": 1.0, "meter": 1.0, "cm": 1e-2, "mm": 1e-3
 
 def _known(values: Mapping[str, float | None], source: str) -> Setup:
     """A :class:`Setup` of the values within :data:`SETUP_LIMITS` (the others unknown)."""
-    kept = {}
-    for name, value in values.items():
-        low, high = SETUP_LIMITS[name]
-        if value is not None and math.isfinite(value) and low <= value <= high:
-            kept[name] = float(value)
+    kept = {name: float(value) for name, value in values.items()
+            if value is not None and setup_value_error(name, value) is None}  # fmt: skip
     return Setup(**kept, source=source if kept else "")
 
 

@@ -82,6 +82,25 @@ class ImageError(ValueError):
     """An image that cannot be sorted, with the reason and what is accepted."""
 
 
+def setup_value_error(name: str, value: float, scale: float = 1.0, shown: str | None = None) -> str | None:
+    """Why a setup value is refused (``None``: it is accepted): not finite, or outside :data:`SETUP_LIMITS`.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SETUP_LIMITS`.
+    value : float
+        The value in the caller's units, ``scale`` of them per unit of ``name`` (1e6 for micrometres of
+        ``pixel_size_m``).
+    shown : str, optional
+        The name in the message (default ``name``).
+    """
+    low, high = (limit * scale for limit in SETUP_LIMITS[name])
+    if math.isfinite(value) and low <= value <= high:
+        return None
+    return f"{shown or name} = {value} is outside the accepted range {low:g}-{high:g}"
+
+
 @dataclass(frozen=True)
 class Setup:
     """The measurement setup of a detector image, as far as it is known (``None``: unknown).
@@ -104,10 +123,10 @@ class Setup:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for name, (low, high) in SETUP_LIMITS.items():
+        for name in SETUP_LIMITS:
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and low <= value <= high):
-                raise ImageError(f"{name} = {value} is outside the accepted range {low:g}-{high:g}")
+            if value is not None and (error := setup_value_error(name, value)):
+                raise ImageError(error)
 
     @property
     def complete(self) -> bool:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -54,13 +53,13 @@ from matserve.codecs.scattering import (
     INPUT_SIDE_PX,
     MAX_SIDE_PX,
     SETUP_FEATURES,
-    SETUP_LIMITS,
     EncodedImage,
     ImageError,
     Setup,
     as_image_array,
     encode_image,
     setup_features,
+    setup_value_error,
 )
 from matserve.errors import InvalidInput
 from matserve.metrics import ITEMS, REQUESTS
@@ -180,8 +179,9 @@ class PreparedScattering:
         The version's labels.
     saliency_label : str or None
         Label whose map is drawn (``""``: each image's predicted technique); ``None``: no saliency PNG.
-    uses_setup : bool
-        Whether the version takes the ``setup`` input (:func:`uses_setup`).
+    q_spans : list of float or None, or None
+        Each encoded image's q span (1/Angstrom; ``None`` where its setup is incomplete); the list itself is
+        ``None`` when the version takes no ``setup`` input (:func:`uses_setup`).
     """
 
     results: list[dict[str, Any]]
@@ -191,7 +191,7 @@ class PreparedScattering:
     setups: list[Setup]
     labels: Labels
     saliency_label: str | None = None
-    uses_setup: bool = False
+    q_spans: list[float | None] | None = None
 
     @property
     def tensors(self) -> np.ndarray:
@@ -201,21 +201,16 @@ class PreparedScattering:
         return np.stack([e.tensor for e in self.encoded])
 
     @property
-    def q_spans(self) -> list[float | None]:
-        """Each encoded image's q span (1/Angstrom), ``None`` where the setup is incomplete."""
-        return [setup.q_span_inv_angstrom(shape) for setup, shape in zip(self.setups, self.shapes, strict=True)]
-
-    @property
     def setup_tensor(self) -> np.ndarray:
         """float32 ``(len(rows), 2)`` setup input (:func:`~matserve.codecs.scattering.setup_features`)."""
-        if not self.encoded:
+        if not self.q_spans:
             return np.zeros((0, SETUP_FEATURES), dtype=np.float32)
         return np.stack([setup_features(q) for q in self.q_spans])
 
 
 WIRE_SETUP = (("distance_m", "distance_m", 1.0), ("wavelength_angstrom", "wavelength_angstrom", 1.0),
-              ("pixel_size_um", "pixel_size_m", 1e-6))  # fmt: skip
-"""``(wire name, Setup field, Setup units per wire unit)`` of the setup values a request carries."""
+              ("pixel_size_um", "pixel_size_m", 1e6))  # fmt: skip
+"""``(wire name, Setup field, wire units per Setup unit)`` of the setup values a request carries."""
 
 
 def setup_of(values: Mapping[str, Any], source: str) -> Setup:
@@ -229,10 +224,9 @@ def setup_of(values: Mapping[str, Any], source: str) -> Setup:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ImageError(f"{wire} must be a number, got {value!r}")
-        low, high = (limit / scale for limit in SETUP_LIMITS[name])
-        if not (math.isfinite(value) and low <= value <= high):
-            raise ImageError(f"{wire} = {value} is outside the accepted range {low:g}-{high:g}")
-        converted[name] = float(value) * scale
+        if error := setup_value_error(name, value, scale, wire):
+            raise ImageError(error)
+        converted[name] = float(value) / scale
     return Setup(**converted, source=source if any(v is not None for v in converted.values()) else "")
 
 
@@ -379,7 +373,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
             return {}
         size = min(RUN_BATCH, int(model.card.get("serving", {}).get("max_batch_size", RUN_BATCH)))
         inputs = {INPUT: prepared.tensors}
-        if uses_setup(model.card):
+        if prepared.q_spans is not None:
             inputs[SETUP_INPUT] = prepared.setup_tensor
         parts = [
             self.runtime.run(model, {name: value[i : i + size] for name, value in inputs.items()})
@@ -398,7 +392,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         if widths != (len(labels.technique), len(labels.geometry), len(labels.features)):
             raise RuntimeError(f"{self.name}: the graph answers {widths} probabilities but the card has "
                                f"{len(labels.technique)}, {len(labels.geometry)}, {len(labels.features)} labels")  # fmt: skip
-        q_spans = prepared.q_spans if prepared.uses_setup else [None] * len(prepared.rows)
+        q_spans = prepared.q_spans if prepared.q_spans is not None else [None] * len(prepared.rows)
         for k, row in enumerate(prepared.rows):
             encoded, shape = prepared.encoded[k], prepared.shapes[k]
             best = labels.technique[int(technique[k].argmax())]
@@ -412,7 +406,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 "detector_shape": [shape[0], shape[1]],
                 "valid_fraction": round(encoded.valid_fraction, 6),
                 "q_span_inv_angstrom": None if q_spans[k] is None else round(q_spans[k], 6),
-                "setup_source": prepared.setups[k].source or None if q_spans[k] is not None else None,
+                "setup_source": None if q_spans[k] is None else (prepared.setups[k].source or None),
             })  # fmt: skip
             if prepared.saliency_label is not None:
                 label = prepared.saliency_label or best
@@ -439,8 +433,9 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 encoded.append(image)
                 shapes.append(shape)
                 setups.append(item_setup.updated(setup) if setup is not None else item_setup)
-        return PreparedScattering(results, rows, encoded, shapes, setups, labels, saliency_label,
-                                  uses_setup(model.card))  # fmt: skip
+        q_spans = ([s.q_span_inv_angstrom(shape) for s, shape in zip(setups, shapes, strict=True)]
+                   if uses_setup(model.card) else None)  # fmt: skip
+        return PreparedScattering(results, rows, encoded, shapes, setups, labels, saliency_label, q_spans)
 
     # -- the HTTP API's entry point ----------------------------------------------------------------------------
 
