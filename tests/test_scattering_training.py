@@ -95,3 +95,47 @@ def test_the_stored_setup_is_the_scene_s_and_gives_the_setup_input(tiny_scatteri
         assert split["distance_m"][i] == scene.distance_m and split["wavelength_angstrom"][i] == scene.wavelength_a
         q_span = Setup(scene.distance_m, scene.wavelength_a, scene.pixel_m).q_span_inv_angstrom(scene.shape)
         np.testing.assert_allclose(split["setup"][i], [np.log10(q_span), 1.0], rtol=1e-6)
+
+
+def test_confidence_thresholds_are_calibrated_and_reported(tiny_scattering_registry: Path) -> None:
+    card = Registry(tiny_scattering_registry / "models").get("scattering_sorter", "0.0.1-test").card
+    thresholds = card["technique_confidence_thresholds"]
+    assert set(thresholds) == {"setup_known", "setup_unknown"}
+    assert all(0.5 <= t <= 0.99 for t in thresholds.values())
+    for metrics, case in (("metrics", "setup_known"), ("metrics_without_setup", "setup_unknown")):
+        confident = card[metrics]["test"]["technique"]["confident"]
+        assert confident["threshold"] == thresholds[case] and 0.0 <= confident["coverage"] <= 1.0
+
+
+def test_calibrated_confidence_threshold_is_the_smallest_reaching_the_target() -> None:
+    from training.scattering.train import calibrate_confidence_threshold
+
+    # 100 images: the 10 least confident (top probability 0.55) are all wrong, the other 90 (0.75-0.97) right.
+    confidence = np.r_[np.full(10, 0.55), np.linspace(0.75, 0.97, 90)]
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    truth = np.r_[np.ones(10, dtype=int), np.zeros(90, dtype=int)]
+    assert calibrate_confidence_threshold(probabilities, truth, target=0.995) == 0.56
+    assert calibrate_confidence_threshold(probabilities, truth, target=0.9) == 0.5  # 90 % right overall
+    assert calibrate_confidence_threshold(probabilities[:10], truth[:10], target=0.995) == 0.99  # never reached
+
+
+def test_a_served_onnx_graph_is_undone_into_keras_exactly(tiny_scattering_registry: Path) -> None:
+    """``--init-from-onnx``: the folded batch normalisations are recovered, so Keras answers what ONNX answers."""
+    import onnxruntime as ort
+
+    from training.scattering import networks
+    from training.scattering.simulate import load_split
+
+    path = tiny_scattering_registry / "models" / "scattering_sorter" / "0.0.1-test" / "model.onnx"
+    train, val = (load_split(tiny_scattering_registry / "data", name) for name in ("train", "val"))
+    network = networks.sorter_cnn(with_setup=True)
+    networks.load_from_onnx(network, str(path), train["images"][:128], train["setup"][:128])
+    inputs = {"images": val["images"], "setup": val["setup"]}
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
+    got = network.predict(inputs, verbose=0)
+    for g, e in zip(got, expected, strict=True):
+        assert np.abs(g - e).max() <= 1e-4 * max(1.0, float(np.abs(e).max()))
+    norm = next(layer for layer in network.layers if layer.__class__.__name__ == "BatchNormalization")
+    gamma, _, _, moving_variance = norm.get_weights()
+    np.testing.assert_allclose(gamma, np.sqrt(moving_variance + norm.epsilon), rtol=1e-6)
+    assert moving_variance.min() > 0  # real statistics, not the identity of the first pass

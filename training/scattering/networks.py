@@ -19,6 +19,7 @@ exactly the head's dense weights: the map is computed in the graph, and ONNX Run
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -134,3 +135,60 @@ def load_trunk(network: keras.Model, weights_path: str, dropout: float = 0.3) ->
     target = [layer for layer in network.layers if layer.weights and layer.name not in skip]
     for old, new in zip(trunk, target, strict=True):
         new.set_weights(old.get_weights())
+
+
+def load_from_onnx(network: keras.Model, onnx_path: str, images: np.ndarray, setup: np.ndarray | None = None) -> None:
+    """Start ``network`` from a served version's ONNX graph, for when its Keras weights are gone.
+
+    The export folds each batch normalisation into the convolution before it (kernel and bias). Batch
+    normalisation is affine, so the folded graph is undone exactly: each convolution keeps the folded kernel,
+    and its batch normalisation gets the mean ``m`` and variance ``v`` of that convolution's output (bias
+    excluded) over ``images`` as moving statistics, ``gamma = sqrt(v + eps)`` and ``beta = m + bias``. The
+    inference output is then the ONNX graph's, and in training the batch statistics start close to ``m`` and
+    ``v``, so training goes on from where the served version stopped.
+
+    Parameters
+    ----------
+    network : keras.Model
+        A :func:`sorter_cnn` of the same architecture (``with_setup`` as the graph).
+    onnx_path : str
+        The served ``model.onnx``.
+    images : numpy.ndarray
+        float32 ``(N, 128, 128, 2)`` codec images whose statistics fill the moving averages (some hundreds).
+    setup : numpy.ndarray, optional
+        Their ``setup`` input, for a network that takes one.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(onnx_path).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    convolutions = [
+        (initializers[node.input[1]].transpose(2, 3, 1, 0), initializers[node.input[2]])
+        for node in graph.node
+        if node.op_type == "Conv"
+    ]
+    matmuls = {node.input[1]: initializers[node.input[1]] for node in graph.node if node.op_type == "MatMul"}
+    adds = {node.input[0]: node.input[1] for node in graph.node if node.op_type == "Add"}
+    dense_of = {}  # Keras dense layer name -> (kernel, bias), from MatMul + Add node pairs
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers and node.output[0] in adds:
+            layer_name = node.input[1].split("/")[1].rsplit("_", 1)[0]
+            dense_of[layer_name] = (matmuls[node.input[1]], initializers[adds[node.output[0]]])
+    conv_layers = [layer for layer in network.layers if isinstance(layer, layers.Conv2D)]
+    norm_layers = [layer for layer in network.layers if isinstance(layer, layers.BatchNormalization)]
+    if len(conv_layers) != len(convolutions) or len(norm_layers) != len(convolutions):
+        raise ValueError(f"{onnx_path}: {len(convolutions)} convolutions, the network has {len(conv_layers)}")
+    # Pass 1: batch normalisation as "+ bias" (unit variance after eps), so the network computes the ONNX graph.
+    for conv, norm, (kernel, bias) in zip(conv_layers, norm_layers, convolutions, strict=True):
+        conv.set_weights([kernel])
+        ones = np.ones_like(bias)
+        norm.set_weights([ones, bias, np.zeros_like(bias), ones - norm.epsilon])
+    for name, weights in dense_of.items():
+        network.get_layer(name).set_weights(list(weights))
+    # Pass 2: the convolutions' own output statistics become the moving averages.
+    probe = keras.Model(network.inputs, [conv.output for conv in conv_layers])
+    outputs = probe.predict([images, setup] if setup is not None else images, batch_size=128, verbose=0)
+    for norm, (_, bias), z in zip(norm_layers, convolutions, outputs, strict=True):
+        mean, variance = z.mean(axis=(0, 1, 2)), z.var(axis=(0, 1, 2))
+        norm.set_weights([np.sqrt(variance + norm.epsilon), mean + bias, mean, variance])

@@ -55,7 +55,14 @@ from matserve.registry import write_card
 from training.formation_enthalpy.train import git_commit
 from training.scattering import networks
 from training.scattering.labels import FEATURES, GEOMETRIES, TECHNIQUES
-from training.scattering.simulate import RUNS, SPLIT_IDS, TRAIN_DETECTORS, UNSEEN_DETECTORS, load_split
+from training.scattering.simulate import (
+    RUNS,
+    SPLIT_IDS,
+    TRAIN_DETECTORS,
+    UNSEEN_DETECTORS,
+    as_codec_images,
+    load_split,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "scattering_sorter"
@@ -94,7 +101,9 @@ def training_model(network: keras.Model) -> keras.Model:
 
 
 def augment(images: tf.Tensor) -> tf.Tensor:
-    """Random 90-degree rotations and flips (detectors are mounted and files written in all 8 ways)."""
+    """Random 90-degree rotations and flips (detectors are mounted and files written in all 8 ways) of a batch
+    of stored uint8 images (``load_split(..., images_dtype=np.uint8)``), as the codec's float32."""
+    images = tf.cast(images, tf.float32) / 255.0
     k = tf.random.uniform((), 0, 4, dtype=tf.int32)
     images = tf.image.rot90(images, k)
     return tf.cond(tf.random.uniform(()) < 0.5, lambda: tf.image.flip_left_right(images), lambda: images)
@@ -198,11 +207,37 @@ def calibrate_feature_thresholds(scores: np.ndarray, truth: np.ndarray) -> list[
     return thresholds
 
 
+#: Accuracy the ``technique_confident`` flag aims at on validation (see :func:`calibrate_confidence_threshold`).
+CONFIDENT_TARGET_ACCURACY = 0.995
+
+
+def calibrate_confidence_threshold(
+    technique: np.ndarray, truth: np.ndarray, target: float = CONFIDENT_TARGET_ACCURACY
+) -> float:
+    """The smallest top technique probability (0.50-0.99 in steps of 0.01) at or above which the technique is
+    right at least ``target`` of the time on these images (0.99 if none reaches it).
+
+    Run on the validation split; the test splits then measure the flag's coverage and accuracy out of sample.
+    """
+    confidence, right = technique.max(1), technique.argmax(1) == truth
+    for threshold in np.round(np.arange(0.50, 0.991, 0.01), 2):
+        kept = confidence >= threshold
+        if kept.any() and right[kept].mean() >= target:
+            return float(threshold)
+    return 0.99
+
+
 def classification_metrics(
-    technique: np.ndarray, probabilities: dict[str, np.ndarray], split: dict, thresholds: list[float] | None = None
+    technique: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    split: dict,
+    thresholds: list[float] | None = None,
+    confidence_threshold: float | None = None,
 ) -> dict:
     """Technique accuracy, kappa, MCC, recall/precision per class, confusion; geometry; features (a feature is
-    called present at or above its threshold, 0.5 unless ``thresholds`` gives one per feature)."""
+    called present at or above its threshold, 0.5 unless ``thresholds`` gives one per feature). With
+    ``confidence_threshold``: ``technique.confident``, the share of images whose top technique probability is
+    at least it (``coverage``) and the accuracy on those."""
     thresholds = thresholds or [0.5] * len(FEATURES)
     y_true, y_pred = split["technique"].astype(int), technique.argmax(1)
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(TECHNIQUES))))
@@ -219,6 +254,13 @@ def classification_metrics(
             "confusion_matrix": {"rows_true_cols_predicted": list(TECHNIQUES), "counts": matrix.tolist()},
         },
     }
+    if confidence_threshold is not None:
+        kept = technique.max(1) >= confidence_threshold
+        out["technique"]["confident"] = {
+            "threshold": confidence_threshold,
+            "coverage": round(float(kept.mean()), 4),
+            "accuracy": round(float((y_true == y_pred)[kept].mean()), 4) if kept.any() else None,
+        }
     if "geometry" in probabilities:
         g_pred = probabilities["geometry"].argmax(1)
         out["geometry"] = {"accuracy": float((g_pred == split["geometry"]).mean())}
@@ -255,10 +297,12 @@ def predict_splits(network: keras.Model, sets: dict, with_setup: bool = True) ->
     return predictions
 
 
-def network_metrics(predictions: dict, sets: dict, thresholds: list[float] | None = None) -> dict:
+def network_metrics(
+    predictions: dict, sets: dict, thresholds: list[float] | None = None, confidence_threshold: float | None = None
+) -> dict:
     """:func:`classification_metrics` of every split's predictions."""
     return {
-        name: classification_metrics(heads["technique"], heads, sets[name], thresholds)
+        name: classification_metrics(heads["technique"], heads, sets[name], thresholds, confidence_threshold)
         for name, heads in predictions.items()
     }
 
@@ -268,6 +312,7 @@ def histogram_features(images: np.ndarray) -> np.ndarray:
     roughness) plus a 32-bin histogram of the valid pixels' normalised log intensity."""
     rows = []
     for image in images:
+        image = as_codec_images(image)
         values = image[..., 0][image[..., 1] >= 0.5]
         hist = np.histogram(values, bins=32, range=(0, 1))[0].astype(np.float64)
         p = hist / max(hist.sum(), 1)
@@ -347,6 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setup-dropout", type=float, default=0.3, help="share of training images without setup")
     parser.add_argument("--init-from", type=Path, help="start from a setup-less sorter's weights (.weights.h5)")
     parser.add_argument(
+        "--init-from-onnx",
+        type=Path,
+        help="go on training from a served version's model.onnx (networks.load_from_onnx: the folded batch "
+        "normalisations are undone exactly); that version's card history goes into the card as the previous stage",
+    )
+    parser.add_argument(
         "--export-only",
         action="store_true",
         help="do not train: evaluate, export and write the card of the run already in runs/train_<version> (its "
@@ -364,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     manifest = json.loads((args.data / "manifest.json").read_text())
-    sets = {name: load_split(args.data, name) for name in ("train", "val", *EVAL_SPLITS)}
+    sets = {name: load_split(args.data, name) for name in ("val", *EVAL_SPLITS)}
+    sets["train"] = load_split(args.data, "train", images_dtype=np.uint8)  # cast batch by batch in fit
     if args.train_limit:
         sets["train"] = {k: v[: args.train_limit] for k, v in sets["train"].items()}
     work = RUNS / f"train_{args.version}"
@@ -377,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         networks.load_trunk(network, str(args.init_from))
     previous_stage = None
+    if args.init_from_onnx:
+        sample = {k: v[:1024] for k, v in sets["train"].items()}
+        images = as_codec_images(sample["images"])
+        networks.load_from_onnx(network, str(args.init_from_onnx), images, sample.get("setup"))
+        card_path = args.init_from_onnx.parent / "card.json"
+        previous_stage = json.loads(card_path.read_text())["training"] if card_path.exists() else None
     if args.resume_from:
         network.load_weights(str(args.resume_from))
         previous = args.resume_from.parent / "served_metrics.json"
@@ -390,12 +448,19 @@ def main(argv: list[str] | None = None) -> None:
         network.save_weights(str(work / "sorter.weights.h5"))
     predictions = predict_splits(network, sets)
     feature_thresholds = calibrate_feature_thresholds(predictions["val"]["features"], sets["val"]["features"])
-    metrics = network_metrics(predictions, sets, feature_thresholds)
-    metrics_without_setup = (
-        network_metrics(predict_splits(network, sets, with_setup=False), sets, feature_thresholds)
-        if args.with_setup
-        else None
-    )
+    confidence_thresholds = {
+        "setup_known": calibrate_confidence_threshold(predictions["val"]["technique"], sets["val"]["technique"])
+    }
+    metrics = network_metrics(predictions, sets, feature_thresholds, confidence_thresholds["setup_known"])
+    metrics_without_setup = None
+    if args.with_setup:
+        without = predict_splits(network, sets, with_setup=False)
+        confidence_thresholds["setup_unknown"] = calibrate_confidence_threshold(
+            without["val"]["technique"], sets["val"]["technique"]
+        )
+        metrics_without_setup = network_metrics(
+            without, sets, feature_thresholds, confidence_thresholds["setup_unknown"]
+        )
     (work / "served_metrics.json").write_text(
         json.dumps({"training": history, "metrics": metrics, "metrics_without_setup": metrics_without_setup}, indent=1)
     )
@@ -497,6 +562,11 @@ def main(argv: list[str] | None = None) -> None:
         "feature_thresholds": dict(zip(FEATURES, feature_thresholds, strict=True)),
         "feature_thresholds_method": "per feature, the threshold of best F1 on the validation split (grid 0.05-0.95); "
         "the test metrics use them out of sample; the LeNet baseline is scored at 0.5",
+        "technique_confidence_thresholds": confidence_thresholds,
+        "technique_confidence_method": "technique_confident is true when the top technique probability is at least "
+        f"the threshold: the smallest (grid 0.50-0.99) whose images were right >= {CONFIDENT_TARGET_ACCURACY:.1%} "
+        "of the time on the validation split, with the setup given (setup_known) and withheld (setup_unknown); "
+        "each split's technique.confident gives its coverage and accuracy out of sample",
         "architecture": {
             "stem": networks.SORTER_STEM,
             "conv3x3_filters_stride_dilation": [list(x) for x in networks.SORTER_LAYERS],
@@ -506,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         "training": {
             **history,
             "init_from": str(args.init_from) if args.init_from else None,
-            "resumed_from": str(args.resume_from) if args.resume_from else None,
+            "resumed_from": str(args.resume_from or args.init_from_onnx or "") or None,
             "previous_stage": previous_stage,
         },
         "metrics": metrics,
