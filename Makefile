@@ -87,7 +87,9 @@ train-ebsd: $(VENV)/.test-installed
 	PYTHONUNBUFFERED=1 $(BIN)/python -m training.ebsd.baselines --card models/ebsd_indexer/$(VERSION)
 
 # Offline (never run by CI): simulate the scattering datasets (~20 min) unless present, train both networks
-# (the served CNN and the seed's LeNet) plus the histogram-feature baseline, export and evaluate.
+# (the served CNN and the seed's LeNet) plus the histogram-feature baseline, export and evaluate. This is the
+# from-scratch 1.1.0 recipe; the active version continues from earlier versions' weights in stages, whose
+# commands are in training/scattering/README.md.
 train-scattering: $(VENV)/.test-installed
 	@test -n "$(VERSION)" || (echo "usage: make train-scattering VERSION=1.1.0" && exit 2)
 	test -f training/scattering/runs/data_seed0/manifest.json || PYTHONUNBUFFERED=1 $(BIN)/python -m training.scattering.simulate

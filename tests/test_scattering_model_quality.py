@@ -45,7 +45,7 @@ def test_images() -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def techniques(sorter: ScatteringSorterModel, images: list[np.ndarray], setups: list[Setup] | None = None) -> list[str]:
+def sort(sorter: ScatteringSorterModel, images: list[np.ndarray], setups: list[Setup] | None = None) -> list[dict]:
     setups = setups or [Setup()] * len(images)
     frames = [
         Frame(image, None, f"image {k}", setup) for k, (image, setup) in enumerate(zip(images, setups, strict=True))
@@ -53,7 +53,11 @@ def techniques(sorter: ScatteringSorterModel, images: list[np.ndarray], setups: 
     results = sorter.sort(frames).results
     assert not any(r.get("error") for r in results)
     assert all((r["q_span_inv_angstrom"] is not None) == s.complete for r, s in zip(results, setups, strict=True))
-    return [r["technique"] for r in results]
+    return results
+
+
+def techniques(sorter: ScatteringSorterModel, images: list[np.ndarray], setups: list[Setup] | None = None) -> list[str]:
+    return [r["technique"] for r in sort(sorter, images, setups)]
 
 
 @pytest.mark.parametrize("split", ["test", "test_unseen_detectors"])
@@ -69,10 +73,16 @@ def test_card_accuracy_reproduces_on_resimulated_images(sorter: ScatteringSorter
     accuracies = {}
     for metrics, given in (("metrics", setups), ("metrics_without_setup", None)):
         expected = card[metrics][split]["technique"]["accuracy"]
-        predicted = techniques(sorter, images, given)
-        accuracies[metrics] = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+        results = sort(sorter, images, given)
+        right = np.array([r["technique"] == t for r, t in zip(results, truth, strict=True)])
+        accuracies[metrics] = float(right.mean())
         margin = 3.5 * np.sqrt(max(expected * (1 - expected), 0.02) / N_IMAGES)  # 3.5 standard errors
         assert accuracies[metrics] >= expected - margin, (split, metrics, accuracies[metrics], expected)
+        # The confidence flag: as often set as the card says (within sampling error), and no worse than all images.
+        confident = np.array([r["technique_confident"] for r in results], dtype=bool)
+        coverage = card[metrics][split]["technique"]["confident"]["coverage"]
+        assert abs(confident.mean() - coverage) <= 3.5 * np.sqrt(max(coverage * (1 - coverage), 0.02) / N_IMAGES)
+        assert right[confident].mean() >= right.mean(), (split, metrics)
     assert (
         card["metrics"][split]["technique"]["accuracy"] > card["metrics_without_setup"][split]["technique"]["accuracy"]
     )

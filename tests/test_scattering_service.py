@@ -46,7 +46,9 @@ from tests.test_codec_scattering import (
 SORT = "/v1/scattering/sort"
 LABELS = {"technique": ["saxs", "waxs", "gisaxs", "giwaxs"], "geometry": ["transmission", "grazing"],
           "features": ["rings", "arcs", "rods", "bragg_peaks", "diffuse_halo"]}  # fmt: skip
-FEATURE_THRESHOLDS = Registry(MODELS_DIR).get("scattering_sorter").card["feature_thresholds"]  # the served version
+SERVED_CARD = Registry(MODELS_DIR).get("scattering_sorter").card  # the served version
+FEATURE_THRESHOLDS = SERVED_CARD["feature_thresholds"]
+CONFIDENCE_THRESHOLDS = SERVED_CARD["technique_confidence_thresholds"]
 
 
 def post(url: str, body: object = None, content: bytes | None = None, content_type: str = "application/json",
@@ -63,6 +65,9 @@ def check_result(result: dict, source: str, shape: list[int]) -> None:
         probabilities = result[f"{head}_probabilities"]
         assert list(probabilities) == LABELS[head] and sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
         assert result[head] == max(probabilities, key=probabilities.get)
+    top = max(result["technique_probabilities"].values())
+    threshold = CONFIDENCE_THRESHOLDS["setup_known" if result["q_span_inv_angstrom"] is not None else "setup_unknown"]
+    assert result["technique_confident"] == (top >= threshold) or abs(top - threshold) < 1e-6  # 6-decimal rounding
     features = result["feature_probabilities"]
     assert list(features) == LABELS["features"] and all(0 <= p <= 1 for p in features.values())
     assert result["features"] == [name for name, p in features.items() if p >= FEATURE_THRESHOLDS[name]]

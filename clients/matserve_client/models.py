@@ -313,6 +313,10 @@ class ScatteringResult(BaseModel):
         Most probable technique: ``saxs``, ``waxs``, ``gisaxs`` or ``giwaxs`` (the version's card labels).
     technique_probabilities : dict of str to float or None
         Probability of every technique (they sum to 1).
+    technique_confident : bool or None
+        Whether the top technique probability reaches the version's calibrated threshold (confident answers were
+        right 99.5 % of the time on validation): sort these automatically, have a person check the others.
+        ``None`` for versions without thresholds (before 1.3.0).
     geometry : str or None
         Most probable geometry: ``transmission`` or ``grazing``.
     geometry_probabilities : dict of str to float or None
@@ -348,6 +352,7 @@ class ScatteringResult(BaseModel):
     source: str | None = None
     technique: str | None = None
     technique_probabilities: dict[str, float] | None = None
+    technique_confident: bool | None = None
     geometry: str | None = None
     geometry_probabilities: dict[str, float] | None = None
     features: list[str] | None = None

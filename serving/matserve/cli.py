@@ -189,14 +189,16 @@ def _predict_scattering(args: argparse.Namespace) -> int:
                          + [{"source": path, "error": message} for path, message in failed], indent=2))  # fmt: skip
         return 1 if failed else 0
     if rows:
-        print(f"# {rows[0].model} {rows[0].version}; probabilities of the most probable class")
+        print(f"# {rows[0].model} {rows[0].version}; probabilities of the most probable class; "
+              "'?': technique below the calibrated confidence threshold (check by eye)")  # fmt: skip
         print(f"{'image':<36} {'technique':<9} {'p':>6}  {'geometry':<12} {'p':>6}  features")
     for r in rows:
         name = Path(r.source or "").name
         if r.error:
             print(f"{name:<36} error: {r.error}")
             continue
-        print(f"{name:<36} {r.technique:<9} {r.technique_probabilities[r.technique]:6.3f}  {r.geometry:<12} "
+        technique = r.technique + ("?" if r.technique_confident is False else "")
+        print(f"{name:<36} {technique:<9} {r.technique_probabilities[r.technique]:6.3f}  {r.geometry:<12} "
               f"{r.geometry_probabilities[r.geometry]:6.3f}  {', '.join(r.features) or '-'}")  # fmt: skip
     return 1 if failed else 0
 

@@ -127,6 +127,12 @@ class ScatteringResult(BaseModel):
     source: str = Field(description="the image: 'file.tif', 'file.h5[frame 2]' (0-based), 'images[3]', 'body'")
     technique: str | None = Field(description="most probable technique (saxs, waxs, gisaxs, giwaxs)")
     technique_probabilities: dict[str, float] | None = Field(description="softmax over the techniques")
+    technique_confident: bool | None = Field(
+        default=None,
+        description="whether the top technique probability reaches the card's technique_confidence_thresholds "
+        "(calibrated on validation so that confident answers are right 99.5 % of the time; one threshold with "
+        "the setup known, one without): sort these automatically, check the others; null for versions before 1.3.0",
+    )
     geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
     geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
     features: list[str] | None = Field(

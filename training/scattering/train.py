@@ -8,6 +8,7 @@ Run from the repository root (offline, never by CI)::
     python -m training.scattering.train --version 1.2.0 --with-setup \
         --init-from training/scattering/runs/train_1.1.0/sorter.weights.h5 --epochs 5 --learning-rate 5e-4 \
         --lenet-epochs 0 --baselines-from models/scattering_sorter/1.1.0/card.json
+    # 1.3.0 goes on from 1.2.0's ONNX graph (--init-from-onnx); all stages' commands: training/scattering/README.md
 
 1. Load the simulated splits (``training.scattering.simulate``): ``train`` and ``val`` simulated on binned
    detectors; ``test`` (same scene distribution), ``test_unseen_detectors`` (detectors never used in training:

@@ -5,7 +5,10 @@ uses: invalid pixels masked, hot pixels clipped, binned into a letterboxed 128 x
 small thread pool (the codec's kernel releases the GIL). The network answers, per image:
 
 * ``technique_probabilities``: softmax over the card's ``labels.technique`` (saxs, waxs, gisaxs, giwaxs);
-  ``technique`` is the most probable;
+  ``technique`` is the most probable; ``technique_confident`` whether its probability reaches the card's
+  ``technique_confidence_thresholds`` (calibrated on validation so that confident answers are right 99.5 % of
+  the time; one threshold with the setup known, one without; ``null`` for versions without them): a pipeline
+  can sort the confident images automatically and send the rest to a person;
 * ``geometry_probabilities``: softmax over ``labels.geometry`` (transmission, grazing); ``geometry`` the most
   probable;
 * ``feature_probabilities``: independent sigmoids over ``labels.features`` (rings, arcs, rods, bragg_peaks,
@@ -81,8 +84,8 @@ SALIENCY_SCALE = 4
 """Screen pixels per input pixel in the saliency PNG (the 128 x 128 frame becomes at most 512 x 512)."""
 DEFAULT_FEATURE_THRESHOLD = 0.5
 EMPTY_RESULT: dict[str, Any] = {
-    "technique": None, "technique_probabilities": None, "geometry": None, "geometry_probabilities": None,
-    "features": None, "feature_probabilities": None, "detector_shape": None, "valid_fraction": None,
+    "technique": None, "technique_probabilities": None, "technique_confident": None, "geometry": None,
+    "geometry_probabilities": None, "features": None, "feature_probabilities": None, "detector_shape": None, "valid_fraction": None,
     "q_span_inv_angstrom": None, "setup_source": None, "saliency_png_base64": None, "saliency_label": None,
 }  # fmt: skip
 
@@ -108,12 +111,17 @@ class Labels:
         Class labels of the three heads.
     feature_thresholds : tuple of float
         Per feature (in ``features`` order): the feature is reported when its probability is at least this.
+    confidence_thresholds : dict of str to float
+        The card's ``technique_confidence_thresholds``: the top technique probability at or above which the
+        technique is called confident, with the setup known (``setup_known``) and unknown (``setup_unknown``);
+        empty for versions calibrated before 1.3.0.
     """
 
     technique: tuple[str, ...]
     geometry: tuple[str, ...]
     features: tuple[str, ...]
     feature_thresholds: tuple[float, ...]
+    confidence_thresholds: Mapping[str, float]
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> Labels:
@@ -123,11 +131,19 @@ class Labels:
         default = float(card.get("feature_threshold", DEFAULT_FEATURE_THRESHOLD))
         per_feature = card.get("feature_thresholds") or {}
         thresholds = tuple(float(per_feature.get(name, default)) for name in labels["features"])
-        return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]), thresholds)
+        confidence = {key: float(value) for key, value in (card.get("technique_confidence_thresholds") or {}).items()}
+        return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]), thresholds,
+                   confidence)  # fmt: skip
 
     def present_features(self, probabilities: np.ndarray) -> list[str]:
         """The features at or above their thresholds, in label order."""
         return [f for f, p, t in zip(self.features, probabilities, self.feature_thresholds, strict=True) if p >= t]
+
+    def technique_confident(self, probabilities: np.ndarray, setup_known: bool) -> bool | None:
+        """Whether the top technique probability reaches the card's threshold for this setup case (``None`` if the
+        card has none)."""
+        threshold = self.confidence_thresholds.get("setup_known" if setup_known else "setup_unknown")
+        return None if threshold is None else bool(float(probabilities.max()) >= threshold)
 
     @property
     def maps(self) -> tuple[str, ...]:
@@ -399,6 +415,7 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
             results[row].update({
                 "technique": best,
                 "technique_probabilities": _probabilities(labels.technique, technique[k]),
+                "technique_confident": labels.technique_confident(technique[k], q_spans[k] is not None),
                 "geometry": labels.geometry[int(geometry[k].argmax())],
                 "geometry_probabilities": _probabilities(labels.geometry, geometry[k]),
                 "features": labels.present_features(features[k]),
