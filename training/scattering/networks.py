@@ -175,6 +175,9 @@ def load_from_onnx(network: keras.Model, onnx_path: str, images: np.ndarray, set
         if node.op_type == "MatMul" and node.input[1] in initializers and node.output[0] in adds:
             layer_name = node.input[1].split("/")[1].rsplit("_", 1)[0]
             dense_of[layer_name] = (matmuls[node.input[1]], initializers[adds[node.output[0]]])
+    missing = {layer.name for layer in network.layers if isinstance(layer, layers.Dense)} - set(dense_of)
+    if missing:
+        raise ValueError(f"{onnx_path}: no MatMul + Add weights found for the dense layers {sorted(missing)}")
     conv_layers = [layer for layer in network.layers if isinstance(layer, layers.Conv2D)]
     norm_layers = [layer for layer in network.layers if isinstance(layer, layers.BatchNormalization)]
     if len(conv_layers) != len(convolutions) or len(norm_layers) != len(convolutions):

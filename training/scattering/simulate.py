@@ -879,17 +879,17 @@ def write_split(out: Path, split: str, n: int, seed: int, workers: int = 2, chun
     return info
 
 
-def load_split(folder: Path, split: str, images_dtype: type = np.float32) -> dict[str, np.ndarray]:
+def load_split(folder: Path, split: str, keep_uint8: bool = False) -> dict[str, np.ndarray]:
     """A split as arrays: ``images`` float32 (N, 128, 128, 2) in [0, 1], ``technique``, ``geometry``, ``features``;
     ``setup`` float32 (N, 2), the codec's :func:`setup_features` of each scene, when the split stores
     :data:`SETUP_FIELDS` (simulated from version 1.2.0 on).
 
-    ``images_dtype=np.uint8`` keeps the stored bytes (255 x the codec output; a quarter of the memory, for large
+    ``keep_uint8`` keeps the stored bytes (255 x the codec output; a quarter of the memory, for large
     training splits): :func:`as_codec_images` turns them into the codec's float32."""
     with np.load(folder / f"{split}.npz") as data:
         arrays = {key: data[key] for key in data.files}
     tensors = arrays.pop("tensors")
-    arrays["images"] = tensors if images_dtype == np.uint8 else as_codec_images(tensors)
+    arrays["images"] = tensors if keep_uint8 else as_codec_images(tensors)
     if all(name in arrays for name in SETUP_FIELDS):
         q_span = [q_span_inv_angstrom(d, D, w) for d, D, w in zip(arrays["detector_diagonal_m"], arrays["distance_m"],
                                                                   arrays["wavelength_angstrom"], strict=True)]  # fmt: skip

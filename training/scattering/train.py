@@ -103,7 +103,7 @@ def training_model(network: keras.Model) -> keras.Model:
 
 def augment(images: tf.Tensor) -> tf.Tensor:
     """Random 90-degree rotations and flips (detectors are mounted and files written in all 8 ways) of a batch
-    of stored uint8 images (``load_split(..., images_dtype=np.uint8)``), as the codec's float32."""
+    of stored uint8 images (``load_split(..., keep_uint8=True)``), as the codec's float32."""
     images = tf.cast(images, tf.float32) / 255.0
     k = tf.random.uniform((), 0, 4, dtype=tf.int32)
     images = tf.image.rot90(images, k)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
 
     manifest = json.loads((args.data / "manifest.json").read_text())
     sets = {name: load_split(args.data, name) for name in ("val", *EVAL_SPLITS)}
-    sets["train"] = load_split(args.data, "train", images_dtype=np.uint8)  # cast batch by batch in fit
+    sets["train"] = load_split(args.data, "train", keep_uint8=True)  # cast batch by batch in fit
     if args.train_limit:
         sets["train"] = {k: v[: args.train_limit] for k, v in sets["train"].items()}
     work = RUNS / f"train_{args.version}"
@@ -577,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
         "training": {
             **history,
             "init_from": str(args.init_from) if args.init_from else None,
-            "resumed_from": str(args.resume_from or args.init_from_onnx or "") or None,
+            "init_from_onnx": str(args.init_from_onnx) if args.init_from_onnx else None,
+            "resumed_from": str(args.resume_from) if args.resume_from else None,
             "previous_stage": previous_stage,
         },
         "metrics": metrics,

@@ -85,8 +85,8 @@ SALIENCY_SCALE = 4
 DEFAULT_FEATURE_THRESHOLD = 0.5
 EMPTY_RESULT: dict[str, Any] = {
     "technique": None, "technique_probabilities": None, "technique_confident": None, "geometry": None,
-    "geometry_probabilities": None, "features": None, "feature_probabilities": None, "detector_shape": None, "valid_fraction": None,
-    "q_span_inv_angstrom": None, "setup_source": None, "saliency_png_base64": None, "saliency_label": None,
+    "geometry_probabilities": None, "features": None, "feature_probabilities": None, "detector_shape": None,
+    "valid_fraction": None, "q_span_inv_angstrom": None, "setup_source": None, "saliency_png_base64": None, "saliency_label": None,
 }  # fmt: skip
 
 _POOL: ThreadPoolExecutor | None = None
