@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from matserve.registry import Registry, RegistryError, verify, write_card
+from matserve.registry import ModelDegraded, Registry, RegistryError, verify, write_card
 from matserve.runtimes.onnxruntime import OnnxRuntime
 
 CARD = {"task": "regression", "inputs": [], "outputs": [], "data": {}, "split": {}, "metrics": {},
@@ -96,3 +96,27 @@ def test_verify_accepts_what_write_card_wrote(tmp_path: Path) -> None:
     assert found.card["files"]["model.onnx"]["sha256"]
     with pytest.raises(RegistryError):
         verify(tmp_path / "m" / "nope")
+
+
+def test_a_refused_active_version_degrades_the_model_instead_of_falling_back(tmp_path: Path) -> None:
+    make_version(tmp_path, "m", "1.0.0")
+    newest = make_version(tmp_path, "m", "2.0.0")
+    registry = Registry(tmp_path)
+    assert registry.active_version("m") == "2.0.0" and not registry.degraded
+    (newest / "model.onnx").write_bytes(b"tampered")
+    registry.refresh()
+    assert "sha256 mismatch" in registry.degraded["m"]
+    with pytest.raises(ModelDegraded, match=r"active version 2\.0\.0"):
+        registry.get("m")
+    assert registry.get("m", "1.0.0").version == "1.0.0"  # a pinned valid version still answers
+    assert registry.intended_version("m") == "2.0.0"
+    registry.set_active("m", "1.0.0")  # an operator activates another version
+    assert registry.get("m").version == "1.0.0" and "m" not in registry.degraded
+    assert Registry(tmp_path).get("m").version == "1.0.0"
+
+
+def test_messages_name_folders_relative_to_the_registry(tmp_path: Path) -> None:
+    (make_version(tmp_path, "m", "1.0.0") / "model.onnx").write_bytes(b"tampered")
+    registry = Registry(tmp_path)
+    for text in [*registry.refused.values(), *registry.degraded.values()]:
+        assert str(tmp_path) not in text and "m/1.0.0" in text

@@ -7,7 +7,14 @@ versions keep serving.
 
 The active version of a model is the one named in ``models/<name>/ACTIVE`` when
 that file exists (written atomically by :meth:`Registry.set_active`), otherwise
-the highest valid version.
+the highest version folder. When that version is refused (tampered, incomplete),
+the model is *degraded*: it is never silently replaced by another version.
+Requests that do not pin a version get :class:`ModelDegraded` (the service answers
+503 with the reason) until an operator activates a valid version or repairs the
+folder and reloads; :attr:`Registry.degraded` says which models and why.
+
+Messages name version folders as ``<name>/<version>`` relative to the registry
+root, never by their absolute path (they reach API clients).
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ REQUIRED_CARD_FIELDS = (
 
 class RegistryError(Exception):
     """A version folder that cannot be served (missing, incomplete or tampered)."""
+
+
+class ModelDegraded(RegistryError):
+    """The model's active version was refused; no other version stands in for it."""
 
 
 def sha256_file(path: Path) -> str:
@@ -128,7 +139,9 @@ def tensor_specs(model: ModelVersion, kind: str) -> list[dict[str, Any]]:
         if "dtype" not in spec or "shape" not in spec:
             graph = graph if graph is not None else _graph_specs(str(model.file("model.onnx")), kind)
             if name not in graph:
-                raise RegistryError(f"{model.path}: card {kind} name {name!r}, which model.onnx does not have")
+                raise RegistryError(
+                    f"{model.name}/{model.version}: card {kind} name {name!r}, which model.onnx does not have"
+                )
             spec = {**graph[name], **spec}
         shape = [-1 if d is None else int(d) for d in spec["shape"]]
         specs.append({**spec, "name": name, "shape": shape})
@@ -150,30 +163,31 @@ def _graph_specs(path: str, kind: str) -> dict[str, dict[str, Any]]:
 
 def verify(path: Path) -> ModelVersion:
     """Check a version folder and return it, or raise :class:`RegistryError` saying what is wrong."""
+    where = f"{path.parent.name}/{path.name}"
     card_path = path / CARD_FILE
     if not card_path.is_file():
-        raise RegistryError(f"{path}: no {CARD_FILE}")
+        raise RegistryError(f"{where}: no {CARD_FILE}")
     try:
         card = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise RegistryError(f"{path}: {CARD_FILE} is not valid JSON ({error})") from None
+        raise RegistryError(f"{where}: {CARD_FILE} is not valid JSON ({error})") from None
     missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
     if missing:
-        raise RegistryError(f"{path}: card lacks {', '.join(missing)}")
+        raise RegistryError(f"{where}: card lacks {', '.join(missing)}")
     if card["name"] != path.parent.name or card["version"] != path.name:
         raise RegistryError(
-            f"{path}: card names {card['name']}/{card['version']}, folder is {path.parent.name}/{path.name}"
+            f"{where}: card names {card['name']}/{card['version']}, folder is {path.parent.name}/{path.name}"
         )
     if "model.onnx" not in card["files"]:
-        raise RegistryError(f"{path}: card lists no model.onnx")
+        raise RegistryError(f"{where}: card lists no model.onnx")
     for name, meta in card["files"].items():
         file_path = path / name
         if not file_path.is_file():
-            raise RegistryError(f"{path}: {name} listed in card is missing")
+            raise RegistryError(f"{where}: {name} listed in card is missing")
         actual = sha256_file(file_path)
         if actual != meta["sha256"]:
             raise RegistryError(
-                f"{path}: sha256 mismatch for {name} (card {meta['sha256'][:12]}…, file {actual[:12]}…)"
+                f"{where}: sha256 mismatch for {name} (card {meta['sha256'][:12]}…, file {actual[:12]}…)"
             )
     return ModelVersion(name=card["name"], version=card["version"], path=path, card=card)
 
@@ -190,18 +204,22 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._versions: dict[str, dict[str, ModelVersion]] = {}
+        self._active: dict[str, str] = {}
         self.refused: dict[str, str] = {}
+        self.degraded: dict[str, str] = {}
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the folders; invalid versions are logged and left out."""
+        """Re-read the folders; invalid versions are logged and left out, and a model whose active version is
+        invalid is marked degraded (see the module docstring)."""
         versions: dict[str, dict[str, ModelVersion]] = {}
         refused: dict[str, str] = {}
+        active: dict[str, str] = {}
+        degraded: dict[str, str] = {}
         if self.root.is_dir():
             for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-                for version_dir in sorted(
-                    (p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)
-                ):
+                folders = sorted((p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name))
+                for version_dir in folders:
                     try:
                         found = verify(version_dir)
                     except RegistryError as error:
@@ -209,7 +227,19 @@ class Registry:
                         logger.error("refusing model version: %s", error)
                         continue
                     versions.setdefault(found.name, {})[found.version] = found
-        self._versions, self.refused = versions, refused
+                if not folders:
+                    continue
+                wanted = _pinned_version(model_dir) or folders[-1].name
+                active[model_dir.name] = wanted
+                if wanted not in versions.get(model_dir.name, {}):
+                    reason = refused.get(f"{model_dir.name}/{wanted}", f"{model_dir.name}/{wanted} does not exist")
+                    degraded[model_dir.name] = (
+                        f"the active version {wanted} of {model_dir.name} is refused ({reason}); no other version "
+                        "stands in for it: an operator must repair it or activate another version (matserve registry "
+                        "activate NAME VERSION, then POST /v1/admin/registry/reload)"
+                    )
+                    logger.error("model %s is degraded: %s", model_dir.name, degraded[model_dir.name])
+        self._versions, self._active, self.refused, self.degraded = versions, active, refused, degraded
 
     def names(self) -> list[str]:
         """Model names with at least one valid version."""
@@ -219,22 +249,32 @@ class Registry:
         """Valid versions of a model, oldest first."""
         return sorted(self._versions.get(name, {}), key=version_key)
 
+    def intended_version(self, name: str) -> str | None:
+        """The version that should answer when a request does not pin one, valid or not (``None``: no folders)."""
+        return self._active.get(name)
+
     def active_version(self, name: str) -> str:
-        """The version served when a request does not pin one."""
-        valid = self.versions(name)
-        if not valid:
-            raise KeyError(f"no valid version of model {name!r} in {self.root}")
-        pinned = self.root / name / ACTIVE_FILE
-        if pinned.is_file():
-            wanted = pinned.read_text().strip()
-            if wanted in valid:
-                return wanted
-            logger.error("ACTIVE for %s names %r, which is not a valid version; using %s", name, wanted, valid[-1])
-        return valid[-1]
+        """The version served when a request does not pin one.
+
+        Raises
+        ------
+        ModelDegraded
+            That version was refused (:attr:`degraded` has the reason).
+        KeyError
+            The model has no version folder.
+        """
+        if name in self.degraded:
+            raise ModelDegraded(self.degraded[name])
+        if name not in self._active:
+            raise KeyError(f"no valid version of model {name!r} in the registry")
+        return self._active[name]
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """A verified version (the active one when ``version`` is None); KeyError if unknown."""
+        """A verified version (the active one when ``version`` is None); KeyError if unknown, :class:`ModelDegraded`
+        if ``version`` is None and the active version was refused."""
         if name not in self._versions:
+            if version is None and name in self.degraded:
+                raise ModelDegraded(self.degraded[name])
             raise KeyError(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
         chosen = version or self.active_version(name)
         if chosen not in self._versions[name]:
@@ -250,3 +290,13 @@ class Registry:
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as handle:
             handle.write(version + "\n")
         os.replace(handle.name, directory / ACTIVE_FILE)
+        self._active[name] = version
+        self.degraded.pop(name, None)
+
+
+def _pinned_version(model_dir: Path) -> str | None:
+    """The version ``model_dir/ACTIVE`` names, or ``None`` without that file."""
+    pinned = model_dir / ACTIVE_FILE
+    if not pinned.is_file():
+        return None
+    return pinned.read_text().strip() or None

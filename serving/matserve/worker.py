@@ -51,13 +51,20 @@ OUTAGE_BACKOFF_S = 1.0
 def load_models(
     registry: Registry, runtime: Runtime, cache: PredictionCache | None, models_dir: object = None
 ) -> dict[str, ServedModel]:
-    """Every model with a valid registry version, loaded (a model that fails to load is logged and left out)."""
+    """Every model with a valid registry version, loaded (a model that fails to load is logged and left out).
+
+    A degraded model (its active version refused, see :mod:`matserve.registry`) is kept but not loaded: requests
+    that pin a valid version are answered, the others get a 503 with the reason, until the registry is reloaded.
+    """
     models: dict[str, ServedModel] = {}
     for model_class in MODEL_CLASSES:
         if model_class.name not in registry.names():
             logger.error("model %s has no valid version in %s; it is not served", model_class.name, models_dir)
             continue
         served = model_class(registry, runtime, cache=cache)
+        if model_class.name in registry.degraded:
+            models[model_class.name] = served
+            continue
         try:
             served.load()
         except Exception:  # a broken graph must not stop the other models

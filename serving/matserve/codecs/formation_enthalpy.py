@@ -17,6 +17,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ N_ELEMENTS = len(ELEMENTS)
 
 #: Longest formula string accepted, in characters.
 MAX_FORMULA_LENGTH = 256
+#: Range of each element's amount in a formula (after brackets are multiplied out), and of every number written
+#: in it: ``Na1e308Cl`` or ``NaCl0.0000000001`` are typing errors, not compounds, and get a per-item error.
+AMOUNT_RANGE = (1e-6, 1e6)
+
+_AMOUNT = re.compile(r"(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)")
 
 _INVALID_ELEMENT = re.compile(r"contains: ([A-Za-z]+)")
 
@@ -110,8 +116,7 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"unparseable formula {formula!r}: expected element symbols with optional amounts and brackets, "
             "e.g. 'Fe2O3', 'Ca(OH)2', 'La0.7Sr0.3MnO3'"
         ) from None
-    if composition.num_atoms <= 0:
-        raise FormulaError(f"formula {formula!r} contains no atoms")
+    _check_amounts(formula, text, composition)
     fractions = {str(el): float(amount) for el, amount in composition.fractional_composition.get_el_amt_dict().items()}
     with warnings.catch_warnings():  # pymatgen warns about missing electronegativities of superheavy elements
         warnings.simplefilter("ignore", UserWarning)
@@ -125,6 +130,29 @@ def parse_formula(formula: str) -> ParsedFormula:
                 f"supported: {', '.join(ELEMENTS)}"
             )
     return parsed
+
+
+def _check_amounts(formula: str, text: str, composition: Composition) -> None:
+    """Every written number and every element's amount within :data:`AMOUNT_RANGE`, else :class:`FormulaError`.
+
+    pymatgen silently drops an element written with amount 0 (``Na0Cl`` is read as ``Cl``) and accepts any float
+    (``Na1e308Cl``); neither is a composition a user meant.
+    """
+    low, high = AMOUNT_RANGE
+    accepted = f"amounts must be between {low:g} and {high:g} per element, e.g. 'Fe2O3', 'La0.7Sr0.3MnO3'"
+    for token in _AMOUNT.findall(text):
+        value = float(token)
+        if not math.isfinite(value) or value <= 0:
+            raise FormulaError(f"formula {formula!r} has the amount {token!r}; an element cannot be present 0 times "
+                               f"(leave it out instead): {accepted}")  # fmt: skip
+    amounts = composition.get_el_amt_dict()
+    if not amounts or composition.num_atoms <= 0:
+        raise FormulaError(f"formula {formula!r} contains no atoms")
+    for element, amount in amounts.items():
+        if not (math.isfinite(amount) and low <= amount <= high):
+            raise FormulaError(f"formula {formula!r} has {amount:g} {element} atoms; {accepted}")
+    if not math.isfinite(composition.num_atoms):
+        raise FormulaError(f"formula {formula!r} has an infinite number of atoms; {accepted}")
 
 
 def encode(parsed: list[ParsedFormula]) -> np.ndarray:

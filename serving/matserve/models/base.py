@@ -22,9 +22,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from matserve.cache import PredictionCache, cache_key
-from matserve.errors import ModelNotFound
+from matserve.errors import ModelNotFound, Unavailable
 from matserve.metrics import CACHE_REQUESTS, ITEMS, REQUESTS, STAGE_SECONDS
-from matserve.registry import ModelVersion, Registry
+from matserve.registry import ModelDegraded, ModelVersion, Registry
 
 Prepared = TypeVar("Prepared")
 
@@ -80,6 +80,8 @@ class ServedModel(ABC, Generic[Prepared]):
         """The verified version to use (the active one when ``version`` is None)."""
         try:
             return self.registry.get(self.name, version)
+        except ModelDegraded as error:
+            raise Unavailable(f"model {self.name!r} is degraded: {error}") from None
         except KeyError as error:
             raise ModelNotFound(str(error.args[0])) from None
 
