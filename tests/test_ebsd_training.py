@@ -59,15 +59,26 @@ def test_the_trained_version_serves(tiny_ebsd_registry: Path) -> None:
 
 
 def test_simulation_is_reproducible_and_seeded(tiny_ebsd_registry: Path) -> None:
-    """Re-simulating a split with the same seed gives the same bytes; the card holds their fingerprint."""
-    from training.ebsd.simulate import write_datasets
+    """Re-simulating a split with the same seed gives the same patterns (compared by value: both runs are on this
+    machine, but byte identity is not what the simulator promises across CPUs); the manifest and the card record
+    the fingerprint of the files as written (provenance: bytes read back from disk)."""
+    from training.ebsd.simulate import load_split, write_datasets
 
-    again = tiny_ebsd_registry / "again"
+    data, again = tiny_ebsd_registry / "data", tiny_ebsd_registry / "again"
     manifest = write_datasets(again, n_train=300, n_eval=40, seed=0, splits=("test_noisy",))
     digest = hashlib.sha256((again / "test_noisy_000.npz").read_bytes()).hexdigest()
     assert manifest["files"]["test_noisy_000.npz"]["sha256"] == digest
-    original = (tiny_ebsd_registry / "data" / "test_noisy_000.npz").read_bytes()
-    assert hashlib.sha256(original).hexdigest() == digest
-    with np.load(again / "test_noisy_000.npz") as split:
-        assert split["patterns"].dtype == np.uint8 and split["patterns"].shape == (40, 60, 60)
-        assert np.abs(split["pc"] - np.array([0.425, 0.213, 0.501])).max() <= 0.02 + 1e-6
+    card = Registry(tiny_ebsd_registry / "models").get("ebsd_indexer", "0.0.1-test").card
+    written = hashlib.sha256((data / "test_noisy_000.npz").read_bytes()).hexdigest()
+    assert card["data"]["fingerprint_sha256"]["test_noisy_000.npz"] == written
+    original, split = load_split(data, "test_noisy"), load_split(again, "test_noisy")
+    # Ground truth from the seeded generator (float64 through sqrt/sin/cos; PCs float32): a few ulps at most.
+    np.testing.assert_allclose(split["quaternions"], original["quaternions"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(split["pc"], original["pc"], rtol=0, atol=1e-7)
+    # Patterns: uint8 camera images. Rounding may differ in a rare pixel (another CPU changed 2 pixels in a million
+    # of the 2,000-pattern split); a change of seed, recipe or simulator changes nearly all of them.
+    assert split["patterns"].dtype == np.uint8 and split["patterns"].shape == (40, 60, 60)
+    assert np.mean(split["patterns"] != original["patterns"]) <= 1e-4
+    difference = np.abs(split["patterns"].astype(np.float64) - original["patterns"].astype(np.float64))
+    assert difference.mean() <= 0.01  # grey levels
+    assert np.abs(split["pc"] - np.array([0.425, 0.213, 0.501])).max() <= 0.02 + 1e-6

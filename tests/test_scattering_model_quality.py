@@ -2,10 +2,11 @@
 (decoded frames -> codec -> ONNX Runtime -> probabilities).
 
 1. The first images of the card's ``test`` and ``test_unseen_detectors`` splits are re-simulated from their seeds
-   (the simulator reproduces the stored split exactly) and sorted by the served model: the technique accuracy
-   must be within sampling error of the card's number, so a card that does not match its model fails. Both with
-   the scene's setup given to the model (as a CBF/EDF/NeXus header gives it: ``metrics``) and without it
-   (``metrics_without_setup``); with it, the model must do better on the same images.
+   (on this machine the simulator reproduces the stored split exactly; another CPU's SIMD paths may round a few
+   pixels differently) and sorted by the served model: the technique accuracy and the confidence coverage must
+   be within sampling error of the card's numbers (compared by value, never by bytes), so a card that does not
+   match its model fails. Both with the scene's setup given to the model (as a CBF/EDF/NeXus header gives it:
+   ``metrics``) and without it (``metrics_without_setup``); with it, the model must do better on the same images.
 2. The answer does not depend on how the detector was mounted or the file written (90-degree rotations and
    flips), nor on the gap convention of the file (-1 in int32, 2**32-1 in uint32, NaN in float32).
 """

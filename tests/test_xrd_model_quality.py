@@ -1,7 +1,9 @@
 """The committed XRD models on held-out simulated patterns (through ONNX Runtime, as served).
 
 1. The card's test metrics are reproduced: the test/novel/mixture splits are re-simulated from the seed in the
-   card's data manifest (the simulator is deterministic), so a card that does not match its model fails.
+   card's data manifest and the metrics compared with the card's within tolerances (the simulator is deterministic
+   on one machine, not bit-identical across CPUs; neither is ONNX Runtime), so a card that does not match its
+   model fails.
 2. Fresh draws the training never saw (other seeds) meet the issue's targets, on the standard ranges and on
    the wide ones.
 """
@@ -25,6 +27,17 @@ RUNTIME = OnnxRuntime()
 UNKNOWN_AUROC_FLOOR = 0.95  # card: 0.985 on 4,000 unknown patterns; a fresh draw of 600 varies
 MIXTURE_AUROC_FLOOR = 0.9  # card: 0.962
 SPLIT_INDEX = {"test": 2, "novel": 3, "mixtures": 4}  # SeedSequence children, see simulate.write_datasets
+#: Test patterns whose predicted phase may differ from the card's run on another CPU. None can: the least
+#: confident of the 3,000 has a top probability 0.998 above the runner-up, while another CPU changes a rare
+#: re-simulated float16 value by one ulp (~1e-3; none with numpy's AVX-512 paths disabled) and ONNX Runtime's
+#: outputs by ~1e-6 relative. One is allowed as a margin; a changed model or simulator shows more (the card's
+#: wide-range test split has 8 errors).
+PHASE_ERRORS_ALLOWED = 1
+#: Absolute tolerance of the re-computed AUROCs (12 and 9 million known/other pairs): flipping 1 float16 ulp in up
+#: to 0.1 % of the re-simulated inputs, or 1e-5 relative noise on the scores (ONNX Runtime differs by ~1e-6),
+#: moved them by < 5e-7 (a few pairs swapping order). 1e-4 is 200 times that and still 20 times below the AUROCs'
+#: sampling error (~2e-3), so another model or a changed simulator shows.
+AUROC_ATOL = 1e-4
 
 
 def registry_version(name: str):
@@ -52,7 +65,9 @@ def test_phase_card_accuracy_is_reproduced() -> None:
     card = registry_version("xrd_phase").card
     test = card_split(card, "test")
     predicted = run("xrd_phase", test["x"])["phase_probabilities"].argmax(axis=1)
-    assert (predicted == test["y"]).mean() == pytest.approx(card["metrics"]["test"]["accuracy"], abs=1e-9)
+    right, expected = int((predicted == test["y"]).sum()), card["metrics"]["test"]
+    assert len(predicted) == expected["n"]
+    assert abs(right - round(expected["accuracy"] * expected["n"])) <= PHASE_ERRORS_ALLOWED, right
 
 
 def novelty_score(x: np.ndarray) -> np.ndarray:
@@ -71,8 +86,10 @@ def test_novelty_card_aurocs_are_reproduced() -> None:
     card = registry_version("xrd_novelty").card
     scores = {split: novelty_score(card_split(card, split)["x"]) for split in ("test", "novel", "mixtures")}
     standard = card["metrics"]["standard"]["novelty_score"]
-    assert auroc(scores["test"], scores["novel"]) == pytest.approx(standard["auroc_unknown_vs_known"], abs=1e-6)
-    assert auroc(scores["test"], scores["mixtures"]) == pytest.approx(standard["auroc_mixtures_vs_known"], abs=1e-6)
+    assert auroc(scores["test"], scores["novel"]) == pytest.approx(standard["auroc_unknown_vs_known"], abs=AUROC_ATOL)
+    assert auroc(scores["test"], scores["mixtures"]) == pytest.approx(
+        standard["auroc_mixtures_vs_known"], abs=AUROC_ATOL
+    )
 
 
 @pytest.mark.parametrize("profile", [sim.STANDARD, sim.WIDE], ids=lambda p: p.name)
