@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: serve test lint bench bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
+.PHONY: fuzz serve test lint bench soak bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,16 @@ bench-scattering: $(VENV)/.test-installed
 # Every serving path side by side (in-process ORT, BentoML, BentoML -> Triton, Triton HTTP/gRPC).
 bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 	$(BIN)/python bench/bench_serving_paths.py
+
+# Soak (never run by CI): 4 phases of mixed traffic at concurrency 64 (steady; Redis SIGKILLed; active versions
+# switched; API SIGKILLed mid-job), real redis-server + matserve serve; writes bench/results/soak.json, exit 1 on failure.
+soak: $(VENV)/.test-installed redis-server
+	PYTHONPATH=. $(BIN)/python bench/soak.py --duration-s 60 --concurrency 64
+
+# Long OpenAPI fuzz (never run by CI; CI runs a bounded one in tests/test_fuzz_openapi.py): schemathesis with a
+# random seed, N examples per operation and phase (250: over 10,000 requests), against a fresh server.
+fuzz: $(VENV)/.test-installed
+	PYTHONPATH=. $(BIN)/python bench/fuzz.py -n $(or $(N),250)
 
 # Offline training (never run by CI): RF baselines, then ElemNet reference + served IRNet ensemble + export.
 train-formation-enthalpy: $(VENV)/.test-installed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def test_registry_reload_picks_up_a_new_active_version(admin_server: tuple[str, 
 
     reloaded = httpx.post(f"{url}/v1/admin/registry/reload", headers=AUTH)
     assert reloaded.status_code == 200, reloaded.text
-    assert reloaded.json()["models"][MODEL] == {"active_version": "1.1.0", "versions": ["1.0.0", "1.1.0"]}
+    assert reloaded.json()["models"][MODEL] == {
+        "active_version": "1.1.0",
+        "versions": ["1.0.0", "1.1.0"],
+        "degraded": None,
+    }
     assert f"{MODEL}/1.2.0" in reloaded.json()["refused"]
     answer = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}).json()
     assert answer["version"] == "1.1.0"
@@ -107,6 +112,75 @@ def test_registry_reload_picks_up_a_new_active_version(admin_server: tuple[str, 
     assert (
         pinned["results"][0]["formation_enthalpy_ev_per_atom"] == answer["results"][0]["formation_enthalpy_ev_per_atom"]
     )  # same graph under two versions
+
+
+def _reload_without_a_body(url: str) -> tuple[int, dict]:
+    """``curl -X POST -H 'Authorization: Bearer …' …/reload``: no body, no Content-Length, no Content-Type."""
+    parsed = httpx.URL(url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=60) as sock:
+        sock.sendall(f"POST /v1/admin/registry/reload HTTP/1.1\r\nHost: {parsed.host}\r\nAuthorization: Bearer "
+                     f"{TOKEN}\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return status, json.loads(body)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_text, _, rest = body.partition(b"\r\n")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        out, body = out + rest[:size], rest[size + 2 :]
+    return out
+
+
+def test_a_tampered_active_version_is_never_replaced_silently(admin_server: tuple[str, Path]) -> None:
+    """The active version fails verification after a reload: the model is degraded (503 with the reason, named by
+    /readyz, /v1/models and a gauge) instead of answering from another version, until an operator activates one."""
+    url, root = admin_server
+    folder = root / MODEL / "1.3.0"
+    folder.mkdir()
+    graph = (MODELS_DIR / MODEL / "1.0.0" / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(graph)  # a copy, not a hard link: this test flips one of its bytes
+    card = json.loads((MODELS_DIR / MODEL / "1.0.0" / "card.json").read_text())
+    write_card(folder, {**card, "version": "1.3.0"})
+    (root / MODEL / "ACTIVE").write_text("1.3.0\n")
+    status, reloaded = _reload_without_a_body(url)
+    assert status == 200 and reloaded["models"][MODEL]["degraded"] is None, reloaded
+    assert httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}).json()["version"] == "1.3.0"
+
+    (folder / "model.onnx").write_bytes(graph[:-1] + bytes([graph[-1] ^ 1]))
+    status, reloaded = _reload_without_a_body(url)
+    assert status == 200
+    assert "sha256 mismatch" in reloaded["models"][MODEL]["degraded"]
+    answer = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["type"] == "unavailable"
+    assert "degraded" in answer.json()["error"]["message"] and "1.3.0" in answer.json()["error"]["message"]
+    pinned = httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"], "version": "1.0.0"})
+    assert pinned.status_code == 200 and pinned.json()["version"] == "1.0.0"
+    ready = httpx.get(f"{url}/readyz")
+    assert ready.status_code == 200 and MODEL in ready.json()["degraded"]
+    listed = httpx.get(f"{url}/v1/models").json()
+    entry = next(m for m in listed["models"] if m["name"] == MODEL)
+    assert entry["served"] is False and "sha256 mismatch" in entry["degraded"]
+    assert re.search(rf'matserve_model_degraded\{{model="{MODEL}"\}} 1\.0', httpx.get(f"{url}/metrics").text)
+    for text in (json.dumps(reloaded), ready.text, json.dumps(listed), answer.text):
+        assert str(root) not in text and str(root.parent) not in text  # no server paths in answers
+
+    (root / MODEL / "ACTIVE").write_text("1.0.0\n")  # the operator activates another version
+    status, reloaded = _reload_without_a_body(url)
+    assert status == 200 and reloaded["models"][MODEL]["degraded"] is None
+    assert httpx.post(f"{url}/v1/formation-enthalpy", json={"formulas": ["NaCl"]}).json()["version"] == "1.0.0"
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    assert re.search(rf'matserve_model_degraded\{{model="{MODEL}"\}} 0\.0', httpx.get(f"{url}/metrics").text)
 
 
 def test_redis_cache_clear_deletes_only_what_was_asked(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ from matserve.codecs.ebsd import (
     EbsdInputError,
     EbsdTooLarge,
     Geometry,
-    decode_patterns,
     encode_batch,
     encode_patterns,
     normalize_patterns,
     resample_patterns,
 )
+from matserve.codecs.ebsd_uploads import decode_patterns
 from matserve.codecs.orientation import (
     CUBIC_FZ_MAX_ANGLE_DEG,
     CUBIC_ROTATIONS,

@@ -190,8 +190,9 @@ def test_hdf5_without_nexus_takes_the_largest_image_dataset_and_refuses_master_f
     master = io.BytesIO()
     with h5py.File(master, "w") as handle:
         handle.create_group("entry/data")["data_000001"] = h5py.ExternalLink("series_data_000001.h5", NEXUS_DATA)
-    with pytest.raises(ImageError, match=r"master file.*series_data_000001\.h5"):
+    with pytest.raises(ImageError, match=r"/entry/data/data_000001 is an external link \(a master file\?") as refused:
         read_frames(master.getvalue(), "series_master.h5")
+    assert "series_data_000001" not in str(refused.value)  # the file it names is never repeated (nor opened)
 
 
 def test_npy_int32_uint32_squeezed_and_refused_dimensions() -> None:
@@ -247,7 +248,7 @@ def test_frame_and_pixel_budgets_are_checked_before_decoding() -> None:
         read_frames(tiff(small), "many.tif", FrameBudget(max_pixels=3000))
     shared = FrameBudget(max_frames=6)
     read_frames(tiff(small), "a.tif", shared)
-    with pytest.raises(TooManyFrames, match="would have 10"):
+    with pytest.raises(TooManyFrames, match="would have at least 7"):  # TIFF pages are counted until the limit
         read_frames(tiff(small), "b.tif", shared)
 
 

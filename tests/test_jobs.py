@@ -125,7 +125,7 @@ BAD_JOB_BODIES = [
     pytest.param({"model": MODEL, "inputs": ["NaCl"], "version": "9.9.9"}, 404, "9.9.9", id="unknown version"),
     pytest.param({"inputs": ["NaCl"]}, 422, "model: Field required", id="no model"),
     pytest.param({"model": MODEL, "inputs": []}, 422, "at least 1 item", id="empty inputs"),
-    pytest.param({"model": MODEL, "inputs": "NaCl"}, 422, "inputs: Input should be a valid list", id="string"),
+    pytest.param({"model": MODEL, "inputs": "NaCl"}, 422, "inputs: Input should be a valid array", id="string"),
     pytest.param({"model": MODEL, "inputs": ["NaCl", 5]}, 422, "inputs[1]: Input should be a valid string",
                  id="non-string item"),
     pytest.param({"model": MODEL, "inputs": ["NaCl", "A" * 300]}, 422, "inputs[1]: String should have at most 256",

@@ -191,7 +191,7 @@ def _bad_cases() -> list[tuple[str, dict, int, str]]:
         ("unknown version", {"content": npy(good), "content_type": "application/x-npy", "params": {"version": "9.9"}},
          404, "9.9"),
         ("master file", {"content": _master_file(), "content_type": "application/x-hdf5"}, 422,
-         "master file: /entry/data/data_000001 links to series_data_000001.h5"),
+         "/entry/data/data_000001 is an external link (a master file? send the data file(s) instead"),
         ("distance out of range", {"content": npy(good), "content_type": "application/x-npy",
                                    "params": {"distance_m": "0"}}, 422, "distance_m"),
         ("wavelength not a number", {"body": {"image": good.tolist(), "wavelength_angstrom": "blue"}}, 422,

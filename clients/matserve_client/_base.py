@@ -27,7 +27,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ._version import __version__
-from .ebsd_files import EbsdChunk, ebsd_chunks, encode_npy, load_scan, scan_kind
+from .ebsd_files import EBSD_MAX_PIXELS, EbsdChunk, ebsd_chunks, encode_npy, load_scan, scan_kind
 from .exceptions import (
     APIError,
     ClientRequestError,
@@ -36,9 +36,11 @@ from .exceptions import (
     MatserveTimeoutError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     ServerError,
     ServiceUnavailableError,
     UnexpectedResponseError,
+    retry_after_s,
 )
 from .models import (
     EbsdIndexResult,
@@ -63,11 +65,17 @@ logger = logging.getLogger("matserve_client")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:3000"
 DEFAULT_TIMEOUT = 30.0
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+"""Connection pool of both clients: idle connections are dropped after 2 s, well before the server closes them
+(uvicorn's keep-alive timeout, 5 s): a request sent on a connection the server is closing at that moment gets no
+answer (seen under load in ``bench/soak.py``)."""
 """Default per-request timeout, in seconds."""
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.5
 """Default base retry delay, in seconds."""
 MAX_BACKOFF = 8.0
+MAX_RATE_LIMIT_WAIT_S = 60.0
+"""Longest wait the client honours from a 429's ``Retry-After``, in seconds."""
 """Upper bound of a single retry delay, in seconds."""
 FALLBACK_MAX_BATCH_SIZE = 1000
 """Chunk size used when the server's ``max_batch_size`` cannot be discovered."""
@@ -81,7 +89,8 @@ EBSD_CHUNK_PATTERNS = 1024
 EBSD_REFINE_CHUNK_PATTERNS = 64
 """EBSD patterns per request with ``refine=True`` (refinement runs at roughly 100 patterns/s)."""
 EBSD_SCAN_BLOCK_PATTERNS = 4096
-"""Patterns per row block of a scan sent to ``/v1/ebsd/scan`` (256 with refinement, the server's limit)."""
+"""Patterns per row block of a scan sent to ``/v1/ebsd/scan`` (256 with refinement, the server's limit); fewer
+when the block would be over :data:`~matserve_client.ebsd_files.EBSD_MAX_PIXELS` decoded pixels."""
 EBSD_SCAN_REFINE_BLOCK_PATTERNS = 256
 EBSD_TIMEOUT_S = 600.0
 """Read timeout of EBSD scan uploads and refinement requests, and of scattering uploads, seconds (at least the
@@ -317,6 +326,7 @@ def error_class(status_code: int) -> type[APIError]:
         404: NotFoundError,
         413: PayloadTooLargeError,
         422: InvalidInputError,
+        429: RateLimitedError,
         503: ServiceUnavailableError,
     }
     if status_code in by_status:
@@ -444,12 +454,16 @@ class BaseClient:
     ) -> Flow[httpx.Response]:
         """Send a request, retrying on 503 and connection failures; return the 2xx response or raise.
 
-        ``build`` makes the request instead (called again for each attempt: binary and multipart bodies).
+        A 429 (rate limited) is retried after the server's ``Retry-After`` (at most :data:`MAX_RATE_LIMIT_WAIT_S`
+        per wait), also when ``retry`` is false: the server refused it before doing anything, so sending it again
+        cannot run it twice. ``build`` makes the request instead (called again for each attempt: binary and
+        multipart bodies).
         """
         attempt = 0
         while True:
             request = build() if build is not None else self._http.build_request(method, path, json=body)
             can_retry = retry and attempt < self._retries
+            wait_at_least = 0.0
             try:
                 response = yield from _send(request)
             except httpx.TransportError as exc:
@@ -457,12 +471,15 @@ class BaseClient:
                     raise connection_error(exc, attempts=attempt + 1) from exc
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code != 503 or not can_retry:
+                limited = response.status_code == 429 and attempt < self._retries
+                if not limited and (response.status_code != 503 or not can_retry):
                     if not response.is_success:
                         raise api_error(response)
                     return response
-                reason = "HTTP 503: " + error_details(response)[1]
-            delay = retry_delay(self._backoff, attempt)
+                reason = f"HTTP {response.status_code}: " + error_details(response)[1]
+                if limited:
+                    wait_at_least = min(retry_after_s(response) or 0.0, MAX_RATE_LIMIT_WAIT_S)
+            delay = max(retry_delay(self._backoff, attempt), wait_at_least)
             logger.info(
                 "%s %s failed (%s); retry %d/%d in %.2f s",
                 method,
@@ -722,7 +739,8 @@ class BaseClient:
         scan = load_scan(path_or_array)
         rows, cols = int(scan.shape[0]), int(scan.shape[1])
         limit = EBSD_SCAN_REFINE_BLOCK_PATTERNS if refine else EBSD_SCAN_BLOCK_PATTERNS
-        block_rows = chunk_rows or max(1, limit // cols)
+        row_pixels = max(1, cols * int(scan.shape[2]) * int(scan.shape[3]))
+        block_rows = chunk_rows or max(1, min(limit // cols, EBSD_MAX_PIXELS // row_pixels))  # the server's budgets
         if block_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         if refine and block_rows * cols > EBSD_SCAN_REFINE_BLOCK_PATTERNS:

@@ -17,6 +17,7 @@ from ._base import (
     DEFAULT_JOB_POLL_S,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
+    LIMITS,
     BaseClient,
     Flow,
     PatternLike,
@@ -59,8 +60,9 @@ class Client(BaseClient):
         Per-attempt timeout, in seconds, applied to each of connect, read, write and pool acquisition;
         ``None`` disables it. Retries get a fresh timeout.
     retries : int, default 3
-        How many times a request is re-sent after HTTP 503 or a connection error/timeout
-        (so at most ``retries + 1`` attempts). Other errors are never retried.
+        How many times a request is re-sent after HTTP 503 or a connection error/timeout, or after HTTP 429
+        (rate limited: waiting at least the server's ``Retry-After``, at most 60 s; then
+        :class:`RateLimitedError`), so at most ``retries + 1`` attempts. Other errors are never retried.
     backoff : float, default 0.5
         Base retry delay, in seconds: retry ``n`` (0-based) waits ``min(backoff * 2**n, 8)`` s. 0 retries at once.
     chunk_size : int or None, default None
@@ -104,7 +106,7 @@ class Client(BaseClient):
     ) -> None:
         super().__init__(retries=retries, backoff=backoff, chunk_size=chunk_size)
         self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=default_headers(headers)
+            base_url=base_url, timeout=timeout, transport=transport, headers=default_headers(headers), limits=LIMITS
         )
 
     def _run(self, flow: Flow[T]) -> T:
@@ -287,7 +289,8 @@ class Client(BaseClient):
         version : str, optional
             Model version, e.g. ``"1.0.0"``; default the active one (pinned after the first request).
         chunk_size : int, optional
-            Patterns (or image files) per request; default 1024 (64 with ``refine``).
+            Patterns (or image files) per request; default 1024 (64 with ``refine``); array requests are cut to
+            at most 2**26 decoded pixels (the server's default ``MATSERVE_MAX_EBSD_PIXELS``).
         progress : bool, default False
             Show a tqdm progress bar over patterns (``pip install 'matserve-client[progress]'``).
         static_background : bool, default False
@@ -342,7 +345,8 @@ class Client(BaseClient):
         progress : bool, default True
             A tqdm progress bar over patterns (arrays) or uploaded bytes (HDF5), when tqdm is installed.
         chunk_rows : int, optional
-            Scan rows per request for arrays; default as many as fit in 4096 patterns (256 with ``refine``).
+            Scan rows per request for arrays; default as many as fit in 4096 patterns (256 with ``refine``) and
+            2**26 decoded pixels (the server's default ``MATSERVE_MAX_EBSD_PIXELS``; at least one row).
         static_background : bool, default False
             With ``refine``: subtract each block's mean pattern before refining (see :meth:`index_ebsd`).
 
@@ -357,7 +361,7 @@ class Client(BaseClient):
         InvalidInputError
             The scan or an option cannot be used (422), naming the block of rows it was in.
         PayloadTooLargeError
-            An HDF5 file over the server's body limit or pattern limit (413): convert it to ``.npy`` and send
+            An HDF5 file over the server's body, pattern or pixel limit (413): convert it to ``.npy`` and send
             it as an array (blocks of rows).
         """
         return self._run(

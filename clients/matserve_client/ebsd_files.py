@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EbsdChunk", "ebsd_chunks", "encode_npy", "load_scan", "png_rgb", "scan_kind"]
+__all__ = ["EBSD_MAX_PIXELS", "EbsdChunk", "ebsd_chunks", "encode_npy", "load_scan", "png_rgb", "scan_kind"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".h5ebsd", ".hdf")
 MAX_MULTIPART_BYTES = 32 * 2**20
 """Image files are grouped into multipart requests of at most this many bytes (one larger file goes alone)."""
+EBSD_MAX_PIXELS = 2**26
+"""Decoded pixels per EBSD request the server accepts by default (``MATSERVE_MAX_EBSD_PIXELS``): array requests
+and scan row blocks are cut to at most this many (or one pattern / one row, whatever its size)."""
 
 
 def _numpy() -> Any:
@@ -108,11 +111,12 @@ def _is_number_grid(value: Sequence[Any]) -> bool:
         first[0], int | float)  # fmt: skip
 
 
-def ebsd_chunks(patterns: Any, chunk_size: int) -> Iterator[EbsdChunk]:
+def ebsd_chunks(patterns: Any, chunk_size: int, max_pixels: int = EBSD_MAX_PIXELS) -> Iterator[EbsdChunk]:
     """Cut the caller's patterns into requests of at most ``chunk_size`` patterns (arrays) or files.
 
-    Consecutive arrays of the same pattern shape share requests; PNG/TIFF files go in multipart requests of at
-    most ``chunk_size`` files and :data:`MAX_MULTIPART_BYTES`.
+    Consecutive arrays of the same pattern shape share requests of at most ``max_pixels`` pixels (the server's
+    pixel budget; at least one pattern); PNG/TIFF files go in multipart requests of at most ``chunk_size`` files
+    and :data:`MAX_MULTIPART_BYTES`.
     """
     run: list[tuple[Any, str | None]] = []  # consecutive arrays of one pattern shape: (stack, source)
     files: list[Path] = []
@@ -121,14 +125,15 @@ def ebsd_chunks(patterns: Any, chunk_size: int) -> Iterator[EbsdChunk]:
     def flush_run() -> Iterator[EbsdChunk]:
         parts: list[Any] = []
         sources: list[str | None] = []
+        size = min(chunk_size, max(1, max_pixels // max(1, run[0][0].shape[1] * run[0][0].shape[2]))) if run else 1
         for stack, source in run:
             offset = 0
             while offset < len(stack):
-                take = min(chunk_size - len(sources), len(stack) - offset)
+                take = min(size - len(sources), len(stack) - offset)
                 parts.append(stack[offset : offset + take])
                 sources.extend(None if source is None else f"{source}[{offset + k}]" for k in range(take))
                 offset += take
-                if len(sources) == chunk_size:
+                if len(sources) == size:
                     yield _array_chunk(parts, sources)
                     parts, sources = [], []
         if sources:

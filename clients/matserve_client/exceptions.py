@@ -7,7 +7,8 @@ Hierarchy::
     │   ├── ClientRequestError        4xx
     │   │   ├── InvalidInputError     400, 422
     │   │   ├── NotFoundError         404
-    │   │   └── PayloadTooLargeError  413
+    │   │   ├── PayloadTooLargeError  413
+    │   │   └── RateLimitedError      429 (raised once retries are exhausted)
     │   └── ServerError               5xx
     │       └── ServiceUnavailableError  503 (raised once retries are exhausted)
     ├── MatserveConnectionError       no HTTP response at all (connect error, dropped connection, ...)
@@ -31,6 +32,7 @@ __all__ = [
     "MatserveTimeoutError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ServerError",
     "ServiceUnavailableError",
     "UnexpectedResponseError",
@@ -103,6 +105,31 @@ class PayloadTooLargeError(ClientRequestError):
 
     Lower ``chunk_size`` on the client (or leave it ``None`` so the server's ``max_batch_size`` is used).
     """
+
+
+class RateLimitedError(ClientRequestError):
+    """The server's per-client rate limit refused the request (429), and retries were exhausted.
+
+    Attributes
+    ----------
+    retry_after_s : float or None
+        The server's ``Retry-After``, in seconds: when the next request will be accepted.
+    """
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return retry_after_s(self.response)
+
+
+def retry_after_s(response: httpx.Response | None) -> float | None:
+    """A response's ``Retry-After`` header in seconds (``None`` when absent or not a number of seconds)."""
+    if response is None:
+        return None
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 class ServerError(APIError):

@@ -100,11 +100,14 @@ def server_process(
     Each server gets its own ``BENTOML_HOME`` (next to ``log_path``) unless ``extra_env`` sets one: BentoML
     empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when a server starts, which would otherwise wipe the
     metrics of every other server running on the machine.
+
+    Rate limiting is off (``MATSERVE_RATE_LIMIT_PER_MINUTE=0``) unless ``extra_env`` sets it: tests and
+    benchmarks send thousands of requests from 127.0.0.1.
     """
     port = free_port()
     bentoml_home = log_path.parent / f"bentoml-home-{port}"
     env = {**os.environ, "MATSERVE_MODELS_DIR": str(models_dir), "BENTOML_HOME": str(bentoml_home),
-           **(extra_env or {})}  # fmt: skip
+           "MATSERVE_RATE_LIMIT_PER_MINUTE": "0", **(extra_env or {})}  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(MATSERVE), "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -10,9 +10,15 @@
 * ``multipart/form-data``: one or more file parts (PNG, TIFF or NPY, in order), options as form fields or
   query parameters.
 
-``POST /v1/ebsd/scan`` reads one scan: a 4-D ``.npy`` ``(rows, cols, h, w)`` or an HDF5 file kikuchipy reads
-(``kikuchipy.load``: its own h5ebsd, EDAX/Bruker/Oxford HDF5), as the body (``application/x-npy``,
+``POST /v1/ebsd/scan`` reads one scan: a 4-D ``.npy`` ``(rows, cols, h, w)`` or an h5ebsd file (kikuchipy's own,
+EDAX, Bruker Nano or Oxford Instruments H5OINA, read by kikuchipy's readers), as the body (``application/x-npy``,
 ``application/x-hdf5``, ``application/octet-stream``) or as the one file part of a multipart body.
+
+Every upload is decoded within the request's budget of decoded pixels (``MATSERVE_MAX_EBSD_PIXELS``, summed over
+the patterns of ``/v1/ebsd/index`` or the whole scan), checked from the headers before any pixel is decoded
+(:mod:`matserve.codecs.ebsd_uploads`; for HDF5 the scan shape kikuchipy reads from the file's header); HDF5 files
+are read from memory and must be self-contained (:mod:`matserve.codecs.hdf5_safety`). Patterns are area-resampled
+to the model's 60x60 as they are decoded, so full-size pixels are held one TIFF page or one chunk at a time.
 
 Options (query parameters, form fields or JSON fields): ``pc`` (``0.42,0.21,0.50``; JSON also ``[[...], ...]``
 one per pattern), ``refine``, ``static_background``, ``version``, ``sample_tilt_deg``, ``detector_tilt_deg``.
@@ -20,10 +26,10 @@ one per pattern), ``refine``, ``static_background``, ``version``, ``sample_tilt_
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
-import os
-import tempfile
-import warnings
 from typing import Any
 
 import numpy as np
@@ -33,16 +39,21 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from matserve import request_options
-from matserve.codecs.ebsd import (
+from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge, Geometry
+from matserve.codecs.ebsd_uploads import (
     ACCEPTED_FORMATS,
-    EbsdInputError,
-    EbsdTooLarge,
-    Geometry,
+    DEFAULT_MAX_PIXELS,
+    INDEX_ADVICE,
+    SCAN_ADVICE,
+    PixelBudget,
     as_pattern_stack,
     decode_npy,
-    decode_patterns,
+    iter_patterns,
+    reduce_scan,
+    reduce_stack,
     sniff_format,
 )
+from matserve.codecs.h5ebsd import read_h5ebsd_scan
 from matserve.errors import InvalidInput, MalformedRequest, PayloadTooLarge
 
 INDEX_MEDIA_TYPES = ("application/json", "image/png", "image/tiff", "application/x-npy", "application/octet-stream",
@@ -50,8 +61,7 @@ INDEX_MEDIA_TYPES = ("application/json", "image/png", "image/tiff", "application
 SCAN_MEDIA_TYPES = ("application/x-npy", "application/x-hdf5", "application/x-hdf", "application/octet-stream",
                     "multipart/form-data")  # fmt: skip
 EBSD_EXAMPLE = '{"patterns": [[[12, 15, ...], ...]], "pc": [0.425, 0.213, 0.501], "refine": false}'
-DEFAULT_KIKUCHIPY_PC = (0.5, 0.5, 0.5)
-"""kikuchipy's default detector PC: a file carrying exactly this is taken to have no PC of its own."""
+INDEX_COUNT_ADVICE = "split them (the Python SDK does), or send a scan to POST /v1/ebsd/scan"
 
 
 class EbsdOptions(BaseModel):
@@ -185,6 +195,16 @@ def merge_options(body: EbsdOptions, query: dict[str, str]) -> EbsdOptions:
     return request_options.merge_options(body, query, _pc_message)
 
 
+async def read_body(request: Request) -> bytes | bytearray:
+    """The request body: an NPY body as one ``bytearray`` (its arrays are views of it, so it is held once, not twice
+    as ``request.body()`` briefly holds it), any other as ``bytes`` (decoders wrap it in ``io.BytesIO``, which
+    shares ``bytes`` but copies a ``bytearray``)."""
+    buffer = bytearray()
+    async for chunk in request.stream():
+        buffer += chunk
+    return buffer if buffer.startswith(b"\x93NUMPY") else bytes(buffer)
+
+
 async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
     """File parts ``(filename, bytes)`` in order, and the form fields, of a multipart body."""
     try:
@@ -207,10 +227,20 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
 
 
 def decode_index_body(
-    kind: str, body: bytes, files: list[tuple[str, bytes]], max_patterns: int
-) -> tuple[list[np.ndarray], list[str], list[str | None] | None]:
-    """Patterns, their labels in messages and (multipart) their sources, from a binary or multipart body."""
-    patterns: list[np.ndarray] = []
+    kind: str,
+    body: bytes | bytearray,
+    files: list[tuple[str, bytes]],
+    max_patterns: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[np.ndarray | str], list[str], list[str | None] | None]:
+    """Patterns, their labels in messages and (multipart) their sources, from a binary or multipart body.
+
+    Every upload's header is checked against one budget (``max_patterns`` patterns and ``max_pixels`` decoded
+    pixels for the whole request) before it is decoded; each pattern is then checked and resampled to 60x60
+    float32 as it is decoded (a refused one becomes its reason, a string).
+    """
+    budget = PixelBudget(max_pixels, max_patterns, INDEX_ADVICE, INDEX_COUNT_ADVICE)
+    patterns: list[np.ndarray | str] = []
     labels: list[str] = []
     sources: list[str | None] | None = None
     if kind == "multipart/form-data":
@@ -218,28 +248,25 @@ def decode_index_body(
         if not files:
             raise InvalidInput(f"the multipart body has no file part; send patterns as files ({ACCEPTED_FORMATS})")
         for name, data in files:
-            stacks = decode_patterns(data, None, f"file {name!r}")
-            count = sum(len(s) for s in stacks)
-            k = 0
-            for stack in stacks:
-                for pattern in stack:
-                    labels.append(
-                        f"patterns[{len(patterns)}] (file {name!r}" + (f", pattern {k})" if count > 1 else ")")
-                    )
-                    sources.append(f"{name}[{k}]" if count > 1 else name)
-                    patterns.append(pattern)
-                    k += 1
-            _check_count(len(patterns), max_patterns)
+            first = len(patterns)
+            for stack in iter_patterns(data, None, f"file {name!r}", budget):
+                patterns.extend(reduce_stack(stack))
+            count = len(patterns) - first
+            for k in range(count):
+                labels.append(f"patterns[{first + k}] (file {name!r}" + (f", pattern {k})" if count > 1 else ")"))
+                sources.append(f"{name}[{k}]" if count > 1 else name)
     else:
-        for stack in decode_patterns(body, kind):
-            _check_count(len(patterns) + len(stack), max_patterns)
-            labels.extend(f"patterns[{len(patterns) + k}]" for k in range(len(stack)))
-            patterns.extend(stack)
+        for stack in iter_patterns(body, kind, "the body", budget):
+            patterns.extend(reduce_stack(stack))
+        labels = [f"patterns[{i}]" for i in range(len(patterns))]
     return patterns, labels, sources
 
 
-def decode_json_patterns(request: EbsdIndexRequest, max_patterns: int) -> tuple[list[np.ndarray | str], list[str]]:
-    """The patterns of a JSON body as arrays (rows of unequal length become per-item errors)."""
+def decode_json_patterns(
+    request: EbsdIndexRequest, max_patterns: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[np.ndarray | str], list[str]]:
+    """The patterns of a JSON body, checked and resampled to 60x60 float32 (rows of unequal length, and other
+    refused patterns, become per-item errors); at most ``max_pixels`` pixels in all."""
     if (request.pattern is None) == (request.patterns is None):
         raise InvalidInput(
             f"send either 'pattern' (one 2-D array) or 'patterns' (a list of them), not "
@@ -247,13 +274,17 @@ def decode_json_patterns(request: EbsdIndexRequest, max_patterns: int) -> tuple[
         )
     items = [request.pattern] if request.pattern is not None else list(request.patterns or [])
     _check_count(len(items), max_patterns)
+    budget = PixelBudget(max_pixels, None, INDEX_ADVICE)
+    labels = ["pattern"] if request.pattern is not None else [f"patterns[{i}]" for i in range(len(items))]
     patterns: list[np.ndarray | str] = []
-    for item in items:
+    for item, label in zip(items, labels, strict=True):
         try:
-            patterns.append(np.asarray(item, dtype=np.float32))
+            array = np.asarray(item, dtype=np.float32)
         except ValueError:
             patterns.append("pattern rows have different lengths; send a rectangular 2-D array")
-    labels = ["pattern"] if request.pattern is not None else [f"patterns[{i}]" for i in range(len(items))]
+            continue
+        budget.take(1, *(array.shape if array.ndim == 2 else (1, array.size)), label)
+        patterns.extend(reduce_stack(array[None]) if array.ndim == 2 else [array])
     return patterns, labels
 
 
@@ -265,27 +296,32 @@ def _check_count(count: int, max_patterns: int) -> None:
         )
 
 
-def decode_scan(data: bytes, declared: str | None, max_patterns: int) -> tuple[np.ndarray, np.ndarray | None,
-                                                                               dict[str, float]]:  # fmt: skip
+def decode_scan(
+    data: bytes | bytearray, declared: str | None, max_patterns: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
     """A scan ``(rows, cols, h, w)`` from NPY or HDF5 bytes, with the file's PC and tilts (HDF5 only).
+
+    The scan's size (from the NPY header or the h5ebsd header) is checked against ``max_patterns`` and
+    ``max_pixels`` before its pixels are decoded. Patterns larger than the model's 60x60 come back resampled to
+    60x60 float32 (:func:`~matserve.codecs.ebsd_uploads.reduce_scan`).
 
     Raises
     ------
     EbsdInputError
-        Not NPY or HDF5, not 4-D, unreadable by kikuchipy; :class:`EbsdTooLarge` over ``max_patterns``.
+        Not NPY or HDF5, not 4-D, unreadable or unsafe; :class:`EbsdTooLarge` over a limit.
     """
+    budget = PixelBudget(max_pixels, max_patterns, SCAN_ADVICE)
     kind = sniff_format(data)
     if kind == "npy":
-        scan = decode_npy(data, "the scan")
+        scan = decode_npy(data, "the scan", budget)
         if scan.ndim != 4:
             raise EbsdInputError(
                 f"a scan is a 4-D array (scan rows, scan cols, pattern rows, pattern cols); got shape "
                 f"{list(scan.shape)}" + ("; send single patterns to POST /v1/ebsd/index" if scan.ndim < 4 else "")
             )
-        _check_scan_size(scan.shape[0] * scan.shape[1], max_patterns)
-        return scan, None, {}
+        return reduce_scan(scan), None, {}
     if kind == "hdf5":
-        return _read_hdf5_scan(data, max_patterns)
+        return read_h5ebsd_scan(data, budget)
     declared_text = f" (declared {declared})" if declared else ""
     if kind in ("png", "tiff"):
         raise EbsdInputError(f"the body is a {kind.upper()} image{declared_text}; a scan is a 4-D NPY array or an "
@@ -296,50 +332,24 @@ def decode_scan(data: bytes, declared: str | None, max_patterns: int) -> tuple[n
     )
 
 
-def _check_scan_size(count: int, max_patterns: int) -> None:
-    if count > max_patterns:
-        raise EbsdTooLarge(f"the scan has {count} patterns, over the limit of {max_patterns} per request; send it in "
-                           "row blocks (the Python SDK's index_ebsd_scan does)")  # fmt: skip
+def release_memory() -> None:
+    """Give free C-heap memory back to the system after a large request (glibc ``malloc_trim``; elsewhere a no-op).
+
+    Decoded uploads are freed when a request ends, but glibc keeps freed blocks below its (adaptive, up to 32 MiB)
+    mmap threshold in its arenas; trimming returns them so the process's RSS falls back.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-def _read_hdf5_scan(data: bytes, max_patterns: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
-    """Read an HDF5 scan with ``kikuchipy.load`` from a temporary file (kikuchipy is imported here)."""
-    with tempfile.TemporaryDirectory(prefix="matserve-ebsd-") as folder:
-        path = os.path.join(folder, "scan.h5")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import kikuchipy
-
-            try:
-                loaded = kikuchipy.load(path, lazy=False)
-            except Exception as error:  # readers raise many types on foreign or broken files
-                raise EbsdInputError(
-                    f"the HDF5 file cannot be read by kikuchipy ({type(error).__name__}: {error}); accepted: h5ebsd "
-                    "(kikuchipy's EBSD.save), EDAX, Bruker and Oxford HDF5"
-                ) from None
-        if isinstance(loaded, list):
-            raise EbsdInputError(f"the HDF5 file holds {len(loaded)} scans; send one at a time")
-        if type(loaded).__name__ not in ("EBSD", "LazyEBSD"):
-            raise EbsdInputError(f"the HDF5 file holds a {type(loaded).__name__}, not EBSD patterns")
-        array = np.asarray(loaded.data)
-        detector = loaded.detector
-    if array.ndim == 2:
-        array = array[None, None]
-    elif array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4:
-        raise EbsdInputError(f"the HDF5 scan has shape {list(array.shape)}; expected (rows, cols, h, w)")
-    _check_scan_size(array.shape[0] * array.shape[1], max_patterns)
-    pc = np.asarray(detector.pc, dtype=np.float64).reshape(-1, 3)
-    file_pc = None
-    if not np.allclose(pc, DEFAULT_KIKUCHIPY_PC):
-        file_pc = pc[0] if len(pc) == 1 or np.allclose(pc, pc[0]) else pc
-        if file_pc.ndim == 2 and len(file_pc) != array.shape[0] * array.shape[1]:
-            file_pc = pc.mean(axis=0)
-    tilts = {"sample_tilt_deg": float(detector.sample_tilt), "detector_tilt_deg": float(detector.tilt)}
-    return array, file_pc, tilts
+@functools.cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def check_geometry(geometry: Geometry, options: EbsdOptions, file_tilts: dict[str, float] | None = None) -> None:

@@ -69,3 +69,32 @@ class Forbidden(MatserveError):
     """The route is switched off on this server (403), e.g. the admin API without ``MATSERVE_ADMIN_TOKEN``."""
 
     status, error_type = 403, "forbidden"
+
+
+class RateLimited(MatserveError):
+    """Too many requests from one client (429); ``Retry-After`` (whole seconds) says when to come back.
+
+    Parameters
+    ----------
+    message : str
+        What the client is told (the limit and the wait).
+    retry_after_s : int
+        Seconds until the client's next request will be served, sent as the ``Retry-After`` header.
+    """
+
+    status, error_type = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def response_headers(self) -> dict[str, str]:
+        """The response headers: ``Retry-After`` in whole seconds (at least 1)."""
+        return {"Retry-After": str(max(1, self.retry_after_s))}
+
+
+class RequestTimeout(MatserveError):
+    """The client stopped sending its request body (408); the connection is closed after the answer."""
+
+    status, error_type = 408, "request_timeout"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}

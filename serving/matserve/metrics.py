@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_SECONDS = Histogram(
     "matserve_stage_duration_seconds",
@@ -36,4 +36,30 @@ RUNTIME_FALLBACKS = Counter(
     "matserve_runtime_fallback_total",
     "Predictions run by in-process ONNX Runtime because Triton (TRITON_URL) was unreachable.",
     ["model", "version"],
+)
+MODEL_DEGRADED = Gauge(
+    "matserve_model_degraded",
+    "1 while a model's active version is refused by the registry (requests without a pinned version get 503), else 0.",
+    ["model"],
+    multiprocess_mode="max",
+)
+RATE_LIMITED = Counter(
+    "matserve_rate_limited_total",
+    "Requests refused with 429 by the per-client rate limit, by route (the limited route prefix, e.g. "
+    "/v1/formation-enthalpy) and by what the client was counted by (address or api_key).",
+    ["route", "by"],
+)
+RATE_LIMIT_FALLBACK = Counter(
+    "matserve_rate_limit_fallback_total",
+    "Rate-limit decisions taken by this process's in-memory buckets because the shared Redis ones were unusable, "
+    "by reason: redis_error (the Redis call failed or timed out) or circuit_open (Redis skipped for a while after a "
+    "failure). Requests are never refused because Redis is down.",
+    ["reason"],
+)
+HTTP_TIMEOUTS = Counter(
+    "matserve_http_timeouts_total",
+    "Connections closed for being too slow, by phase: headers (a request's headers incomplete after "
+    "MATSERVE_HTTP_HEADER_TIMEOUT_S), idle (no request at all in that time) or body (no body data for "
+    "MATSERVE_HTTP_BODY_TIMEOUT_S: answered 408).",
+    ["phase"],
 )

@@ -46,7 +46,7 @@ from matserve.codecs.detector_files import (
     read_frames,
 )
 from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, as_image_array, check_shape
-from matserve.ebsd_api import media_type
+from matserve.ebsd_api import media_type, release_memory
 from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
 from matserve.models.scattering_sorter import WIRE_SETUP, setup_of, thread_map
 
@@ -58,7 +58,8 @@ MAX_SALIENCY_IMAGES = 64
 MASK_PART = "mask"
 """Name of the multipart file part holding a mask for every image."""
 
-__all__ = ["SORT_MEDIA_TYPES", "ScatteringOptions", "ScatteringSortRequest", "ScatteringSortResponse", "media_type"]
+__all__ = ["SORT_MEDIA_TYPES", "ScatteringOptions", "ScatteringSortRequest", "ScatteringSortResponse", "media_type",
+           "release_memory"]  # fmt: skip
 
 
 class ScatteringOptions(BaseModel):

@@ -28,6 +28,10 @@ then not durable and run only by the embedded workers; this needs the single API
 below, as each process would have its own jobs).
 
 Run: ``matserve serve`` or ``bentoml serve matserve.service:MatServe``.
+
+This module is over 500 lines because it still holds the schemas and routes of formation enthalpy, XRD, jobs and
+admin beside the composition; issue 19 splits it into one API module per model (``serving/matserve/api/``).
+Error handling, the OpenAPI document, rate limiting and timeouts already live in their own modules.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from matserve import ebsd_api, scattering_api
+from matserve import ebsd_api, http_errors, http_timeouts, rate_limit, scattering_api
 from matserve.cache import make_cache
 from matserve.codecs.detector_files import FrameBudget
 from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge
@@ -67,14 +71,16 @@ from matserve.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from matserve.http_errors import READINESS, ReadinessDetails
 from matserve.jobs import JobInfo, JobNotFound, make_job_store
-from matserve.metrics import JOBS
+from matserve.metrics import JOBS, MODEL_DEGRADED
 from matserve.models.base import Prediction, ServedModel
 from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size
 from matserve.models.ebsd_indexer import warm_up as warm_up_ebsd
 from matserve.models.formation_enthalpy import Formula
 from matserve.models.scattering_sorter import ScatteringSorterModel
 from matserve.models.xrd_novelty import XrdNoveltyModel, calibration
+from matserve.openapi import job_request_body, json_request_body, resolvable_openapi
 from matserve.registry import Registry
 from matserve.runtimes import make_runtime
 from matserve.settings import Settings
@@ -120,6 +126,17 @@ class FormationEnthalpyResponse(BaseModel):
     results: list[FormationEnthalpyResult]
 
 
+def _one_of_pattern_or_patterns_schema(schema: dict[str, Any]) -> None:
+    """JSON schema of :class:`XrdRequest`: exactly one of ``pattern`` and ``patterns``, neither null."""
+    for name in ("pattern", "patterns"):
+        field_schema = schema["properties"][name]
+        options = [option for option in field_schema.pop("anyOf", []) if option.get("type") != "null"]
+        if options:
+            field_schema.update(options[0])
+        field_schema.pop("default", None)
+    schema["oneOf"] = [{"required": ["pattern"]}, {"required": ["patterns"]}]
+
+
 class XrdRequest(BaseModel):
     """One pattern (``pattern``) or many (``patterns``), on any 2θ grid; the server resamples them.
 
@@ -128,7 +145,7 @@ class XrdRequest(BaseModel):
     registry version (default: the active one).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_pattern_or_patterns_schema)
 
     pattern: PatternInput | None = Field(default=None)
     patterns: list[PatternInput] | None = Field(default=None, min_length=1, max_length=SETTINGS.max_patterns)
@@ -136,6 +153,18 @@ class XrdRequest(BaseModel):
         default=None, ge=WAVELENGTH_RANGE_ANGSTROM[0], le=WAVELENGTH_RANGE_ANGSTROM[1], examples=[1.54184]
     )
     version: str | None = Field(default=None, examples=[None])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_explicit_null(cls, data: Any) -> Any:
+        """``"pattern": null`` is refused (leave the field out): the schema says the same."""
+        if isinstance(data, dict):
+            for name in ("pattern", "patterns"):
+                if name in data and data[name] is None:
+                    raise ValueError(
+                        f"'{name}' is null; leave it out, or send {'one pattern' if name == 'pattern' else 'a list'}"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _one_of_pattern_or_patterns(self) -> XrdRequest:
@@ -275,7 +304,7 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 408, 413, 415, 422, 429, 503)
 }
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 422, 503)}
 
@@ -333,8 +362,14 @@ class RequestLimits:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        empty = headers.get("content-length") == "0" and "transfer-encoding" not in headers
+        empty = headers.get("content-length", "0").strip() == "0" and "transfer-encoding" not in headers
         accepted = self.media_types(scope)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            await _send_error(UnsupportedMediaType(
+                f"content encoding {encoding!r} is not accepted; send the body uncompressed (no Content-Encoding "
+                "header; compressed detector files such as Eiger HDF5 are fine as they are)"), send)  # fmt: skip
+            return
         if media_type not in accepted and not empty:  # a body-less POST (admin actions) has no type
             if accepted == ("application/json",):
                 hint = "send JSON with 'Content-Type: application/json'"
@@ -455,14 +490,17 @@ app.add_middleware(
         SCATTERING_SORT_PATH: scattering_api.SORT_MEDIA_TYPES,
     },
 )
+app.add_middleware(rate_limit.RateLimit, settings=SETTINGS)  # outermost: a 429 costs no body read
+http_timeouts.install(SETTINGS)  # header and body read timeouts of uvicorn's connections (no BentoML hook for them)
 
 
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body of a route that parses its body itself (see :func:`_parse_body`)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    """OpenAPI request body of a route that parses its body itself (see :func:`_parse_body`); its ``$defs`` are
+    moved to the document's components by :func:`~matserve.openapi.resolvable_openapi`."""
+    return json_request_body(model.model_json_schema())
 
 
 async def _parse_body(request: Request, model: type[_Body]) -> _Body:
@@ -526,6 +564,8 @@ class MatServe:
         self.jobs = make_job_store(SETTINGS)
         self.inline_ok = self.runtime.name == "onnxruntime" and getattr(self.cache, "backend", "none") != "redis"
         self.item_adapters = {name: TypeAdapter(list[model.item_type]) for name, model in self.models.items()}
+        self._report_degraded()
+        READINESS.registry = self.registry  # for GET /readyz (http_errors.ReadinessDetails)
         self.workers = EmbeddedWorkers(self.jobs, self.models, SETTINGS.embedded_workers, SETTINGS.job_chunk_pause_s)
         if self.models:
             self.workers.start()
@@ -552,6 +592,8 @@ class MatServe:
         return bool(self.models)
 
     def _model(self, name: str) -> ServedModel:
+        if name not in self.models and name in self.registry.degraded:
+            raise Unavailable(f"model {name!r} is degraded: {self.registry.degraded[name]}")
         if name not in self.models:
             if name not in {model_class.name for model_class in MODEL_CLASSES}:
                 known = ", ".join(model_class.name for model_class in MODEL_CLASSES)
@@ -573,9 +615,11 @@ class MatServe:
         response_model=FormationEnthalpyResponse,
         responses=ERROR_RESPONSES,
         summary="Formation enthalpy (eV/atom) of chemical formulas",
+        openapi_extra=_json_body(FormationEnthalpyRequest),
     )
-    async def formation_enthalpy(self, request: FormationEnthalpyRequest) -> JSONResponse:
+    async def formation_enthalpy(self, http_request: Request) -> JSONResponse:
         """Predict formation enthalpy per formula; per-item ``error`` for formulas that cannot be predicted."""
+        request = await _parse_body(http_request, FormationEnthalpyRequest)
         prediction = await self._predict("formation_enthalpy", request.formulas, request.version)
         return JSONResponse({"model": prediction.model, "version": prediction.version, "results": prediction.results})
 
@@ -638,29 +682,33 @@ class MatServe:
         """
         kind = ebsd_api.media_type(http_request)
         query = dict(http_request.query_params)
-        limit = SETTINGS.max_ebsd_patterns
+        limit, pixels = SETTINGS.max_ebsd_patterns, SETTINGS.max_ebsd_pixels
         sources = None
         if kind == "application/json":
             request = await _parse_body(http_request, ebsd_api.EbsdIndexRequest)
             options = ebsd_api.merge_options(request, query)
-            patterns, labels = await anyio.to_thread.run_sync(ebsd_api.decode_json_patterns, request, limit)
+            patterns, labels = await anyio.to_thread.run_sync(ebsd_api.decode_json_patterns, request, limit, pixels)
         elif kind == "multipart/form-data":
             files, fields = await ebsd_api.read_form(http_request, limit)
             options = ebsd_api.merge_options(ebsd_api.options_from(fields, "form field"), query)
             patterns, labels, sources = await anyio.to_thread.run_sync(ebsd_api.decode_index_body, kind, b"", files,
-                                                                       limit)  # fmt: skip
+                                                                       limit, pixels)  # fmt: skip
+            del files
         else:
-            body = await http_request.body()
+            body = await ebsd_api.read_body(http_request)
             options = ebsd_api.options_from(query, "query parameter")
             patterns, labels, sources = await anyio.to_thread.run_sync(ebsd_api.decode_index_body, kind, body, [],
-                                                                       limit)  # fmt: skip
+                                                                       limit, pixels)  # fmt: skip
+            del body
         model = self._ebsd()
         ebsd_api.check_geometry(model.geometry(options.version), options)
         if options.refine:
             check_refine_size(len(patterns), SETTINGS.max_ebsd_refine_patterns)
-        run = functools.partial(model.index, list(patterns), options.pc, options.version, options.refine,
+        run = functools.partial(model.index, patterns, options.pc, options.version, options.refine,
                                 options.static_background)  # fmt: skip
         prediction = await anyio.to_thread.run_sync(run)
+        del run, patterns
+        await anyio.to_thread.run_sync(ebsd_api.release_memory)
         for i, result in enumerate(prediction.results):
             result["source"] = sources[i] if sources else None
         failed = ebsd_api.item_errors(labels, prediction.results)
@@ -687,10 +735,11 @@ class MatServe:
             data = files[0][1]
             options = ebsd_api.merge_options(ebsd_api.options_from(fields, "form field"), query)
         else:
-            data = await http_request.body()
+            data = await ebsd_api.read_body(http_request)
             options = ebsd_api.options_from(query, "query parameter")
         scan, file_pc, file_tilts = await anyio.to_thread.run_sync(ebsd_api.decode_scan, data, kind,
-                                                                   SETTINGS.max_ebsd_scan_patterns)  # fmt: skip
+                                                                   SETTINGS.max_ebsd_scan_patterns,
+                                                                   SETTINGS.max_ebsd_pixels)  # fmt: skip
         del data
         model = self._ebsd()
         ebsd_api.check_geometry(model.geometry(options.version), options, file_tilts)
@@ -699,6 +748,8 @@ class MatServe:
         pc = options.pc if options.pc is not None else file_pc
         run = functools.partial(model.index_scan, scan, pc, options.version, options.refine, options.static_background)
         version, orientations = await anyio.to_thread.run_sync(run)
+        del run, scan
+        await anyio.to_thread.run_sync(ebsd_api.release_memory)
         body = await anyio.to_thread.run_sync(ebsd_api.scan_response, version, orientations)
         return JSONResponse(body)
 
@@ -750,6 +801,9 @@ class MatServe:
             model.sort, items.items, options.version, options.saliency, options.saliency_label, options.setup
         )
         prediction = await anyio.to_thread.run_sync(run)
+        del run
+        items.items.clear()  # the decoded frames (labels stay for the answer)
+        await anyio.to_thread.run_sync(scattering_api.release_memory)
         failed = scattering_api.failures(items, prediction.results)
         if failed is not None:
             raise failed
@@ -790,9 +844,14 @@ class MatServe:
         response_model=JobResponse,
         responses=ERROR_RESPONSES,
         summary="Submit a batch job (up to 10⁶ inputs); poll status_url, then read results_url",
+        openapi_extra=job_request_body(MODEL_CLASSES, SETTINGS.max_job_items),
     )
-    def submit_job(self, request: JobRequest) -> JobResponse:
+    async def submit_job(self, http_request: Request) -> JobResponse:
         """Queue a job; the model version is pinned now (the active one unless ``version`` is given)."""
+        request = await _parse_body(http_request, JobRequest)
+        return await anyio.to_thread.run_sync(self._submit_job, request)
+
+    def _submit_job(self, request: JobRequest) -> JobResponse:
         model = self._model(request.model)
         version = model.version(request.version).version
         try:
@@ -859,15 +918,30 @@ class MatServe:
         folders are refused. A model that had no valid version at start-up needs a restart."""
         self._require_admin(authorization)
         self.registry.refresh()
-        for name, model in self.models.items():
-            if name in self.registry.names():
-                model.load()  # the new active version's session, before the first request needs it
+        for model_class in MODEL_CLASSES:
+            name = model_class.name
+            if name not in self.registry.names():
+                continue
+            if name not in self.models:  # no valid version at start-up: serve it from now on
+                self.models[name] = model_class(self.registry, self.runtime, cache=self.cache)
+                self.item_adapters[name] = TypeAdapter(list[model_class.item_type])
+            if name not in self.registry.degraded:
+                self.models[name].load()  # the new active version's session, before the first request needs it
+        self._report_degraded()
         logger.info("registry reloaded by an admin request: %s", {n: self.registry.versions(n) for n in self.models})
-        return {
-            "models": {n: {"active_version": self.registry.active_version(n), "versions": self.registry.versions(n)}
-                       for n in self.registry.names()},
-            "refused": self.registry.refused,
-        }  # fmt: skip
+        return {"models": self._registry_status(), "refused": self.registry.refused}
+
+    def _registry_status(self) -> dict[str, dict[str, Any]]:
+        """Per model: the active version (``None`` without any folder), valid versions, and ``degraded`` (the
+        reason, or ``None``)."""
+        names = sorted(set(self.registry.names()) | set(self.registry.degraded))
+        return {name: {"active_version": self.registry.intended_version(name), "versions": self.registry.versions(name),
+                       "degraded": self.registry.degraded.get(name)} for name in names}  # fmt: skip
+
+    def _report_degraded(self) -> None:
+        """Set the ``matserve_model_degraded`` gauge of every model."""
+        for model_class in MODEL_CLASSES:
+            MODEL_DEGRADED.labels(model=model_class.name).set(1 if model_class.name in self.registry.degraded else 0)
 
     @app.delete("/admin/cache", responses=ADMIN_RESPONSES, summary="Admin: delete cached predictions")
     def clear_cache(
@@ -897,11 +971,12 @@ class MatServe:
         is false without Redis: jobs are then lost when the server restarts).
         """
         models = []
-        for name in self.registry.names():
+        for name, status in self._registry_status().items():
             models.append({
                 "name": name,
-                "served": name in self.models,
-                "active_version": self.registry.active_version(name),
+                "served": name in self.models and status["degraded"] is None,
+                "active_version": status["active_version"],
+                "degraded": status["degraded"],
                 "max_batch_size": SETTINGS.max_formulas,
                 "versions": [self.registry.get(name, v).summary() for v in self.registry.versions(name)],
             })  # fmt: skip
@@ -932,3 +1007,8 @@ def _add_xrd_plots(version: Any, results: list[dict[str, Any]], curves: dict[int
             "reconstruction_png": base64.b64encode(reconstruction_png).decode("ascii"),
             "latent_map_png": base64.b64encode(latent_png).decode("ascii"),
         }
+
+
+http_errors.install(app)  # last: its catch-all route must come after every other route
+app.openapi = resolvable_openapi(app)  # type: ignore[method-assign]
+MatServe.add_asgi_middleware(ReadinessDetails)

@@ -72,6 +72,29 @@ class Settings:
         Most decoded pixels in one ``POST /v1/scattering/sort`` request, summed over frames
         (``MATSERVE_MAX_SCATTERING_PIXELS``, 2**27 = 134 M, 512 MiB as 32-bit counts), else 413: compressed HDF5,
         CBF and TIFF files expand when decoded, and this bounds the memory a request can take.
+    max_ebsd_pixels : int
+        Most decoded pixels in one EBSD request (``MATSERVE_MAX_EBSD_PIXELS``, 2**26 = 67 M: 64 patterns of
+        1024x1024 or 18,641 of 60x60; 256 MiB as float32), summed over every pattern of ``POST /v1/ebsd/index`` or
+        the whole scan of ``POST /v1/ebsd/scan``, checked from the file's header (PNG/TIFF dimensions and pages, NPY
+        header, HDF5 dataset shape) before any pixel is decoded, else 413.
+    rate_limit_per_minute : int
+        Requests per minute one client may make to the public prediction routes (``MATSERVE_RATE_LIMIT_PER_MINUTE``;
+        0 turns rate limiting off, API keys included), else 429 with ``Retry-After``; see :mod:`matserve.rate_limit`.
+        A client is its address (``X-Forwarded-For`` is not read).
+    rate_limit_burst : int
+        Size of each client's token bucket, in requests (``MATSERVE_RATE_LIMIT_BURST``; 0 = ``rate_limit_per_minute``).
+    api_keys : str or None
+        ``MATSERVE_API_KEYS``: optional API keys with their own per-minute limits, ``key1:600,key2:6000`` (optionally
+        ``key:per_minute:burst``; limit 0: not limited); a request that sends one in ``X-API-Key`` (or
+        ``Authorization: Bearer``) is limited by key instead of by address. An unknown key is counted by address,
+        like no key, not refused.
+    http_header_timeout_s : float
+        A connection must send a request's complete headers within this many seconds of opening (or of its
+        previous response), else it is closed (``MATSERVE_HTTP_HEADER_TIMEOUT_S``; 0: no limit); see
+        :mod:`matserve.http_timeouts`.
+    http_body_timeout_s : float
+        Longest wait for the next part of a request body, in seconds (``MATSERVE_HTTP_BODY_TIMEOUT_S``; 0: no limit),
+        else 408 and the connection is closed.
     ebsd_preload : bool
         ``MATSERVE_EBSD_PRELOAD`` (default off): import kikuchipy/orix, load the Ni master pattern, build the
         refinement dictionary and compile the refinement kernels in a background thread at start-up, so that
@@ -146,6 +169,12 @@ class Settings:
     max_scattering_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_BODY_BYTES", 64 * MIB))
     max_scattering_frames: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_FRAMES", 256))
     max_scattering_pixels: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_PIXELS", 2**27))
+    max_ebsd_pixels: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_PIXELS", 2**26))
+    rate_limit_per_minute: int = field(default_factory=lambda: _int("MATSERVE_RATE_LIMIT_PER_MINUTE", 600))
+    rate_limit_burst: int = field(default_factory=lambda: _int("MATSERVE_RATE_LIMIT_BURST", 0))
+    api_keys: str | None = field(default_factory=lambda: _optional_str("MATSERVE_API_KEYS"), repr=False)
+    http_header_timeout_s: float = field(default_factory=lambda: _float("MATSERVE_HTTP_HEADER_TIMEOUT_S", 10.0))
+    http_body_timeout_s: float = field(default_factory=lambda: _float("MATSERVE_HTTP_BODY_TIMEOUT_S", 30.0))
     ebsd_preload: bool = field(default_factory=lambda: _bool("MATSERVE_EBSD_PRELOAD", False))
     ort_threads: int = field(default_factory=lambda: _int("MATSERVE_ORT_THREADS", 0))
     ort_spinning: bool = field(default_factory=lambda: _bool("MATSERVE_ORT_SPINNING", False))

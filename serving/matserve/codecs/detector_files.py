@@ -23,8 +23,10 @@ Formats
 * **PNG** (``\\x89PNG``): greyscale, 8-bit (uint8) or 16-bit (kept as uint16); colour images are refused (a
   colour map cannot be undone).
 
-Sizes are bounded before the pixels are decoded (:class:`FrameBudget`: frames and pixels per request), so a
-small compressed file cannot expand into gigabytes.
+Sizes are bounded before the pixels are decoded (:class:`FrameBudget`: frames and pixels per request, from the
+TIFF pages, PNG header, NPY header, CBF/EDF headers and HDF5 dataset shapes), so a small compressed file cannot
+expand into gigabytes. An HDF5 file must be self-contained (no external storage, virtual datasets, external or
+user-defined links; see :mod:`matserve.codecs.hdf5_safety`).
 
 Setup
 -----
@@ -47,14 +49,21 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from matserve.codecs.scattering import ImageError, Setup, check_shape, setup_value_error
+from matserve.codecs.detector_setup import (
+    PILATUS_HEADER,
+    setup_from_edf_header,
+    setup_from_nexus,
+    setup_from_pilatus_header,
+)
+from matserve.codecs.hdf5_safety import Hdf5Refused, check_upload, scrub_server_paths
+from matserve.codecs.scattering import ImageError, Setup, check_shape
 
 ACCEPTED_FORMATS = (
     "TIFF (.tif/.tiff, every page a frame), CBF (.cbf, Pilatus/Dectris), EDF (.edf, every frame), "
@@ -65,6 +74,9 @@ ACCEPTED_FORMATS = (
 DEFAULT_MAX_FRAMES = 256
 DEFAULT_MAX_PIXELS = 2**27
 """Default decoded pixels per request (134 M: e.g. 29 Eiger 4M or 54 Pilatus 2M frames; 512 MiB as 32-bit)."""
+FRAMES_SETTING = "MATSERVE_MAX_SCATTERING_FRAMES"
+PIXELS_SETTING = "MATSERVE_MAX_SCATTERING_PIXELS"
+"""The settings of the server's budget, named in the 413 messages."""
 NEXUS_DATA = "/entry/data/data"
 PIXEL_MASK_PATHS = ("/entry/instrument/detector/pixel_mask", "/entry/instrument/detector/detectorSpecific/pixel_mask")
 """Where Eiger/NeXus files keep the detector's bad-pixel mask (nonzero = bad), looked up in this order."""
@@ -128,25 +140,32 @@ class FrameBudget:
         Raises
         ------
         TooManyFrames
-            Over either limit; the message says which and how to split.
+            Over either limit; the message says which (and its setting) and how to split.
         """
         with self._lock:
-            self._take(count, shape, where)
+            self.frames, self.pixels = self._after(count, shape, where)
 
-    def _take(self, count: int, shape: tuple[int, ...], where: str) -> None:
+    def check(self, count: int, shape: tuple[int, ...], where: str, at_least: bool = False) -> None:
+        """Like :meth:`take` without reserving: a header's claim, checked before the decoder allocates
+        (``at_least``: the file may hold more, e.g. TIFF pages counted so far)."""
+        with self._lock:
+            self._after(count, shape, where, "at least " if at_least else "")
+
+    def _after(self, count: int, shape: tuple[int, ...], where: str, at_least: str = "") -> tuple[int, int]:
         frames = self.frames + count
         if frames > self.max_frames:
             raise TooManyFrames(
-                f"{where}: too many frames: at most {self.max_frames} per request (this one would have {frames}); "
-                "send fewer frames or files per request"
+                f"{where}: too many frames: at most {self.max_frames} per request ({FRAMES_SETTING}; this one would "
+                f"have {at_least}{frames}); send fewer frames or files per request"
             )
-        pixels = self.pixels + count * math.prod(shape)
+        pixels = self.pixels + count * math.prod(int(s) for s in shape)
         if pixels > self.max_pixels:
             raise TooManyFrames(
-                f"{where}: too many pixels: at most {self.max_pixels} decoded pixels per request (this one would have "
-                f"{pixels}, {count} frame(s) of {' x '.join(str(s) for s in shape)}); send fewer frames per request"
+                f"{where}: too many pixels: at most {self.max_pixels} decoded pixels per request ({PIXELS_SETTING}; "
+                f"this one would have {at_least}{pixels}, {count} frame(s) of {' x '.join(str(s) for s in shape)}); "
+                "send fewer or smaller frames per request"
             )
-        self.frames, self.pixels = frames, pixels
+        return frames, pixels
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -216,7 +235,7 @@ def read_frames(
     except ImageError:
         raise
     except Exception as error:  # decoders raise many types on corrupt files
-        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        detail = f"{type(error).__name__}: {scrub_server_paths(str(error))}" if str(error) else type(error).__name__
         raise ImageError(f"{name} cannot be read as {kind.upper()} ({detail}); "
                          f"is the file complete? Accepted: {ACCEPTED_FORMATS}") from None  # fmt: skip
 
@@ -236,38 +255,46 @@ def _check_frame(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
 
 
 def _read_tiff(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
+    """Every page is counted and checked from its header (shape, colour, dtype, the budget) before any is decoded;
+    pages are parsed one by one, so a file of millions of tiny pages stops at the frame limit."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-        pages = [page for page in tiff.pages if not getattr(page.keyframe, "is_reduced", False)]
-        if not pages:
-            raise ImageError(f"{name} (TIFF) has no image pages")
-        labels = _labels(name, len(pages))
-        first = pages[0]
-        budget.take(len(pages), tuple(first.shape), name)
-        frames = []
-        for page, label in zip(pages, labels, strict=True):
+        pages = []
+        for page in tiff.pages:
+            if getattr(page.keyframe, "is_reduced", False):
+                continue
+            label = f"{name}[frame {len(pages)}]" if pages else name  # the page count is not known yet
             samples = int(getattr(page.keyframe, "samplesperpixel", 1))
             if samples > 1:
                 raise ImageError(f"{label} is a colour TIFF ({samples} samples per pixel); a detector image has one "
                                  "channel (greyscale counts)")  # fmt: skip
             _check_frame(tuple(page.shape), page.dtype, label)
-            if tuple(page.shape) != tuple(first.shape):
+            if pages and tuple(page.shape) != tuple(pages[0].shape):
                 raise ImageError(
-                    f"{label} is {page.shape}, the first page {first.shape}; frames of one file share a shape"
+                    f"{label} is {page.shape}, the first page {pages[0].shape}; frames of one file share a shape"
                 )
-            frames.append(Frame(np.asarray(page.asarray()), None, label))
-    return frames
+            budget.check(len(pages) + 1, tuple(page.shape), name, at_least=True)
+            pages.append(page)
+        if not pages:
+            raise ImageError(f"{name} (TIFF) has no image pages")
+        budget.take(len(pages), tuple(pages[0].shape), name)
+        labels = _labels(name, len(pages))
+        return [Frame(np.asarray(page.asarray()), None, label) for page, label in zip(pages, labels, strict=True)]
 
 
 def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: FrameBudget) -> list[Frame]:
-    """Frames of an opened fabio image (CBF or EDF)."""
+    """Frames of an opened fabio image (CBF: decoded; EDF: headers read, frames decoded on access)."""
     count = max(int(getattr(image, "nframes", 1) or 1), 1)
     labels = _labels(name, count)
-    for k, part in enumerate(getattr(image, "_frames", None) or []):  # EDF frames know if their data was cut short
+    parts = getattr(image, "_frames", None) or []
+    for k, part in enumerate(parts):  # EDF frames know if their data was cut short
         if getattr(part, "incomplete_data", False) or part.start + part.blobsize > data_size:
             raise ImageError(f"{labels[min(k, count - 1)]} ({kind}) is truncated: the file has {data_size} bytes, "
                              "fewer than its header announces; is the upload complete?")  # fmt: skip
+    shapes = [tuple(int(s) for s in part._shape) for part in parts if getattr(part, "_shape", None) is not None]
+    if shapes:  # EDF: every frame's header shape (the largest, conservatively), before any frame is decoded
+        budget.check(len(parts), max(shapes, key=math.prod), name)
     first = image.data
     if first is None:
         raise ImageError(f"{name} ({kind}) holds no image data")
@@ -286,9 +313,17 @@ def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: Fram
     return frames
 
 
+_CBF_BINARY_START = b"\x0c\x1a\x04\xd5"
+_CBF_DIMENSIONS = re.compile(rb"X-Binary-Size-(Fastest|Second)-Dimension:\s*(\d+)")
+
+
 def _read_cbf(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
     from fabio import cbfimage, fabioutils
 
+    end = data.find(_CBF_BINARY_START)
+    declared = dict(_CBF_DIMENSIONS.findall(data[: end if end >= 0 else _SNIFF_BYTES]))
+    if b"Fastest" in declared and b"Second" in declared:  # fabio decodes as soon as it reads: check the header first
+        budget.check(1, (int(declared[b"Second"]), int(declared[b"Fastest"])), name)
     image = cbfimage.CbfImage()
     image.read(fabioutils.BytesIO(data))
     return _fabio_frames(image, name, "CBF", len(data), budget)
@@ -319,6 +354,11 @@ def _read_npy(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
         )
     _check_frame(tuple(shape), dtype, name)
     budget.take(1, tuple(shape), name)
+    available = len(data) - buffer.tell()
+    needed = math.prod(int(s) for s in shape) * dtype.itemsize
+    if available < needed:
+        raise ImageError(f"{name} is truncated: its NPY header announces {needed} bytes of data, the file holds "
+                         f"{available}; is the upload complete?")  # fmt: skip
     buffer.seek(0)
     try:
         array = np.load(buffer, allow_pickle=False)
@@ -332,10 +372,27 @@ _PNG_MODES = {"1": None, "L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "
 """Greyscale Pillow modes read from PNGs, with the dtype to keep (None: as numpy gives it)."""
 
 
+def png_declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` a PNG's IHDR chunk declares (it must come first), else ``None``."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    cols, rows = struct.unpack(">II", data[16:24])
+    return int(rows), int(cols)
+
+
 def _read_png(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    declared = png_declared_size(data)
+    if declared is not None:
+        budget.check(1, declared, name)
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # over Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS)
+        raise TooManyFrames(f"{name}: too many pixels: the PNG header declares more than {2 * Image.MAX_IMAGE_PIXELS} "
+                            f"pixels; at most {budget.max_pixels} decoded pixels per request "
+                            f"({PIXELS_SETTING})") from None  # fmt: skip
+    with opened as image:
         cols, rows = image.size
         if image.mode not in _PNG_MODES:
             raise ImageError(f"{name} is a {image.mode} PNG; a detector image is greyscale (8 or 16 bits per pixel): a "
@@ -354,6 +411,10 @@ def _read_hdf5(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
     import hdf5plugin  # noqa: F401 - registers the Eiger bitshuffle/LZ4 (and other) HDF5 filters
 
     with h5py.File(io.BytesIO(data), "r") as handle:
+        try:
+            check_upload(handle, name)  # before any path is looked up: a lookup resolves the links it crosses
+        except Hdf5Refused as error:
+            raise (TooManyFrames if error.too_large else ImageError)(str(error)) from None
         path, dataset = _image_dataset(handle, name)
         shape = tuple(int(s) for s in dataset.shape)
         where = f"{name} ({path})"
@@ -377,7 +438,6 @@ def _image_dataset(handle: Any, name: str) -> tuple[str, Any]:
     """``(path, dataset)`` of the image data: NeXus ``/entry/data/data``, else the largest 2D/3D numeric dataset."""
     import h5py
 
-    _check_external_links(handle, name)
     if NEXUS_DATA in handle and isinstance(handle[NEXUS_DATA], h5py.Dataset):
         dataset = handle[NEXUS_DATA]
         if dataset.ndim in (2, 3) and dataset.dtype.kind in "uifb":
@@ -400,25 +460,6 @@ def _image_dataset(handle: Any, name: str) -> tuple[str, Any]:
     return path, handle[path]
 
 
-def _check_external_links(handle: Any, name: str) -> None:
-    """Refuse an Eiger master file whose frames live in other files (not part of the upload)."""
-    import h5py
-
-    group = handle.get("/entry/data")
-    if not isinstance(group, h5py.Group):
-        return
-    for key in group:
-        link = group.get(key, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            try:
-                group[key]
-            except (KeyError, OSError):
-                raise ImageError(
-                    f"{name} is a master file: /entry/data/{key} links to {link.filename}, which is not part of the "
-                    "upload; send the data file(s) instead (their /entry/data/data holds the frames)"
-                ) from None
-
-
 def _pixel_mask(handle: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     """The detector's ``pixel_mask`` (nonzero = bad) when it has the frames' shape, else ``None``."""
     import h5py
@@ -428,74 +469,3 @@ def _pixel_mask(handle: Any, shape: tuple[int, ...]) -> np.ndarray | None:
         if isinstance(item, h5py.Dataset) and tuple(item.shape) == tuple(shape) and item.dtype.kind in "uifb":
             return np.asarray(item[()])
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The measurement setup recorded in headers
-
-PILATUS_HEADER = "_array_data.header_contents"
-"""The CBF item holding the Pilatus mini-header (fabio's ``header`` key)."""
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-_PILATUS_FIELDS = {
-    "distance_m": (re.compile(r"#\s*Detector_distance\s+" + _NUMBER + r"\s*m\b"), 1.0),
-    "wavelength_angstrom": (re.compile(r"#\s*Wavelength\s+" + _NUMBER + r"\s*A\b"), 1.0),
-    "pixel_size_m": (re.compile(r"#\s*Pixel_size\s+" + _NUMBER + r"\s*m\b"), 1.0),
-}
-_EDF_FIELDS = {"distance_m": ("SampleDistance", 1.0), "wavelength_angstrom": ("WaveLength", 1e10),
-               "pixel_size_m": ("PSize_1", 1.0)}  # fmt: skip
-_NEXUS_FIELDS = {
-    "distance_m": (("/entry/instrument/detector/distance", "/entry/instrument/detector/detector_distance"), "m"),
-    "wavelength_angstrom": (("/entry/instrument/beam/incident_wavelength",), "angstrom"),
-    "pixel_size_m": (("/entry/instrument/detector/x_pixel_size",), "m"),
-}
-_METRES_PER_UNIT = {"m": 1.0, "metre": 1.0, "meter": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6,
-                    "micron": 1e-6, "micrometre": 1e-6, "micrometer": 1e-6, "nm": 1e-9, "a": 1e-10, "å": 1e-10,
-                    "angstrom": 1e-10}  # fmt: skip
-
-
-def _known(values: Mapping[str, float | None], source: str) -> Setup:
-    """A :class:`Setup` of the values within :data:`SETUP_LIMITS` (the others unknown)."""
-    kept = {name: float(value) for name, value in values.items()
-            if value is not None and setup_value_error(name, value) is None}  # fmt: skip
-    return Setup(**kept, source=source if kept else "")
-
-
-def setup_from_pilatus_header(text: str) -> Setup:
-    """The setup in a Pilatus CBF mini-header (``# Detector_distance 0.25 m`` etc.; see the module docstring)."""
-    values: dict[str, float | None] = {}
-    for name, (pattern, scale) in _PILATUS_FIELDS.items():
-        match = pattern.search(text)
-        values[name] = float(match.group(1)) * scale if match else None
-    return _known(values, "header")
-
-
-def setup_from_edf_header(header: Mapping[str, Any]) -> Setup:
-    """The setup in an EDF header's ESRF keys (``SampleDistance``, ``WaveLength``, ``PSize_1``; metres)."""
-    values: dict[str, float | None] = {}
-    for name, (key, scale) in _EDF_FIELDS.items():
-        try:
-            values[name] = float(str(header[key]).split()[0]) * scale
-        except (KeyError, ValueError, IndexError):
-            values[name] = None
-    return _known(values, "header")
-
-
-def setup_from_nexus(handle: Any) -> Setup:
-    """The setup in a NeXus/Eiger file's instrument group (see the module docstring for paths and units)."""
-    import h5py
-
-    values: dict[str, float | None] = {}
-    for name, (paths, default_unit) in _NEXUS_FIELDS.items():
-        values[name] = None
-        for path in paths:
-            item = handle.get(path)
-            if not isinstance(item, h5py.Dataset) or item.size != 1 or item.dtype.kind not in "uif":
-                continue
-            unit = item.attrs.get("units", default_unit)
-            unit = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip().lower()
-            if unit not in _METRES_PER_UNIT:
-                continue
-            metres = float(np.asarray(item[()]).reshape(-1)[0]) * _METRES_PER_UNIT[unit]
-            values[name] = metres * 1e10 if name == "wavelength_angstrom" else metres
-            break
-    return _known(values, "header")

@@ -17,17 +17,16 @@ Conventions
   :data:`BACKGROUND_SIGMA_PX` pixels, reflecting at the borders), then scale each pattern to zero mean
   and unit standard deviation, and clip to +-:data:`CLIP_SIGMA`.
 
-Serving side (below the training part): decoding uploads (:func:`decode_patterns`: PNG 8/16-bit grey or RGB,
-TIFF with one pattern per page, NPY of 2 to 4 dimensions), per-pattern checks with messages
-(:func:`encode_patterns`: square 60-1024 px, finite, not constant), the trained geometry (:class:`Geometry`:
-PC range, tilts). The orientation side (network output -> quaternion, fundamental zone, Euler angles,
-disorientation) is :mod:`matserve.codecs.orientation`.
+Serving side (below the training part): per-pattern checks with messages (:func:`encode_patterns`: square
+60-1024 px, finite, not constant), the trained geometry (:class:`Geometry`: PC range, tilts). Decoding uploads
+(PNG, TIFF, NPY) within the request's pixel budget is :mod:`matserve.codecs.ebsd_uploads`, h5ebsd scans
+:mod:`matserve.codecs.h5ebsd`. The orientation side (network output -> quaternion, fundamental zone, Euler
+angles, disorientation) is :mod:`matserve.codecs.orientation`.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired
@@ -135,11 +134,6 @@ def normalize_patterns(patterns: np.ndarray, background_sigma_px: float = BACKGR
 #
 # Everything below is used by the HTTP API (and its batch jobs); the training code uses only the part above.
 
-ACCEPTED_FORMATS = (
-    "PNG (8/16-bit grey or RGB), TIFF (8/16-bit or float, grey or RGB, one pattern per page), "
-    "NPY (2-D: one pattern, 3-D: (n, rows, cols) patterns, 4-D: (scan rows, scan cols, rows, cols))"
-)
-"""What the EBSD endpoints read, for error messages."""
 SIZE_RULE = (
     f"accepted: square patterns from {PATTERN_SIDE_PX}x{PATTERN_SIDE_PX} to {MAX_PATTERN_SIDE}x{MAX_PATTERN_SIDE} px; "
     f"larger ones are area-resampled (binned) to {PATTERN_SIDE_PX}x{PATTERN_SIDE_PX}, the projection centre is unchanged"
@@ -148,16 +142,6 @@ TILT_TOLERANCE_DEG = 0.5
 """Accepted deviation of ``sample_tilt_deg`` / ``detector_tilt_deg`` from the trained geometry, degrees."""
 RESAMPLE_CHUNK_PIXELS = 16 * 2**20
 """Input pixels resampled per step (bounds the float32 working memory to ~64 MB)."""
-
-_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"II*\x00": "tiff",
-    b"MM\x00*": "tiff",
-    b"II+\x00": "tiff",  # BigTIFF
-    b"MM\x00+": "tiff",
-    b"\x93NUMPY": "npy",
-    b"\x89HDF\r\n\x1a\n": "hdf5",
-}
 
 
 class PatternError(ValueError):
@@ -169,7 +153,7 @@ class EbsdInputError(ValueError):
 
 
 class EbsdTooLarge(EbsdInputError):
-    """A request over a size limit (patterns per request, pixels per pattern): HTTP 413."""
+    """A request over a size limit (patterns or decoded pixels per request, pixels per pattern): HTTP 413."""
 
 
 @dataclass(frozen=True)
@@ -284,149 +268,7 @@ class Geometry:
         return values.astype(np.float32)
 
 
-def sniff_format(data: bytes) -> str | None:
-    """``"png"``, ``"tiff"``, ``"npy"`` or ``"hdf5"`` from the first bytes, else ``None``."""
-    for magic, name in _MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
-
-
-def _describe_bytes(data: bytes) -> str:
-    head = data[:16]
-    if not data:
-        return "the body is empty"
-    return f"it starts with {head!r}"
-
-
-def _check_side(rows: int, cols: int, what: str) -> None:
-    if rows > MAX_PATTERN_SIDE or cols > MAX_PATTERN_SIDE:
-        raise EbsdTooLarge(f"{what} is {rows}x{cols} px, over the limit of {MAX_PATTERN_SIDE}x{MAX_PATTERN_SIDE}; "
-                           + SIZE_RULE)  # fmt: skip
-
-
-def _grey(image: np.ndarray, what: str) -> np.ndarray:
-    """2-D grey from 2-D, or from RGB(A) ``(rows, cols, 3|4)`` by ITU-R 601 luma (float32)."""
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        rgb = image[..., :3].astype(np.float32)
-        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    raise EbsdInputError(f"{what} has shape {list(image.shape)}; expected a grey or RGB image")
-
-
-def decode_png(data: bytes, what: str = "the PNG image") -> np.ndarray:
-    """One pattern ``(1, rows, cols)`` from PNG bytes (8/16-bit grey, palette, RGB(A) -> grey)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            cols, rows = image.size
-            _check_side(rows, cols, what)
-            if image.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr"):
-                image = image.convert("RGB" if image.mode in ("P", "PA", "CMYK", "YCbCr") else "L")
-            array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise EbsdInputError(f"{what} cannot be decoded as PNG ({error})") from None
-    return _grey(array, what)[None]
-
-
-def decode_tiff(data: bytes, what: str = "the TIFF image") -> list[np.ndarray]:
-    """Every page of a TIFF as a pattern: a list of ``(1, rows, cols)`` arrays (grey; RGB -> grey)."""
-    import tifffile
-
-    stacks: list[np.ndarray] = []
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            for index, page in enumerate(tiff.pages):
-                shape = page.shape
-                where = what if len(tiff.pages) == 1 else f"{what}, page {index}"
-                planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)  # RGB in planes
-                if len(shape) < 2:
-                    raise EbsdInputError(f"{where} has shape {list(shape)}; expected a 2-D image")
-                _check_side(*((int(shape[1]), int(shape[2])) if planar else (int(shape[0]), int(shape[1]))), where)
-                image = np.asarray(page.asarray())
-                stacks.append(_grey(np.moveaxis(image, 0, -1) if planar else image, where)[None])
-    except EbsdInputError:
-        raise
-    except Exception as error:  # tifffile raises many types on corrupt files
-        raise EbsdInputError(f"{what} cannot be decoded as TIFF ({type(error).__name__}: {error})") from None
-    if not stacks:
-        raise EbsdInputError(f"{what} has no pages")
-    return stacks
-
-
-def decode_npy(data: bytes, what: str = "the NPY array") -> np.ndarray:
-    """The array of an ``.npy`` file (numeric dtypes only; the header is checked before the data is read)."""
-    buffer = io.BytesIO(data)
-    try:
-        major, _ = np.lib.format.read_magic(buffer)
-        if major == 1:
-            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
-    except ValueError as error:
-        raise EbsdInputError(f"{what} has a broken NPY header ({error})") from None
-    if dtype.kind not in "uif":
-        raise EbsdInputError(f"{what} has dtype {dtype}; send integer or floating-point intensities")
-    if len(shape) < 2:
-        raise EbsdInputError(f"{what} has shape {list(shape)}; " + ACCEPTED_FORMATS)
-    _check_side(int(shape[-2]), int(shape[-1]), f"{what} (patterns)")
-    buffer.seek(0)
-    try:
-        return np.load(buffer, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise EbsdInputError(f"{what} cannot be read ({error}); is the file complete?") from None
-
-
-def as_pattern_stack(array: np.ndarray, what: str) -> np.ndarray:
-    """2-D (one pattern), 3-D (n patterns) or 4-D (a scan, flattened row by row) -> ``(n, rows, cols)``."""
-    if array.ndim == 2:
-        return array[None]
-    if array.ndim == 3:
-        return array
-    if array.ndim == 4:
-        return array.reshape(-1, *array.shape[2:])
-    raise EbsdInputError(
-        f"{what} has {array.ndim} dimensions (shape {list(array.shape)}); send 2-D (one pattern), 3-D "
-        "(n, rows, cols) or 4-D (scan rows, scan cols, rows, cols)"
-    )
-
-
-def decode_patterns(data: bytes, declared: str | None = None, what: str = "the body") -> list[np.ndarray]:
-    """Patterns from an upload, as a list of ``(n, rows, cols)`` stacks (a multi-page TIFF gives one per page).
-
-    Parameters
-    ----------
-    data : bytes
-        PNG, TIFF or NPY bytes; the format is recognised from the bytes (``declared`` is only used in messages).
-    declared : str, optional
-        The declared content type.
-    what : str
-        How messages name this upload.
-
-    Raises
-    ------
-    EbsdInputError
-        Bytes that are none of the accepted formats, or that cannot be decoded (the message names the
-        accepted formats); :class:`EbsdTooLarge` for images over :data:`MAX_PATTERN_SIDE`.
-    """
-    kind = sniff_format(data)
-    if kind == "png":
-        return [decode_png(data, what)]
-    if kind == "tiff":
-        return decode_tiff(data, what)
-    if kind == "npy":
-        return [as_pattern_stack(decode_npy(data, what), what)]
-    declared_text = f" (declared {declared})" if declared else ""
-    if kind == "hdf5":
-        raise EbsdInputError(f"{what} is an HDF5 file{declared_text}; send HDF5 scans to POST /v1/ebsd/scan")
-    raise EbsdInputError(
-        f"{what}{declared_text} is not a PNG, TIFF or NPY file ({_describe_bytes(data)}); accepted: {ACCEPTED_FORMATS}"
-    )
-
-
-def _pattern_errors(stack: np.ndarray) -> list[str | None]:
+def pattern_errors(stack: np.ndarray) -> list[str | None]:
     """Per-pattern refusal reason (``None``: fine) of a ``(n, side, side)`` stack, vectorised."""
     flat = stack.reshape(len(stack), -1)
     errors: list[str | None] = [None] * len(stack)
@@ -519,7 +361,7 @@ def encode_patterns(patterns: Sequence[np.ndarray | str], pc: np.ndarray) -> Ebs
     parts: list[np.ndarray] = []
     for indices in by_shape.values():
         stack = np.stack([patterns[i] for i in indices])  # type: ignore[misc]
-        errors = _pattern_errors(stack)
+        errors = pattern_errors(stack)
         good = [k for k, error in enumerate(errors) if error is None]
         for k, error in enumerate(errors):
             if error is not None:

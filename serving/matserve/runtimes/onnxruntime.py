@@ -53,6 +53,7 @@ class OnnxRuntime:
                 options.inter_op_num_threads = 1
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+                options.enable_cpu_mem_arena = False  # give memory back after each run (RSS tracks the request)
                 session = ort.InferenceSession(str(model.file("model.onnx")), options, providers=providers())
                 logger.info(
                     "loaded %s/%s on %s (%s threads)",
