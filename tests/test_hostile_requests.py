@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 
 from tests.conftest import MODELS_DIR
 
@@ -185,6 +186,13 @@ def test_every_openapi_reference_resolves(client: httpx.Client) -> None:
         for part in reference[2:].split("/"):
             assert isinstance(node, dict) and part in node, f"{reference} does not resolve"
             node = node[part]
+    schemas = list(document["components"]["schemas"].values())
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                schemas.append(content["schema"])
+    for schema in schemas:  # every schema is a valid JSON Schema (OpenAPI 3.1 uses draft 2020-12)
+        Draft202012Validator.check_schema(schema)
     xrd = document["paths"]["/xrd/phase"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert xrd["oneOf"] == [{"required": ["pattern"]}, {"required": ["patterns"]}]
     assert "anyOf" not in xrd["properties"]["pattern"]  # not nullable: the server refuses null too
