@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: fuzz serve test lint bench soak bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
+.PHONY: fuzz bench-ort-arena serve test lint bench soak bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -72,10 +72,14 @@ bench-serving: $(VENV)/.test-installed $(TRITON_VENV)/.installed
 soak: $(VENV)/.test-installed redis-server
 	PYTHONPATH=. $(BIN)/python bench/soak.py --duration-s 60 --concurrency 64
 
+# ONNX Runtime with and without its memory arena (the server runs without), side by side.
+bench-ort-arena: $(VENV)/.test-installed
+	$(BIN)/python bench/bench_ort_arena.py
+
 # Long OpenAPI fuzz (never run by CI; CI runs a bounded one in tests/test_fuzz_openapi.py): schemathesis with a
-# random seed, N examples per operation and phase (250: over 10,000 requests), against a fresh server.
+# new random seed per run, N examples per operation and phase, run after run until MIN (10,000) requests, against a fresh server.
 fuzz: $(VENV)/.test-installed
-	PYTHONPATH=. $(BIN)/python bench/fuzz.py -n $(or $(N),250)
+	PYTHONPATH=. $(BIN)/python bench/fuzz.py -n $(or $(N),250) --min-requests $(or $(MIN),10000)
 
 # Offline training (never run by CI): RF baselines, then ElemNet reference + served IRNet ensemble + export.
 train-formation-enthalpy: $(VENV)/.test-installed

@@ -50,6 +50,7 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(server_url: str, t
     counted = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counted is not None, output[-3000:]
     generated, passed = int(counted.group(1)), int(counted.group(2))
+    print(f"schemathesis: {generated} requests generated, {passed} passed (seed {SEED}, -n {MAX_EXAMPLES})")
     assert generated >= MIN_REQUESTS, f"only {generated} requests generated:\n{output[-3000:]}"
     assert passed == generated
     operations = re.search(r"Tested:\s+(\d+)", output)
