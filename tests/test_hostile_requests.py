@@ -205,3 +205,14 @@ def test_every_openapi_reference_resolves(client: httpx.Client) -> None:
             if path.startswith("/admin") or method == "get":
                 continue
             assert {"400", "413", "415", "422", "429"} <= documented, (path, method, documented)
+
+
+@pytest.mark.parametrize("path", ["/v1/ebsd/index", "/v1/scattering/sort"])
+def test_large_json_image_bodies_are_refused_before_parsing(client: httpx.Client, nacl: float, path: str) -> None:
+    """Numbers in JSON take ~11x their text's size once parsed: image routes take at most 16 MiB of JSON (binary
+    files keep their own limit), refused from Content-Length before a byte is parsed."""
+    rows = ",".join(["[" + ",".join(["123.5"] * 1000) + "]"] * 3000)  # ~18 MiB of one huge "image"
+    body = ('{"image": [' + rows + "]}" if "scattering" in path else '{"pattern": [' + rows + "]}").encode()
+    response = client.post(path, content=body, headers=JSON_HEADERS)
+    assert_envelope(response, 413, "payload_too_large", "MATSERVE_MAX_IMAGE_JSON_BODY_BYTES", "binary files")
+    assert_still_serving(client, nacl)

@@ -77,6 +77,10 @@ class Settings:
         1024x1024 or 18,641 of 60x60; 256 MiB as float32), summed over every pattern of ``POST /v1/ebsd/index`` or
         the whole scan of ``POST /v1/ebsd/scan``, checked from the file's header (PNG/TIFF dimensions and pages, NPY
         header, HDF5 dataset shape) before any pixel is decoded, else 413.
+    max_image_json_body_bytes : int
+        Largest JSON body of the EBSD and scattering routes (``MATSERVE_MAX_IMAGE_JSON_BODY_BYTES``, 16 MiB), else
+        413: numbers parsed from JSON take ~11x their text's size in Python objects before the pixel budget can
+        apply; binary files (NPY, TIFF, PNG, HDF5) keep the route's own, higher limit.
     rate_limit_per_minute : int
         Requests per minute one client may make to the public prediction routes (``MATSERVE_RATE_LIMIT_PER_MINUTE``;
         0 turns rate limiting off, API keys included), else 429 with ``Retry-After``; see :mod:`matserve.rate_limit`.
@@ -170,6 +174,7 @@ class Settings:
     max_scattering_frames: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_FRAMES", 256))
     max_scattering_pixels: int = field(default_factory=lambda: _int("MATSERVE_MAX_SCATTERING_PIXELS", 2**27))
     max_ebsd_pixels: int = field(default_factory=lambda: _int("MATSERVE_MAX_EBSD_PIXELS", 2**26))
+    max_image_json_body_bytes: int = field(default_factory=lambda: _int("MATSERVE_MAX_IMAGE_JSON_BODY_BYTES", 16 * MIB))
     rate_limit_per_minute: int = field(default_factory=lambda: _int("MATSERVE_RATE_LIMIT_PER_MINUTE", 600))
     rate_limit_burst: int = field(default_factory=lambda: _int("MATSERVE_RATE_LIMIT_BURST", 0))
     api_keys: str | None = field(default_factory=lambda: _optional_str("MATSERVE_API_KEYS"), repr=False)
