@@ -63,6 +63,7 @@ from matserve.codecs.detector_setup import (
     setup_from_pilatus_header,
 )
 from matserve.codecs.hdf5_safety import Hdf5Refused, check_upload, scrub_server_paths
+from matserve.codecs.npy import NpyError, array_view, read_header
 from matserve.codecs.scattering import ImageError, Setup, check_shape
 
 ACCEPTED_FORMATS = (
@@ -338,13 +339,11 @@ def _read_edf(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
 
 
 def _read_npy(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
-    buffer = io.BytesIO(data)
     try:
-        major, _ = np.lib.format.read_magic(buffer)
-        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = reader(buffer)
-    except ValueError as error:
-        raise ImageError(f"{name} has a broken NPY header ({error})") from None
+        header = read_header(data, name)
+    except NpyError as error:
+        raise ImageError(str(error)) from None
+    shape = header.shape
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
     elif len(shape) != 2:
@@ -352,19 +351,13 @@ def _read_npy(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
             f"{name} holds a {len(shape)}D array of shape {tuple(shape)}; an NPY file is one 2D detector image "
             "(1D and 3D arrays are refused): send a stack as a multi-frame TIFF, EDF or HDF5 file, or one .npy per frame"
         )
-    _check_frame(tuple(shape), dtype, name)
-    budget.take(1, tuple(shape), name)
-    available = len(data) - buffer.tell()
-    needed = math.prod(int(s) for s in shape) * dtype.itemsize
-    if available < needed:
-        raise ImageError(f"{name} is truncated: its NPY header announces {needed} bytes of data, the file holds "
-                         f"{available}; is the upload complete?")  # fmt: skip
-    buffer.seek(0)
+    _check_frame(shape, header.dtype, name)
+    budget.take(1, shape, name)
     try:
-        array = np.load(buffer, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise ImageError(f"{name} cannot be read ({error}); is the file complete?") from None
-    return [Frame(array.reshape(shape), None, name)]
+        array = array_view(data, header, name)
+    except NpyError as error:
+        raise ImageError(str(error)) from None
+    return [Frame(np.array(array.reshape(shape)), None, name)]  # a copy: later steps may write to frames
 
 
 _PNG_MODES = {"1": None, "L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I": None,

@@ -33,6 +33,7 @@ from matserve.codecs.ebsd import (
     pattern_shape_error,
     resample_patterns,
 )
+from matserve.codecs.npy import NpyError, array_view, read_header
 
 ACCEPTED_FORMATS = (
     "PNG (8/16-bit grey or RGB), TIFF (8/16-bit or float, grey or RGB, one pattern per page), "
@@ -46,8 +47,6 @@ PIXELS_SETTING = "MATSERVE_MAX_EBSD_PIXELS"
 INDEX_ADVICE = "send fewer or smaller patterns per request (the Python SDK splits them)"
 SCAN_ADVICE = "send the scan in row blocks (the Python SDK's index_ebsd_scan does)"
 
-_NPY_HEAD_BYTES = 16 + 2**16
-"""Bytes of an NPY body that hold its header (magic, version, length and the header itself)."""
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "png",
     b"II*\x00": "tiff",
@@ -221,13 +220,11 @@ def decode_npy(data: bytes | bytearray, what: str = "the NPY array", budget: Pix
     axes are a pattern), and that the body holds the bytes the header announces.
     """
     budget = budget or PixelBudget()
-    buffer = io.BytesIO(bytes(data[:_NPY_HEAD_BYTES]))  # numpy reads headers of at most 10,000 bytes
     try:
-        major, _ = np.lib.format.read_magic(buffer)
-        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = reader(buffer)
-    except ValueError as error:
-        raise EbsdInputError(f"{what} has a broken NPY header ({error})") from None
+        header = read_header(data, what)
+    except NpyError as error:
+        raise EbsdInputError(str(error)) from None
+    shape, dtype = header.shape, header.dtype
     if dtype.kind not in "uif":
         raise EbsdInputError(f"{what} has dtype {dtype}; send integer or floating-point intensities")
     if not 2 <= len(shape) <= 4:
@@ -235,16 +232,13 @@ def decode_npy(data: bytes | bytearray, what: str = "the NPY array", budget: Pix
             f"{what} has {len(shape)} dimensions (shape {list(shape)}); send 2-D (one pattern), 3-D "
             "(n, rows, cols) or 4-D (scan rows, scan cols, rows, cols)"
         )
-    rows, cols = int(shape[-2]), int(shape[-1])
+    rows, cols = shape[-2], shape[-1]
     _check_side(rows, cols, f"{what} (patterns)")
-    budget.take(math.prod(int(s) for s in shape[:-2]), rows, cols, what)
-    offset = buffer.tell()
-    count = math.prod(int(s) for s in shape)
-    if len(data) - offset < count * dtype.itemsize:
-        raise EbsdInputError(f"{what} is truncated: its NPY header announces {count * dtype.itemsize} bytes of "
-                             f"data, the body holds {len(data) - offset}; is the upload complete?")  # fmt: skip
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape[::-1]).transpose() if fortran_order else flat.reshape(shape)
+    budget.take(math.prod(shape[:-2]), rows, cols, what)
+    try:
+        return array_view(data, header, what)
+    except NpyError as error:
+        raise EbsdInputError(str(error)) from None
 
 
 def as_pattern_stack(array: np.ndarray, what: str) -> np.ndarray:
