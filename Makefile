@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 VERSION ?=
 
-.PHONY: fuzz bench-ort-arena serve test lint bench soak bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
+.PHONY: fuzz test-unit bench-ort-arena serve test lint bench soak bench-serving bench-xrd bench-ebsd bench-scattering triton triton-env redis-server train-formation-enthalpy train-xrd train-ebsd train-scattering clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(VENV)/.test-installed $(TRITON_VENV)/.installed redis-server
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -ra
 
+# Fast in-process tests (tests/unit): no Triton, no Redis, no server subprocess; routers via httpx.ASGITransport.
+test-unit: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -ra -m unit tests/unit
+
 triton-env: $(TRITON_VENV)/.installed
 
 triton: $(VENV)/.serve-installed $(TRITON_VENV)/.installed
@@ -76,7 +81,7 @@ soak: $(VENV)/.test-installed redis-server
 bench-ort-arena: $(VENV)/.test-installed
 	$(BIN)/python bench/bench_ort_arena.py
 
-# Long OpenAPI fuzz (never run by CI; CI runs a bounded one in tests/test_fuzz_openapi.py): schemathesis with a
+# Long OpenAPI fuzz (never run by CI; CI runs a bounded one in tests/integration/test_fuzz_openapi.py): schemathesis with a
 # new random seed per run, N examples per operation and phase, run after run until MIN (10,000) requests, against a fresh server.
 fuzz: $(VENV)/.test-installed
 	PYTHONPATH=. $(BIN)/python bench/fuzz.py -n $(or $(N),250) --min-requests $(or $(MIN),10000)

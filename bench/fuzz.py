@@ -1,7 +1,7 @@
 """A long schemathesis fuzz of a fresh server (outside CI): ``make fuzz`` or ``python bench/fuzz.py``.
 
 Starts a real ``matserve serve`` (rate limiting off, EBSD refinement preloaded) on the committed registry and runs
-the same checks as ``tests/test_fuzz_openapi.py`` (no 5xx; status, content type, body and headers as documented)
+the same checks as ``tests/integration/test_fuzz_openapi.py`` (no 5xx; status, content type, body and headers as documented)
 with random seeds (printed), ``-n`` examples per operation and phase, run after run until at least
 ``--min-requests`` requests were generated. Prints each run's summary and the total; exit code 1 if any run failed.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from matserve.devserver import running_server
 from matserve.settings import Settings
-from tests.test_fuzz_openapi import run_schemathesis
+from tests.integration.test_fuzz_openapi import run_schemathesis
 
 
 def main() -> int:

@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 
 __all__ = ["MATSERVE", "MODELS_DIR", "REPO", "free_port", "running_server"]
+SUITES = ("unit", "integration", "quality")
+"""Test folders; each test gets the marker of its folder (``pytest -m unit`` is ``make test-unit``)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its suite (its folder under ``tests/``)."""
+    for item in items:
+        suite = Path(item.path).relative_to(REPO / "tests").parts[0]
+        if suite in SUITES:
+            item.add_marker(getattr(pytest.mark, suite))
 
 
 @pytest.fixture(scope="session")

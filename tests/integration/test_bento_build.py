@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 
 from matserve.registry import Registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENTOFILE = REPO / "bentos" / "matserve" / "bentofile.yaml"
 BIN = Path(sys.executable).parent
 BENTO_PATH_IN_IMAGE = "/home/bentoml/bento"  # BENTO_PATH of the images bentoml containerize makes
@@ -205,7 +205,7 @@ def _image_env(bento: dict[str, Any]) -> dict[str, str]:
 
 def test_the_commands_k8s_gives_the_image_run_from_the_bento(bento: dict[str, Any], tmp_path: Path) -> None:
     """The gpu overlay's init container script and the worker command, run against the bento's files."""
-    from tests.test_k8s_manifests import render
+    from tests.unit.test_k8s_manifests import render
 
     objects = render("gpu")
     pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Deployment"}

@@ -31,7 +31,7 @@ import yaml
 
 from matserve.registry import Registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 TARGETS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu"}
 OVERLAYS = ("cpu", "gpu")

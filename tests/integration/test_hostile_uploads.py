@@ -33,7 +33,7 @@ from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge, Geometry, encode_
 from matserve.codecs.ebsd_uploads import PixelBudget, decode_patterns, reduce_scan, reduce_stack
 from matserve.codecs.hdf5_safety import Hdf5Refused, check_upload, scrub_server_paths
 from tests.conftest import REPO
-from tests.test_codec_ebsd import bands as codec_bands
+from tests.unit.test_codec_ebsd import bands as codec_bands
 
 INDEX, SCAN, SORT = "/v1/ebsd/index", "/v1/ebsd/scan", "/v1/scattering/sort"
 MIB = 2**20

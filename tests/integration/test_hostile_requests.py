@@ -145,7 +145,7 @@ def test_unknown_routes_and_methods_answer_in_the_envelope(
 
 def test_admin_reload_without_a_body_is_not_a_415(server_url: str) -> None:
     """``curl -X POST …/reload`` (no body, no Content-Length, no Content-Type) reaches the route: here 403, as the
-    test server has no admin token (tests/test_admin.py reloads for real)."""
+    test server has no admin token (tests/integration/test_admin.py reloads for real)."""
     url = httpx.URL(server_url)
     with socket.create_connection((url.host, url.port), timeout=30) as sock:
         sock.sendall(

@@ -31,7 +31,7 @@ from matserve_client import (
     ScatteringResult,
 )
 from tests.conftest import MODELS_DIR
-from tests.test_codec_scattering import (
+from tests.unit.test_codec_scattering import (
     PILATUS_100K_Q_SPAN,
     eiger_h5,
     fabio_file,
