@@ -6,7 +6,7 @@ uncompressed TIFF files, as Pilatus detectors write them. Paths, images/s, measu
 
 * ``tensor``: ONNX Runtime on already encoded 128 x 128 x 2 inputs, batch 64 (the network alone);
 * ``codec``: 64 TIFF files -> frames, read as the endpoint reads a multipart upload
-  (:func:`matserve.scattering_api.decode_multipart`, on the served model's encode threads) -> encoded inputs
+  (:func:`matserve.api.scattering.decode_multipart`, on the served model's encode threads) -> encoded inputs
   (:func:`matserve.codecs.scattering.encode_image`, on the same threads);
 * ``end_to_end``: 64 TIFF files -> results with the served model (decode, encode, network, probabilities);
   ``end_to_end_vs_tensor`` is the fraction of the network's own rate the whole path keeps.
@@ -37,13 +37,13 @@ import numpy as np
 import tifffile
 from bench_formation_enthalpy import best_rate, latencies_ms, percentile  # bench/ is on sys.path as a script
 
+from matserve.api.scattering import decode_multipart
 from matserve.codecs.detector_files import FrameBudget, read_frames
 from matserve.codecs.scattering import Setup, setup_features
 from matserve.devserver import running_server
 from matserve.models.scattering_sorter import ScatteringSorterModel, encode_items, uses_setup
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
-from matserve.scattering_api import decode_multipart
 from matserve.settings import Settings
 from training.scattering.simulate import simulate
 

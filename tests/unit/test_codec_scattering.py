@@ -253,7 +253,7 @@ def test_frame_and_pixel_budgets_are_checked_before_decoding() -> None:
 
 
 def test_multipart_files_are_read_on_threads_in_order_with_one_shared_budget() -> None:
-    from matserve.scattering_api import decode_multipart
+    from matserve.api.scattering import decode_multipart
 
     files = [(f"f{k}.tif", tiff(np.stack([ring_image((64, 64), np.uint16, seed=k)] * 2))) for k in range(12)]
     files.insert(5, ("broken.tif", b"II*\x00" + b"\x00" * 20))

@@ -6,7 +6,7 @@ other HDF5 files), an *external link* (a group member that is an object of anoth
 link* (resolved by a callback the library may load) and a filter the library does not know (its ``H5PL`` plugin
 search opens the shared libraries of the plugin directory). An upload may use none of these: every reader of
 uploaded HDF5 bytes (the scattering sorter's :func:`matserve.codecs.detector_files.read_frames`, the EBSD scan
-reader of :mod:`matserve.ebsd_api`) opens the bytes in memory and calls :func:`check_upload` first.
+reader of :mod:`matserve.api.ebsd`) opens the bytes in memory and calls :func:`check_upload` first.
 
 :func:`check_upload` only reads the file's structure (links, dataset creation properties, shapes); it never
 resolves a link other than a hard one, never opens a named file and never reads a dataset, so its answer (and

@@ -25,18 +25,20 @@ can be used the answer is 422 naming each (415 when no file was in a readable fo
 
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
+import anyio
 import numpy as np
-from fastapi import Request
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from matserve import request_options
+from matserve.api.common import ERROR_RESPONSES, SCATTERING_EXAMPLE, answer, parse_body
+from matserve.api.context import Context
+from matserve.api.transport import body_filename, media_type, read_form, release_memory
 from matserve.codecs.detector_files import (
     ACCEPTED_FORMATS,
     Frame,
@@ -46,20 +48,20 @@ from matserve.codecs.detector_files import (
     read_frames,
 )
 from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, as_image_array, check_shape
-from matserve.ebsd_api import media_type, release_memory
-from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
-from matserve.models.scattering_sorter import WIRE_SETUP, setup_of, thread_map
+from matserve.errors import InvalidInput, MatserveError, UnsupportedMediaType
+from matserve.models.scattering_sorter import WIRE_SETUP, ScatteringSorterModel, setup_of, thread_map
+from matserve.settings import Settings
+from matserve_client.wire import ScatteringSortResponse
 
 SORT_MEDIA_TYPES = ("application/json", "image/tiff", "image/png", "application/x-npy", "application/x-hdf5",
                     "application/x-hdf", "application/octet-stream", "multipart/form-data")  # fmt: skip
-SCATTERING_EXAMPLE = '{"image": [[0, 3, 5, ...], [2, 7, 1, ...], ...], "saliency": true}'
+SORT_PATH = "/scattering/sort"
 MAX_SALIENCY_IMAGES = 64
 """Saliency PNGs are drawn for at most this many images per request (each is up to ~200 kB of base64)."""
 MASK_PART = "mask"
 """Name of the multipart file part holding a mask for every image."""
 
-__all__ = ["SORT_MEDIA_TYPES", "ScatteringOptions", "ScatteringSortRequest", "ScatteringSortResponse", "media_type",
-           "release_memory"]  # fmt: skip
+# -- request schemas ---------------------------------------------------------------------------------------------
 
 
 class ScatteringOptions(BaseModel):
@@ -122,43 +124,7 @@ class ScatteringSortRequest(ScatteringOptions):
     masks: list[Any] | None = Field(default=None, description="one 2D mask (or null) per image")
 
 
-class ScatteringResult(BaseModel):
-    """One image's classes (see :mod:`matserve.models.scattering_sorter` for the conventions)."""
-
-    source: str = Field(description="the image: 'file.tif', 'file.h5[frame 2]' (0-based), 'images[3]', 'body'")
-    technique: str | None = Field(description="most probable technique (saxs, waxs, gisaxs, giwaxs)")
-    technique_probabilities: dict[str, float] | None = Field(description="softmax over the techniques")
-    technique_confident: bool | None = Field(
-        default=None,
-        description="whether the top technique probability reaches the card's technique_confidence_thresholds "
-        "(calibrated on validation so that confident answers are right 99.5 % of the time; one threshold with "
-        "the setup known, one without): sort these automatically, check the others; null for versions before 1.3.0",
-    )
-    geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
-    geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
-    features: list[str] | None = Field(
-        description="features with probability >= their threshold (card feature_thresholds)"
-    )
-    feature_probabilities: dict[str, float] | None = Field(description="independent probability of each feature")
-    detector_shape: list[int] | None = Field(description="[rows, cols], pixels")
-    valid_fraction: float | None = Field(description="share of the detector's pixels that were valid (0-1)")
-    q_span_inv_angstrom: float | None = Field(
-        default=None,
-        description="the detector's q span given to the network (1/Angstrom: |q| at the detector's diagonal); "
-        "null when the distance, wavelength or pixel size was unknown, or the version takes no setup",
-    )
-    setup_source: str | None = Field(
-        default=None, description="where the setup came from: header, request or header+request"
-    )
-    saliency_png_base64: str | None = Field(default=None, description="base64 RGB PNG: Grad-CAM over the image")
-    saliency_label: str | None = Field(default=None, description="label whose Grad-CAM map the PNG shows")
-    error: str | None = Field(default=None, description="why this image could not be sorted")
-
-
-class ScatteringSortResponse(BaseModel):
-    model: str
-    version: str
-    results: list[ScatteringResult]
+# -- transport parsing -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -198,45 +164,6 @@ def options_from(values: dict[str, str], where: str) -> ScatteringOptions:
 def merge_options(body: ScatteringOptions, query: dict[str, str]) -> ScatteringOptions:
     """Body (JSON or form) options plus query options; the same option in both is refused."""
     return request_options.merge_options(body, query)
-
-
-async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]],
-                                                                dict[str, str]]:  # fmt: skip
-    """Image file parts ``(filename, bytes)`` in order, ``mask`` file parts, and the form fields of a multipart body."""
-    try:
-        form = await request.form(max_files=max_files, max_fields=50)
-    except HTTPException as error:
-        if "Too many files" in str(error.detail):
-            raise PayloadTooLarge(f"too many file parts: at most {max_files} per request") from None
-        raise MalformedRequest(f"the multipart body cannot be parsed: {error.detail}") from None
-    images: list[tuple[str, bytes]] = []
-    masks: list[tuple[str, bytes]] = []
-    fields: dict[str, str] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            (masks if key == MASK_PART else images).append((value.filename or key, await value.read()))
-            await value.close()
-        else:
-            if key in fields:
-                raise InvalidInput(f"form field {key!r} is given twice")
-            fields[key] = value
-    return images, masks, fields
-
-
-_FILENAME = re.compile(r"""filename\*?=(?:UTF-8'')?("(?:[^"\\]|\\.)*"|[^;]+)""", re.IGNORECASE)
-
-
-def body_filename(request: Request) -> str | None:
-    """The file name of a body sent with ``Content-Disposition: attachment; filename="scan_0001.cbf"``, if any
-    (its last path component, at most 200 characters); frames are then named after it instead of ``body``."""
-    match = _FILENAME.search(request.headers.get("content-disposition", ""))
-    if not match:
-        return None
-    value = match.group(1).strip()
-    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    name = unquote(value).replace("\\", "/").rsplit("/", 1)[-1].strip()
-    return name[:200] or None
 
 
 def decode_body(kind: str, body: bytes, budget: FrameBudget, filename: str | None = None) -> Items:
@@ -374,15 +301,6 @@ def failures(items: Items, results: list[dict[str, Any]]) -> MatserveError | Non
     return InvalidInput(message)
 
 
-def error_status(error: ImageError) -> MatserveError:
-    """The HTTP error of a request-level :class:`ImageError`: 413 over a limit, 415 unknown format, else 422."""
-    if isinstance(error, TooManyFrames):
-        return PayloadTooLarge(str(error))
-    if isinstance(error, UnsupportedFormat):
-        return UnsupportedMediaType(str(error))
-    return InvalidInput(str(error))
-
-
 def openapi_sort_body() -> dict[str, Any]:
     """OpenAPI request body and query parameters of ``POST /v1/scattering/sort``."""
     binary = {"schema": {"type": "string", "format": "binary"}}
@@ -405,3 +323,67 @@ def openapi_sort_body() -> dict[str, Any]:
     parameters = [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                   for name, text in descriptions.items()]  # fmt: skip
     return {"requestBody": {"required": True, "content": content}, "parameters": parameters}
+
+
+# -- routes ------------------------------------------------------------------------------------------------------
+
+
+def router(settings: Settings) -> APIRouter:
+    """The routes of the scattering sorter, with the limits of ``settings``."""
+    routes = APIRouter()
+
+    @routes.post(
+        SORT_PATH,
+        response_model=ScatteringSortResponse,
+        responses=ERROR_RESPONSES,
+        summary="Technique, geometry and features of 2D X-ray scattering images, optionally with a Grad-CAM PNG",
+        openapi_extra=openapi_sort_body(),
+    )
+    async def scattering_sort(http_request: Request, context: Context) -> Response:
+        """Sort detector images: a TIFF, CBF, EDF, HDF5/NeXus, NPY or PNG file as the body (every frame an image),
+        multipart file parts (plus an optional ``mask`` part), or JSON ``image``/``images`` arrays.
+
+        One result per frame, in order, named by ``source``; an image that cannot be used (constant, too few valid
+        pixels, wrong size) gets an ``error`` while the others are answered. 422 when no image can be used, 415 for
+        files in no accepted format, 413 over the body, frame or pixel limits.
+        """
+        kind = media_type(http_request)
+        query = dict(http_request.query_params)
+        budget = FrameBudget(settings.max_scattering_frames, settings.max_scattering_pixels)
+        model = context.typed_model("scattering_sorter", ScatteringSorterModel)
+        if kind == "application/json":
+            request = await parse_body(http_request, ScatteringSortRequest)
+            options = merge_options(request, query)
+            model.check_options(options.version, options.saliency_label)
+            items = await anyio.to_thread.run_sync(decode_json, request, budget)
+            del request  # the nested lists: the arrays are in items now
+        elif kind == "multipart/form-data":
+            form = await read_form(http_request, settings.max_scattering_frames + 1)
+            options = merge_options(options_from(form.fields, "form field"), query)
+            model.check_options(options.version, options.saliency_label)
+            files, masks = form.named(without=MASK_PART), form.named(only=MASK_PART)
+            del form
+            items = await anyio.to_thread.run_sync(decode_multipart, files, masks, budget)
+            del files, masks
+        else:
+            options = options_from(query, "query parameter")
+            model.check_options(options.version, options.saliency_label)
+            body = await http_request.body()
+            name = body_filename(http_request)
+            items = await anyio.to_thread.run_sync(decode_body, kind, body, budget, name)
+            del body
+        check_saliency(options, len(items.items))
+        run = functools.partial(model.sort, items.items, version=options.version, saliency=options.saliency,
+                                saliency_label=options.saliency_label, setup=options.setup)  # fmt: skip
+        prediction = await anyio.to_thread.run_sync(run)
+        del run
+        items.items.clear()  # the decoded frames (labels stay for the answer)
+        await anyio.to_thread.run_sync(release_memory)
+        failed = failures(items, prediction.results)
+        if failed is not None:
+            raise failed
+        results = [{"source": label, **result} for label, result in zip(items.labels, prediction.results, strict=True)]
+        return answer(ScatteringSortResponse, {"model": prediction.model, "version": prediction.version,
+                                               "results": results})  # fmt: skip
+
+    return routes

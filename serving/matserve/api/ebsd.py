@@ -1,4 +1,7 @@
-"""The EBSD endpoints' transport: request bodies in (JSON, PNG, TIFF, NPY, multipart, HDF5), typed answers out.
+"""``POST /v1/ebsd/index`` and ``POST /v1/ebsd/scan``: EBSD patterns or scans in, crystal orientations out.
+
+Sections, as in every model's API module: request schemas, transport parsing, routes. The answers' wire schemas
+are :class:`matserve_client.wire.EbsdIndexResponse` and :class:`matserve_client.wire.EbsdScanResponse`.
 
 ``POST /v1/ebsd/index`` reads patterns from
 
@@ -26,27 +29,27 @@ one per pattern), ``refine``, ``static_background``, ``version``, ``sample_tilt_
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import json
 from typing import Any
 
+import anyio
 import numpy as np
-from fastapi import Request
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from matserve import request_options
-from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge, Geometry
+from matserve.api.common import EBSD_EXAMPLE, ERROR_RESPONSES, answer, parse_body
+from matserve.api.context import Context
+from matserve.api.transport import media_type, read_body, read_form, release_memory
+from matserve.codecs.ebsd import EbsdInputError, Geometry
 from matserve.codecs.ebsd_uploads import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_PIXELS,
     INDEX_ADVICE,
     SCAN_ADVICE,
     PixelBudget,
-    as_pattern_stack,
     decode_npy,
     iter_patterns,
     reduce_scan,
@@ -54,14 +57,21 @@ from matserve.codecs.ebsd_uploads import (
     sniff_format,
 )
 from matserve.codecs.h5ebsd import read_h5ebsd_scan
-from matserve.errors import InvalidInput, MalformedRequest, PayloadTooLarge
+from matserve.errors import InvalidInput, PayloadTooLarge
+from matserve.models.ebsd_indexer import EbsdIndexerModel, check_refine_size
+from matserve.settings import Settings
+from matserve_client.wire import EbsdIndexResponse, EbsdScanResponse
 
 INDEX_MEDIA_TYPES = ("application/json", "image/png", "image/tiff", "application/x-npy", "application/octet-stream",
                      "multipart/form-data")  # fmt: skip
 SCAN_MEDIA_TYPES = ("application/x-npy", "application/x-hdf5", "application/x-hdf", "application/octet-stream",
                     "multipart/form-data")  # fmt: skip
-EBSD_EXAMPLE = '{"patterns": [[[12, 15, ...], ...]], "pc": [0.425, 0.213, 0.501], "refine": false}'
+INDEX_PATH = "/ebsd/index"
+SCAN_PATH = "/ebsd/scan"
 INDEX_COUNT_ADVICE = "split them (the Python SDK does), or send a scan to POST /v1/ebsd/scan"
+
+
+# -- request schemas ---------------------------------------------------------------------------------------------
 
 
 class EbsdOptions(BaseModel):
@@ -121,61 +131,7 @@ class EbsdIndexRequest(EbsdOptions):
     patterns: list[list[list[float]]] | None = Field(default=None, min_length=1)
 
 
-class EbsdResult(BaseModel):
-    """One pattern's orientation (see :mod:`matserve.models.ebsd_indexer` for the conventions)."""
-
-    euler_bunge_deg: list[float] = Field(description="Bunge ZXZ (phi1, Phi, phi2), degrees, m-3m fundamental zone")
-    euler_bunge_rad: list[float] = Field(description="the same angles in radians")
-    quaternion: list[float] = Field(description="unit quaternion (a, b, c, d), sample -> crystal, a >= 0, orix")
-    expected_error_deg: float = Field(
-        description="estimated disorientation error, degrees (calibrated on validation data)"
-    )
-    confidence: float = Field(description="exp(-expected_error_deg / 1 deg)")
-    pc: list[float] = Field(description="projection centre used (PCx, PCy, PCz), Bruker convention")
-    refined: bool
-    refinement_score: float | None = Field(default=None, description="NCC of the refined orientation")
-    refinement_change_deg: float | None = Field(
-        default=None, description="fast path -> refined disorientation, degrees"
-    )
-    source: str | None = Field(default=None, description="file part (and page/index) of a multipart upload")
-
-
-class EbsdIndexResponse(BaseModel):
-    model: str
-    version: str
-    results: list[EbsdResult]
-
-
-class EbsdPixelError(BaseModel):
-    row: int
-    col: int
-    error: str
-
-
-class EbsdScanResponse(BaseModel):
-    """An orientation map: per-pixel lists ``[rows][cols]...``; ``null`` where a pixel could not be indexed."""
-
-    model: str
-    version: str
-    rows: int
-    cols: int
-    refined: bool
-    indexed: int
-    failed: int
-    pc: list[float] = Field(description="mean projection centre used")
-    euler_bunge_deg: list[list[list[float] | None]]
-    quaternion: list[list[list[float] | None]]
-    confidence: list[list[float | None]]
-    expected_error_deg: list[list[float | None]]
-    refinement_score: list[list[float | None]] | None = None
-    errors: list[EbsdPixelError]
-    ipf_z_rgb: list[list[list[int]]] = Field(description="IPF-Z colours (orix TSL key), uint8; failed pixels black")
-    ipf_z_png: str = Field(description="base64 PNG of the IPF-Z map, each pixel ipf_z_png_scale x ipf_z_png_scale")
-    ipf_z_png_scale: int
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+# -- transport parsing -------------------------------------------------------------------------------------------
 
 
 def _pc_message(name: str, error: dict[str, Any]) -> str | None:
@@ -193,37 +149,6 @@ def options_from(values: dict[str, Any], where: str) -> EbsdOptions:
 def merge_options(body: EbsdOptions, query: dict[str, str]) -> EbsdOptions:
     """Body options plus query options; the same option in both is refused."""
     return request_options.merge_options(body, query, _pc_message)
-
-
-async def read_body(request: Request) -> bytes | bytearray:
-    """The request body: an NPY body as one ``bytearray`` (its arrays are views of it, so it is held once, not twice
-    as ``request.body()`` briefly holds it), any other as ``bytes`` (decoders wrap it in ``io.BytesIO``, which
-    shares ``bytes`` but copies a ``bytearray``)."""
-    buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
-    return buffer if buffer.startswith(b"\x93NUMPY") else bytes(buffer)
-
-
-async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
-    """File parts ``(filename, bytes)`` in order, and the form fields, of a multipart body."""
-    try:
-        form = await request.form(max_files=max_files, max_fields=50)
-    except HTTPException as error:
-        if "Too many files" in str(error.detail):
-            raise PayloadTooLarge(f"too many file parts: at most {max_files} per request") from None
-        raise MalformedRequest(f"the multipart body cannot be parsed: {error.detail}") from None
-    files: list[tuple[str, bytes]] = []
-    fields: dict[str, str] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            files.append((value.filename or key, await value.read()))
-            await value.close()
-        else:
-            if key in fields:
-                raise InvalidInput(f"form field {key!r} is given twice")
-            fields[key] = value
-    return files, fields
 
 
 def decode_index_body(
@@ -332,26 +257,6 @@ def decode_scan(
     )
 
 
-def release_memory() -> None:
-    """Give free C-heap memory back to the system after a large request (glibc ``malloc_trim``; elsewhere a no-op).
-
-    Decoded uploads are freed when a request ends, but glibc keeps freed blocks below its (adaptive, up to 32 MiB)
-    mmap threshold in its arenas; trimming returns them so the process's RSS falls back.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
 def check_geometry(geometry: Geometry, options: EbsdOptions, file_tilts: dict[str, float] | None = None) -> None:
     """Refuse tilts the model was not trained for (the request's, then the file's)."""
     geometry.check_tilts(options.sample_tilt_deg, options.detector_tilt_deg)
@@ -414,19 +319,6 @@ def _query_parameters() -> list[dict[str, Any]]:
             for name, text in descriptions.items()]  # fmt: skip
 
 
-__all__ = [
-    "EBSD_EXAMPLE",
-    "INDEX_MEDIA_TYPES",
-    "SCAN_MEDIA_TYPES",
-    "EbsdIndexRequest",
-    "EbsdIndexResponse",
-    "EbsdOptions",
-    "EbsdScanResponse",
-    "EbsdTooLarge",
-    "as_pattern_stack",
-]
-
-
 def scan_response(model: Any, scan: Any) -> dict[str, Any]:
     """The JSON answer of ``POST /v1/ebsd/scan`` (maps, per-pixel errors, IPF-Z colours and PNG).
 
@@ -472,3 +364,103 @@ def scan_response(model: Any, scan: Any) -> dict[str, Any]:
         "ipf_z_png": base64.b64encode(rgb_png(rgb_map, scale)).decode("ascii"),
         "ipf_z_png_scale": scale,
     }  # fmt: skip
+
+
+# -- routes ------------------------------------------------------------------------------------------------------
+
+
+def router(settings: Settings) -> APIRouter:
+    """The routes of the EBSD indexer, with the limits of ``settings``."""
+    routes = APIRouter()
+
+    @routes.post(
+        INDEX_PATH,
+        response_model=EbsdIndexResponse,
+        responses=ERROR_RESPONSES,
+        summary="Crystal orientations (Bunge Euler angles, quaternion) of EBSD patterns, optionally refined",
+        openapi_extra=openapi_index_body(),
+    )
+    async def ebsd_index(http_request: Request, context: Context) -> Response:
+        """Index EBSD patterns of nickel (m-3m): JSON arrays, PNG/TIFF images, NPY arrays or multipart file parts.
+
+        Square patterns of 60 to 1024 px are area-resampled to 60x60; any pattern that cannot be used makes the
+        request 422, naming it (``patterns[3]: constant pattern ...``). ``refine=true`` refines each orientation
+        against the master pattern (at most 256 patterns per request).
+        """
+        kind = media_type(http_request)
+        query = dict(http_request.query_params)
+        limit, pixels = settings.max_ebsd_patterns, settings.max_ebsd_pixels
+        sources = None
+        if kind == "application/json":
+            request = await parse_body(http_request, EbsdIndexRequest)
+            options = merge_options(request, query)
+            patterns, labels = await anyio.to_thread.run_sync(decode_json_patterns, request, limit, pixels)
+        elif kind == "multipart/form-data":
+            form = await read_form(http_request, limit)
+            options = merge_options(options_from(form.fields, "form field"), query)
+            patterns, labels, sources = await anyio.to_thread.run_sync(decode_index_body, kind, b"", form.named(),
+                                                                       limit, pixels)  # fmt: skip
+            del form
+        else:
+            body = await read_body(http_request)
+            options = options_from(query, "query parameter")
+            patterns, labels, sources = await anyio.to_thread.run_sync(decode_index_body, kind, body, [],
+                                                                       limit, pixels)  # fmt: skip
+            del body
+        model = context.typed_model("ebsd_indexer", EbsdIndexerModel)
+        check_geometry(model.geometry(options.version), options)
+        if options.refine:
+            check_refine_size(len(patterns), settings.max_ebsd_refine_patterns)
+        run = functools.partial(model.index, patterns, pc=options.pc, version=options.version,
+                                refine=options.refine, static_background=options.static_background)  # fmt: skip
+        prediction = await anyio.to_thread.run_sync(run)
+        del run, patterns
+        await anyio.to_thread.run_sync(release_memory)
+        for i, result in enumerate(prediction.results):
+            result["source"] = sources[i] if sources else None
+        failed = item_errors(labels, prediction.results)
+        if failed is not None:
+            raise failed
+        body = {"model": prediction.model, "version": prediction.version, "results": prediction.results}
+        return answer(EbsdIndexResponse, body)
+
+    @routes.post(
+        SCAN_PATH,
+        response_model=EbsdScanResponse,
+        responses=ERROR_RESPONSES,
+        summary="Orientation map of an EBSD scan (4-D NPY or HDF5), with an IPF-Z colour PNG",
+        openapi_extra=openapi_scan_body(),
+    )
+    async def ebsd_scan(http_request: Request, context: Context) -> Response:
+        """Index a scan pixel by pixel: Euler angles, quaternions, confidence and expected error per pixel (``null``
+        and an entry in ``errors`` where a pattern cannot be used), and the IPF-Z map as RGB and PNG."""
+        kind = media_type(http_request)
+        query = dict(http_request.query_params)
+        if kind == "multipart/form-data":
+            form = await read_form(http_request, 1)
+            if len(form.files) != 1:
+                raise InvalidInput("send the scan as exactly one file part (a 4-D .npy or an HDF5 file)")
+            data = form.files[0][2]
+            options = merge_options(options_from(form.fields, "form field"), query)
+            del form
+        else:
+            data = await read_body(http_request)
+            options = options_from(query, "query parameter")
+        scan, file_pc, file_tilts = await anyio.to_thread.run_sync(decode_scan, data, kind,
+                                                                   settings.max_ebsd_scan_patterns,
+                                                                   settings.max_ebsd_pixels)  # fmt: skip
+        del data
+        model = context.typed_model("ebsd_indexer", EbsdIndexerModel)
+        check_geometry(model.geometry(options.version), options, file_tilts)
+        if options.refine:
+            check_refine_size(scan.shape[0] * scan.shape[1], settings.max_ebsd_refine_patterns)
+        pc = options.pc if options.pc is not None else file_pc
+        run = functools.partial(model.index_scan, scan, pc=pc, version=options.version, refine=options.refine,
+                                static_background=options.static_background)  # fmt: skip
+        version, orientations = await anyio.to_thread.run_sync(run)
+        del run, scan
+        await anyio.to_thread.run_sync(release_memory)
+        body = await anyio.to_thread.run_sync(scan_response, version, orientations)
+        return answer(EbsdScanResponse, body)
+
+    return routes

@@ -1,0 +1,234 @@
+"""Wire schemas: the JSON bodies the matserve HTTP API answers with, defined once for the server and the SDK.
+
+The server's routes declare and return these models (``response_model``); the SDK validates answers with them
+before it turns them into its own result types (:mod:`matserve_client.models`, which add ``model`` and
+``version`` to every result and decode PNGs). Units and conventions are in the field descriptions: Euler angles
+Bunge ZXZ; ``_deg`` degrees, ``_rad`` radians; enthalpies eV/atom; q in 1/Angstrom.
+
+Request bodies are parsed by the server only (:mod:`matserve.api`); the SDK builds them from arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class FormationEnthalpyResult(BaseModel):
+    """One formula's answer: values in eV/atom, or ``error`` saying why there is none."""
+
+    formula: str
+    normalized_formula: str | None
+    formation_enthalpy_ev_per_atom: float | None
+    uncertainty_ev_per_atom: float | None = None
+    error: str | None = None
+
+
+class FormationEnthalpyResponse(BaseModel):
+    """Results in request order, and the model version that produced them."""
+
+    model: str
+    version: str
+    results: list[FormationEnthalpyResult]
+
+
+class XrdPhaseResult(BaseModel):
+    """One pattern's phase: the most probable known structure type and every class probability."""
+
+    phase: str
+    space_group: str
+    probability: float
+    probabilities: dict[str, float]
+    coverage: float = Field(description="fraction of 20-90° 2θ (Cu Kα) the pattern covered")
+    error: str | None = Field(
+        default=None, description="always null here: a pattern that cannot be used fails the request"
+    )
+
+
+class XrdPhaseResponse(BaseModel):
+    model: str
+    version: str
+    results: list[XrdPhaseResult]
+
+
+class XrdPlots(BaseModel):
+    """Base64-encoded PNG images."""
+
+    reconstruction_png: str
+    latent_map_png: str
+
+
+class XrdNoveltyResult(BaseModel):
+    """One pattern's novelty: VAE reconstruction error, its percentile among known-phase validation patterns,
+    the verdict at the card's threshold percentile, latent coordinates and the nearest known phase there."""
+
+    reconstruction_error: float
+    outlier_probability: float | None = Field(
+        default=None,
+        description="P(not a single known phase) from the outlier-exposure detector, if the version has one",
+    )
+    novelty_percentile: float
+    is_novel: bool
+    threshold_percentile: float
+    latent: list[float] = Field(description="latent coordinates (latent means)")
+    latent_map: list[float] = Field(description="2-d map coordinates: PCA projection of the latent space")
+    nearest_known_phase: str
+    nearest_known_phase_share: float = Field(description="share of the 15 nearest known patterns of that phase")
+    coverage: float
+    plots: XrdPlots | None = None
+    error: str | None = Field(
+        default=None, description="always null here: a pattern that cannot be used fails the request"
+    )
+
+
+class XrdNoveltyResponse(BaseModel):
+    model: str
+    version: str
+    results: list[XrdNoveltyResult]
+
+
+class EbsdResult(BaseModel):
+    """One pattern's orientation (see :mod:`matserve.models.ebsd_indexer` for the conventions)."""
+
+    euler_bunge_deg: list[float] = Field(description="Bunge ZXZ (phi1, Phi, phi2), degrees, m-3m fundamental zone")
+    euler_bunge_rad: list[float] = Field(description="the same angles in radians")
+    quaternion: list[float] = Field(description="unit quaternion (a, b, c, d), sample -> crystal, a >= 0, orix")
+    expected_error_deg: float = Field(
+        description="estimated disorientation error, degrees (calibrated on validation data)"
+    )
+    confidence: float = Field(description="exp(-expected_error_deg / 1 deg)")
+    pc: list[float] = Field(description="projection centre used (PCx, PCy, PCz), Bruker convention")
+    refined: bool
+    refinement_score: float | None = Field(default=None, description="NCC of the refined orientation")
+    refinement_change_deg: float | None = Field(
+        default=None, description="fast path -> refined disorientation, degrees"
+    )
+    source: str | None = Field(default=None, description="file part (and page/index) of a multipart upload")
+    error: str | None = Field(
+        default=None, description="always null here: a pattern that cannot be used fails the request"
+    )
+
+
+class EbsdIndexResponse(BaseModel):
+    model: str
+    version: str
+    results: list[EbsdResult]
+
+
+class EbsdPixelError(BaseModel):
+    row: int
+    col: int
+    error: str
+
+
+class EbsdScanResponse(BaseModel):
+    """An orientation map: per-pixel lists ``[rows][cols]...``; ``null`` where a pixel could not be indexed."""
+
+    model: str
+    version: str
+    rows: int
+    cols: int
+    refined: bool
+    indexed: int
+    failed: int
+    pc: list[float] = Field(description="mean projection centre used")
+    euler_bunge_deg: list[list[list[float] | None]]
+    quaternion: list[list[list[float] | None]]
+    confidence: list[list[float | None]]
+    expected_error_deg: list[list[float | None]]
+    refinement_score: list[list[float | None]] | None = None
+    errors: list[EbsdPixelError]
+    ipf_z_rgb: list[list[list[int]]] = Field(description="IPF-Z colours (orix TSL key), uint8; failed pixels black")
+    ipf_z_png: str = Field(description="base64 PNG of the IPF-Z map, each pixel ipf_z_png_scale x ipf_z_png_scale")
+    ipf_z_png_scale: int
+
+
+class ScatteringResult(BaseModel):
+    """One image's classes (see :mod:`matserve.models.scattering_sorter` for the conventions)."""
+
+    source: str = Field(description="the image: 'file.tif', 'file.h5[frame 2]' (0-based), 'images[3]', 'body'")
+    technique: str | None = Field(description="most probable technique (saxs, waxs, gisaxs, giwaxs)")
+    technique_probabilities: dict[str, float] | None = Field(description="softmax over the techniques")
+    technique_confident: bool | None = Field(
+        default=None,
+        description="whether the top technique probability reaches the card's technique_confidence_thresholds "
+        "(calibrated on validation so that confident answers are right 99.5 % of the time; one threshold with "
+        "the setup known, one without): sort these automatically, check the others; null for versions before 1.3.0",
+    )
+    geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
+    geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
+    features: list[str] | None = Field(
+        description="features with probability >= their threshold (card feature_thresholds)"
+    )
+    feature_probabilities: dict[str, float] | None = Field(description="independent probability of each feature")
+    detector_shape: list[int] | None = Field(description="[rows, cols], pixels")
+    valid_fraction: float | None = Field(description="share of the detector's pixels that were valid (0-1)")
+    q_span_inv_angstrom: float | None = Field(
+        default=None,
+        description="the detector's q span given to the network (1/Angstrom: |q| at the detector's diagonal); "
+        "null when the distance, wavelength or pixel size was unknown, or the version takes no setup",
+    )
+    setup_source: str | None = Field(
+        default=None, description="where the setup came from: header, request or header+request"
+    )
+    saliency_png_base64: str | None = Field(default=None, description="base64 RGB PNG: Grad-CAM over the image")
+    saliency_label: str | None = Field(default=None, description="label whose Grad-CAM map the PNG shows")
+    error: str | None = Field(default=None, description="why this image could not be sorted")
+
+
+class ScatteringSortResponse(BaseModel):
+    model: str
+    version: str
+    results: list[ScatteringResult]
+
+
+class JobResponse(BaseModel):
+    """A job's state and progress (``done`` and ``failed`` count items); times are ISO 8601 UTC."""
+
+    job_id: str
+    model: str
+    version: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    durable: bool
+    total: int
+    done: int
+    failed: int
+    chunk_size: int
+    chunks_total: int
+    chunks_done: int
+    chunk_starts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    status_url: str
+    results_url: str
+
+
+class JobResultsResponse(BaseModel):
+    """Items ``offset`` to ``offset + limit`` of a job's results, in input order.
+
+    Each item has the shape of the model's synchronous results (with a per-item ``error`` for inputs that could
+    not be predicted), or is ``null`` while its chunk has not run (or never will: cancelled or failed job).
+    ``next_offset`` is where the next page starts, ``null`` after the last one.
+    """
+
+    job_id: str
+    model: str
+    version: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    results: list[dict[str, Any] | None]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
