@@ -1,0 +1,163 @@
+"""The API modules in-process: apps built by :func:`matserve.service.build_app` with their own settings, served
+through ``httpx.ASGITransport`` (no BentoML, no server subprocess, no Triton, no Redis).
+
+What only in-process apps can show: settings are read when the app is built (two apps, two limits, in one
+process), every model's answer passes through its wire schema without losing a field, and the routers give the
+same answers as the lifecycle they call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from matserve.api.context import ServingContext
+from matserve.codecs.xrd import MODEL_GRID_DEG
+from matserve.service import build_app
+from matserve.settings import Settings
+from matserve_client import wire
+from tests.conftest import MODELS_DIR
+
+
+def _settings(**changes: object) -> Settings:
+    base = Settings()
+    return dataclasses.replace(base, models_dir=MODELS_DIR, rate_limit_per_minute=0, embedded_workers=1,
+                               redis_url=None, triton_url=None, ebsd_preload=False, **changes)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def context() -> Iterator[ServingContext]:
+    """One set of loaded models for every app of this module (loading them is the slow part)."""
+    started = ServingContext.start(_settings(), warm_up=False)
+    yield started
+    started.stop()
+
+
+async def _client(context: ServingContext, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(settings)
+    app.state.context = dataclasses.replace(context, settings=settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://matserve") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(context: ServingContext) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(context, context.settings):
+        yield c
+
+
+def _pattern(seed: int) -> dict[str, list[float]]:
+    rng = np.random.default_rng(seed)
+    intensity = rng.random(2048) * 0.05
+    for centre in rng.uniform(25, 85, 6):
+        intensity += np.exp(-0.5 * ((MODEL_GRID_DEG - centre) / 0.1) ** 2)
+    return {"two_theta_deg": MODEL_GRID_DEG.tolist(), "intensity": intensity.tolist()}
+
+
+def _assert_close(got: object, expected: object, where: str = "result") -> None:
+    """Equal structure and strings, numbers within 1e-6 relative (JSON writes float32 values as float64)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key in expected:
+            _assert_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            _assert_close(g, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-9), where
+    else:
+        assert got == expected, where
+
+
+def _fields(schema: type[BaseModel]) -> set[str]:
+    return set(schema.model_fields)
+
+
+async def test_settings_are_read_when_the_app_is_built(context: ServingContext) -> None:
+    """Two apps in one process, two formula limits: each app's route, error message and OpenAPI say its own."""
+    formulas = ["NaCl", "KCl", "LiF", "MgO"]
+    async for small in _client(context, _settings(max_formulas=3)):
+        refused = await small.post("/formation-enthalpy", json={"formulas": formulas})
+        assert refused.status_code == 413
+        assert "at most 3 per request" in refused.json()["error"]["message"]
+        schema = (await small.get("/openapi.json")).json()
+        body = schema["paths"]["/formation-enthalpy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["formulas"]["maxItems"] == 3
+    async for large in _client(context, _settings(max_formulas=1000)):
+        answered = await large.post("/formation-enthalpy", json={"formulas": formulas})
+        assert answered.status_code == 200 and len(answered.json()["results"]) == 4
+
+
+async def test_formation_enthalpy_answer_is_the_lifecycle_answer_through_the_wire_schema(
+    client: httpx.AsyncClient, context: ServingContext
+) -> None:
+    formulas = ["NaCl", "Fe2O3", "Xx2O"]
+    response = await client.post("/formation-enthalpy", json={"formulas": formulas})
+    assert response.status_code == 200
+    direct = context.models["formation_enthalpy"](formulas, None)
+    _assert_close(response.json()["results"], direct.results)
+    assert set(direct.results[0]) <= _fields(wire.FormationEnthalpyResult)  # no field is dropped by the schema
+    assert response.json()["results"][2]["error"]  # the unknown element is named per item
+
+
+async def test_xrd_answers_keep_every_field_of_the_lifecycle(
+    client: httpx.AsyncClient, context: ServingContext
+) -> None:
+    patterns = [_pattern(seed) for seed in range(3)]
+    for path, name, schema in (("/xrd/phase", "xrd_phase", wire.XrdPhaseResult),
+                               ("/xrd/novelty", "xrd_novelty", wire.XrdNoveltyResult)):  # fmt: skip
+        response = await client.post(path, json={"patterns": patterns})
+        assert response.status_code == 200, response.text
+        direct = context.models[name](patterns, None).results
+        assert set(direct[0]) <= _fields(schema)
+        _assert_close(response.json()["results"], direct)
+
+
+async def test_ebsd_and_scattering_answers_keep_every_field(client: httpx.AsyncClient) -> None:
+    rng = np.random.default_rng(1)
+    buffer = io.BytesIO()
+    np.save(buffer, rng.random((2, 60, 60)).astype(np.float32) + np.linspace(0, 1, 60, dtype=np.float32))
+    ebsd = await client.post("/ebsd/index", content=buffer.getvalue(), headers={"content-type": "application/x-npy"})
+    assert ebsd.status_code == 200, ebsd.text
+    assert set(ebsd.json()["results"][0]) == _fields(wire.EbsdResult)
+    image = {"image": (rng.poisson(5.0, (64, 64)) + 1).tolist()}
+    sorted_ = await client.post("/scattering/sort", json=image)
+    assert sorted_.status_code == 200, sorted_.text
+    assert set(sorted_.json()["results"][0]) == _fields(wire.ScatteringResult)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "status"),
+    [
+        ("/formation-enthalpy", b'{"formulas": [', "application/json", 400),
+        ("/formation-enthalpy", b'{"formulas": []}', "application/json", 422),
+        ("/xrd/phase", b'{"pattern": null}', "application/json", 422),
+        ("/xrd/phase", b"\x00\x01", "text/plain", 415),
+        ("/ebsd/index", b"not an image", "image/png", 422),
+        ("/scattering/sort", b"\x93NUMPY\x01\x00\xff\xff", "application/x-npy", 422),
+        ("/jobs", b'{"model": "nope", "inputs": ["NaCl"]}', "application/json", 404),
+    ],
+)
+async def test_hostile_bodies_get_the_error_envelope(
+    client: httpx.AsyncClient, path: str, body: bytes, content_type: str, status: int
+) -> None:
+    response = await client.post(path, content=body, headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"type", "message"} and len(error["message"]) > 10
+    assert (await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})).status_code == 200
+
+
+async def test_routes_wait_for_the_context(context: ServingContext) -> None:
+    """An app whose service has not started answers 503 in the envelope, not a 500."""
+    app = build_app(context.settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://matserve") as client:
+        response = await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})
+    assert response.status_code == 503 and "starting" in response.json()["error"]["message"]
