@@ -41,6 +41,7 @@ class XrdPhaseResult(BaseModel):
     probability: float
     probabilities: dict[str, float]
     coverage: float = Field(description="fraction of 20-90° 2θ (Cu Kα) the pattern covered")
+    source: str | None = Field(default=None, description="file name of a multipart upload")
     error: str | None = Field(
         default=None, description="always null here: a pattern that cannot be used fails the request"
     )
@@ -77,6 +78,7 @@ class XrdNoveltyResult(BaseModel):
     nearest_known_phase_share: float = Field(description="share of the 15 nearest known patterns of that phase")
     coverage: float
     plots: XrdPlots | None = None
+    source: str | None = Field(default=None, description="file name of a multipart upload")
     error: str | None = Field(
         default=None, description="always null here: a pattern that cannot be used fails the request"
     )

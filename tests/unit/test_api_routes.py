@@ -161,3 +161,67 @@ async def test_routes_wait_for_the_context(context: ServingContext) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://matserve") as client:
         response = await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})
     assert response.status_code == 503 and "starting" in response.json()["error"]["message"]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("path", ["/xrd/phase", "/xrd/novelty"])
+async def test_binary_xrd_bodies_answer_as_json_does(client: httpx.AsyncClient, path: str) -> None:
+    """The same patterns as JSON, as an (n, 2048) NPY on the model grid, as (n, 2, m) NPY on another grid (compared
+    with JSON on that grid), and as multipart .xy files: the same answers, in order."""
+    patterns = [_pattern(seed) for seed in range(4)]
+    as_json = (await client.post(path, json={"patterns": patterns})).json()["results"]
+    grid = np.asarray([p["intensity"] for p in patterns], dtype=np.float64)
+    on_grid = await client.post(path, content=_npy(grid), headers={"content-type": "application/x-npy"})
+    assert on_grid.status_code == 200, on_grid.text
+    _assert_close(on_grid.json()["results"], as_json)
+
+    coarse = np.linspace(15.0, 95.0, 3001)
+    pairs = np.stack([np.stack([coarse, np.interp(coarse, MODEL_GRID_DEG, row)]) for row in grid])
+    coarse_json = [{"two_theta_deg": coarse.tolist(), "intensity": pair[1].tolist()} for pair in pairs]
+    expected = (await client.post(path, json={"patterns": coarse_json, "wavelength_angstrom": 1.5406})).json()
+    binary = await client.post(path + "?wavelength_angstrom=1.5406", content=_npy(pairs),
+                               headers={"content-type": "application/x-npy"})  # fmt: skip
+    assert binary.status_code == 200, binary.text
+    _assert_close(binary.json()["results"], expected["results"])
+
+    files = [("files", (f"p{i}.xy", "\n".join(f"{x} {y}" for x, y in zip(MODEL_GRID_DEG, row, strict=True))))
+             for i, row in enumerate(grid)]  # fmt: skip
+    multipart = await client.post(path, files=files)
+    assert multipart.status_code == 200, multipart.text
+    results = multipart.json()["results"]
+    assert [r.pop("source") for r in results] == [f"p{i}.xy" for i in range(4)]
+    _assert_close(results, as_json)
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "status", "says"),
+    [
+        ("", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O'}", 422, "NPY"),
+        ("", b"not an npy file at all", 422, "NPY"),
+        ("?wavelength_angstrom=9", "grid", 422, "wavelength_angstrom"),
+        ("?plot=true", "grid", 422, "unknown query parameter"),
+        ("", "huge", 413, ""),
+        ("", "nan", 422, "patterns[1]"),
+    ],
+)
+async def test_hostile_binary_xrd_bodies(client: httpx.AsyncClient, query: str, body: object, status: int,
+                                         says: str) -> None:  # fmt: skip
+    if body == "grid":
+        body = _npy(np.random.default_rng(0).random((2, 2048)))
+    elif body == "nan":
+        array = np.random.default_rng(0).random((2, 2048))
+        array[1, 5] = np.nan
+        body = _npy(array)
+    elif body == "huge":  # a header announcing 10^6 patterns, with almost no data behind it
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 2048), }"
+        header += " " * (118 - len(header)) + "\n"
+        body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\x00" * 64
+    response = await client.post("/xrd/phase" + query, content=body, headers={"content-type": "application/x-npy"})
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]["message"]
+    assert (await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})).status_code == 200

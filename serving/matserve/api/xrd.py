@@ -20,9 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from matserve import request_options
 from matserve.api.common import ERROR_RESPONSES, XRD_EXAMPLE, answer, json_body, parse_body
 from matserve.api.context import Context
+from matserve.api.transport import media_type, read_form
 from matserve.codecs.xrd import WAVELENGTH_RANGE_ANGSTROM, PatternInput
+from matserve.codecs.xrd_uploads import decode_xrd_files, decode_xrd_npy
 from matserve.errors import InvalidInput
 from matserve.models.xrd_novelty import XrdNoveltyModel
 from matserve.settings import Settings
@@ -31,7 +34,9 @@ from matserve_client.wire import XrdNoveltyResponse, XrdPhaseResponse
 PHASE_PATH = "/xrd/phase"
 NOVELTY_PATH = "/xrd/novelty"
 MAX_PLOT_PATTERNS = 16
-MEDIA_TYPES = ("application/json",)
+MEDIA_TYPES = ("application/json", "application/x-npy", "application/octet-stream", "multipart/form-data")
+FILE_PARTS = 10_000
+"""Most file parts of a multipart body (each one pattern; the pattern limit applies too)."""
 
 # -- request schemas ---------------------------------------------------------------------------------------------
 
@@ -118,6 +123,50 @@ def request_schemas(max_patterns: int) -> tuple[type[XrdRequestBase], type[XrdRe
     return XrdRequest, XrdNoveltyRequest
 
 
+class XrdOptions(BaseModel):
+    """Options of a binary (NPY) or multipart body, as query parameters or form fields.
+
+    Attributes
+    ----------
+    wavelength_angstrom : float, optional
+        X-ray wavelength of every pattern, Å (default Cu Kα, 1.54184 Å; accepted 0.1-3.0 Å).
+    version : str, optional
+        Registry version (default: the active one).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    wavelength_angstrom: float | None = Field(
+        default=None, ge=WAVELENGTH_RANGE_ANGSTROM[0], le=WAVELENGTH_RANGE_ANGSTROM[1]
+    )
+    version: str | None = None
+
+
+class XrdNoveltyOptions(XrdOptions):
+    """As :class:`XrdOptions`; ``plots`` adds two PNGs per pattern (at most 16 patterns then)."""
+
+    plots: bool = False
+
+
+def openapi_body(schema: type[BaseModel], options: type[XrdOptions]) -> dict[str, Any]:
+    """OpenAPI request body (JSON, NPY, multipart ``.xy`` files) and query parameters of an XRD route."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    multipart = {"schema": {"type": "object", "properties": {"files": files,
+                 **{name: {"type": "string"} for name in options.model_fields}}}}  # fmt: skip
+    body = json_body(schema)
+    body["requestBody"]["content"].update({"application/x-npy": binary, "application/octet-stream": binary,
+                                           "multipart/form-data": multipart})  # fmt: skip
+    descriptions = {
+        "wavelength_angstrom": "NPY and multipart bodies: X-ray wavelength of every pattern, Angstrom (default Cu Ka)",
+        "version": "NPY and multipart bodies: registry version",
+        "plots": "NPY and multipart bodies: true adds the reconstruction and latent-map PNGs (at most 16 patterns)",
+    }
+    body["parameters"] = [{"name": name, "in": "query", "required": False, "description": descriptions[name],
+                           "schema": {"type": "string"}} for name in options.model_fields]  # fmt: skip
+    return body
+
+
 # -- transport parsing -------------------------------------------------------------------------------------------
 
 
@@ -146,18 +195,50 @@ class XrdPatterns:
         The registry version asked for.
     plots : bool
         Novelty only: add the PNGs.
+    sources : list of str, optional
+        File names of a multipart body; each result's ``source``.
     """
 
     items: list[dict[str, Any]]
     labels: list[str]
     version: str | None
     plots: bool = False
+    sources: list[str] | None = None
 
 
-async def read_patterns(http_request: Request, schema: type[XrdRequestBase]) -> XrdPatterns:
-    """The patterns and options of a JSON body."""
-    request = await parse_body(http_request, schema)
-    return XrdPatterns(request.items(), request.labels(), request.version, bool(getattr(request, "plots", False)))
+async def read_patterns(
+    http_request: Request, schema: type[XrdRequestBase], options_schema: type[XrdOptions], max_patterns: int
+) -> XrdPatterns:
+    """The patterns and options of a JSON, NPY or multipart body (options of binary bodies: query parameters or
+    form fields; the same option in both places is refused)."""
+    kind = media_type(http_request)
+    if kind == "application/json":
+        request = await parse_body(http_request, schema)
+        return XrdPatterns(request.items(), request.labels(), request.version, bool(getattr(request, "plots", False)))
+    query = dict(http_request.query_params)
+    if kind == "multipart/form-data":
+        form = await read_form(http_request, FILE_PARTS)
+        options = request_options.merge_options(request_options.options_from(options_schema, form.fields,
+                                                                             "form field"), query)  # fmt: skip
+        files = form.named()
+        del form
+        items, labels = await anyio.to_thread.run_sync(functools.partial(
+            decode_xrd_files, files, max_patterns=max_patterns, wavelength_angstrom=options.wavelength_angstrom))  # fmt: skip
+        return XrdPatterns(items, labels, options.version, bool(getattr(options, "plots", False)), sources=labels)
+    options = request_options.options_from(options_schema, query, "query parameter")
+    body = await http_request.body()
+    items = await anyio.to_thread.run_sync(functools.partial(
+        decode_xrd_npy, body, max_patterns=max_patterns, wavelength_angstrom=options.wavelength_angstrom))  # fmt: skip
+    labels = [f"patterns[{i}]" for i in range(len(items))]
+    return XrdPatterns(items, labels, options.version, bool(getattr(options, "plots", False)))
+
+
+def with_sources(results: list[dict[str, Any]], sources: list[str] | None) -> list[dict[str, Any]]:
+    """Each result named by the file it came from (multipart bodies only)."""
+    if sources is not None:
+        for result, source in zip(results, sources, strict=True):
+            result["source"] = source
+    return results
 
 
 # -- routes ------------------------------------------------------------------------------------------------------
@@ -167,21 +248,23 @@ def router(settings: Settings) -> APIRouter:
     """The routes of both XRD models, with the limits of ``settings``."""
     routes = APIRouter()
     phase_schema, novelty_schema = request_schemas(settings.max_patterns)
+    limit = settings.max_patterns
 
     @routes.post(
         PHASE_PATH,
         response_model=XrdPhaseResponse,
         responses=ERROR_RESPONSES,
         summary="Phase (structure type) probabilities of powder XRD patterns",
-        openapi_extra=json_body(phase_schema),
+        openapi_extra=openapi_body(phase_schema, XrdOptions),
     )
     async def xrd_phase(http_request: Request, context: Context) -> Response:
         """Classify each pattern among the known phases; any pattern that cannot be used makes the request 422,
         with one message per failing pattern (``patterns[3]: ...``)."""
-        patterns = await read_patterns(http_request, phase_schema)
+        patterns = await read_patterns(http_request, phase_schema, XrdOptions, limit)
         prediction = await context.predict("xrd_phase", patterns.items, patterns.version)
         raise_item_errors(patterns.labels, prediction.results)
-        body = {"model": prediction.model, "version": prediction.version, "results": prediction.results}
+        results = with_sources(prediction.results, patterns.sources)
+        body = {"model": prediction.model, "version": prediction.version, "results": results}
         return answer(XrdPhaseResponse, body)
 
     @routes.post(
@@ -189,15 +272,16 @@ def router(settings: Settings) -> APIRouter:
         response_model=XrdNoveltyResponse,
         responses=ERROR_RESPONSES,
         summary="Novelty of powder XRD patterns (VAE reconstruction error, calibrated), optional PNGs",
-        openapi_extra=json_body(novelty_schema),
+        openapi_extra=openapi_body(novelty_schema, XrdNoveltyOptions),
     )
     async def xrd_novelty(http_request: Request, context: Context) -> Response:
         """Score each pattern's novelty; ``plots: true`` adds a reconstruction PNG and a latent-map PNG."""
-        patterns = await read_patterns(http_request, novelty_schema)
+        patterns = await read_patterns(http_request, novelty_schema, XrdNoveltyOptions, limit)
         if not patterns.plots:
             prediction = await context.predict("xrd_novelty", patterns.items, patterns.version)
             raise_item_errors(patterns.labels, prediction.results)
-            body = {"model": prediction.model, "version": prediction.version, "results": prediction.results}
+            results = with_sources(prediction.results, patterns.sources)
+            body = {"model": prediction.model, "version": prediction.version, "results": results}
             return answer(XrdNoveltyResponse, body)
         if len(patterns.items) > MAX_PLOT_PATTERNS:
             raise InvalidInput(f"plots are rendered for at most {MAX_PLOT_PATTERNS} patterns per request; "
@@ -209,6 +293,7 @@ def router(settings: Settings) -> APIRouter:
         from matserve.plots import add_xrd_novelty_plots  # matplotlib: imported on the first plot, not at start-up
 
         await anyio.to_thread.run_sync(add_xrd_novelty_plots, version, results, curves)
+        with_sources(results, patterns.sources)
         return answer(XrdNoveltyResponse, {"model": version.name, "version": version.version, "results": results})
 
     return routes
