@@ -4,7 +4,9 @@ Needs nothing beyond the standard library. Accepted layout: one point per line, 
 optionally a third column (``.xye``: the intensity's standard error, ignored), separated by spaces, tabs,
 commas or semicolons. Blank lines and comment lines starting with ``#``, ``!``, ``;`` or ``'`` are skipped, and
 so are header lines before the first numeric row (e.g. ``2theta,intensity``). A non-numeric line after the
-data has started is an error that names the line.
+data has started is an error that names the line. The server reads uploaded pattern files by the same rules
+(``matserve.codecs.xrd_uploads.parse_text``, a twin, as the server codecs do not import the SDK; a unit test
+keeps them in step).
 
 >>> from matserve_client.xrd_files import read_pattern
 >>> two_theta_deg, intensity = read_pattern("scan.xy")  # doctest: +SKIP

@@ -1,8 +1,30 @@
-"""Typed errors that become HTTP responses: ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status."""
+"""Errors: domain errors raised by codecs and model lifecycles (no transport in them), and the HTTP errors of the API.
+
+Domain errors (:class:`DomainError` and its subclasses; the codecs' own ``PatternError``, ``EbsdInputError`` and
+``ImageError`` too) say what is wrong and what is accepted. The API maps them to HTTP errors in one place,
+:func:`matserve.api.common.http_error`. HTTP errors (:class:`MatserveError` and its subclasses) become responses
+``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+
+class DomainError(Exception):
+    """An error of a codec or a model lifecycle, with no HTTP status."""
+
+
+class InputRejected(DomainError, ValueError):
+    """An input or option the model cannot use (the API answers 422)."""
+
+
+class VersionNotFound(DomainError, LookupError):
+    """A model version the registry does not hold (404)."""
+
+
+class ModelUnavailable(DomainError):
+    """The model cannot answer now: degraded, or its runtime unreachable (503; job workers retry later)."""
 
 
 class MatserveError(Exception):

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 from matserve.cache import PredictionCache, make_cache
-from matserve.errors import Unavailable
+from matserve.errors import ModelUnavailable, Unavailable
 from matserve.jobs import JobStore, JobTask, RedisJobStore
 from matserve.metrics import JOB_CHUNKS, JOB_ITEMS, JOBS
 from matserve.models.base import Runtime, ServedModel
@@ -116,7 +116,7 @@ class JobWorker:
                 if task is None:
                     continue
                 self.run_task(task)
-            except Unavailable as error:
+            except (Unavailable, ModelUnavailable) as error:
                 if not outage:
                     logger.warning("job worker %s: %s; retrying every %.1f s", self.name, error, OUTAGE_BACKOFF_S)
                     outage = True
@@ -149,7 +149,10 @@ class JobWorker:
             if model is None:
                 raise Unavailable(f"model {chunk.model!r} is not loaded on job worker {self.name}")
             prediction = model(chunk.inputs, chunk.version)
-        except Unavailable as error:  # transient (e.g. a remote runtime is down): leave the chunk for a retry
+        except (
+            Unavailable,
+            ModelUnavailable,
+        ) as error:  # transient (e.g. a remote runtime is down): leave the chunk for a retry
             logger.warning("job %s: %s not run: %s; it will be retried", task.job_id, where, error)
             self.store.release(task)
             raise

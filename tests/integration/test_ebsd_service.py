@@ -458,8 +458,8 @@ def test_refinement_recovers_orientations_from_one_degree_off(nickel: SimpleName
     pattern and PCs (refining from the shipped orientations themselves moves them ~0.5 deg, median)."""
     from orix.quaternion import Rotation
 
+    from matserve.matching import MasterPattern, prepare_for_matching, refine
     from matserve.models.ebsd_indexer import master_pattern
-    from matserve.models.ebsd_matching import MasterPattern, prepare_for_matching, refine
 
     axes = np.random.default_rng(8).normal(size=(len(nickel.shipped), 3))
     start = (Rotation.from_axes_angles(axes, np.deg2rad(1.0)) * Rotation(nickel.shipped)).data

@@ -321,7 +321,7 @@ def test_sdk_sorts_paths_bytes_arrays_and_a_folder(server_url: str, tmp_path: Pa
         from_bytes = client.sort_scattering((folder / "a_0001.cbf").read_bytes())
         from_array = client.sort_scattering(image, saliency_label="rods")
         files = client.sort_scattering_folder(folder, progress=True)
-        only_tif = client.sort_scattering_folder(folder, "*.tif", progress=False)
+        only_tif = client.sort_scattering_folder(folder, pattern="*.tif", progress=False)
         with pytest.raises(InvalidInputError, match=r"c_0003\.npy: the image is constant"):
             client.sort_scattering(folder / "c_0003.npy")
         with pytest.raises(ClientRequestError, match="accepted: TIFF"):
@@ -355,7 +355,7 @@ async def test_async_sdk_has_the_same_surface(server_url: str, tmp_path: Path) -
         got = await client.sort_scattering(folder / "a_0001.cbf", saliency=True)
         files = await client.sort_scattering_folder(folder, progress=False)
         with_setup = await client.sort_scattering_folder(
-            folder, "a_*", progress=False, distance_m=0.25, wavelength_angstrom=1.0, pixel_size_um=172
+            folder, pattern="a_*", progress=False, distance_m=0.25, wavelength_angstrom=1.0, pixel_size_um=172
         )
     assert with_setup[0].results[0].q_span_inv_angstrom == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
     assert got[0].technique_probabilities == expected[0].technique_probabilities and got[0].saliency_png

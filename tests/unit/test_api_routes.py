@@ -225,3 +225,13 @@ async def test_hostile_binary_xrd_bodies(client: httpx.AsyncClient, query: str, 
     assert response.status_code == status, response.text
     assert says in response.json()["error"]["message"]
     assert (await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/xrd/phase", "/ebsd/index", "/scattering/sort"])
+async def test_npy_headers_numpy_cannot_parse_are_a_422(client: httpx.AsyncClient, path: str) -> None:
+    """A header dict cut short makes numpy's tokenizer raise (not ValueError): still the envelope's 422."""
+    header = b"{'descr': '<f8',"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    response = await client.post(path, content=body, headers={"content-type": "application/x-npy"})
+    assert response.status_code == 422, response.text
+    assert "NPY" in response.json()["error"]["message"]

@@ -1,18 +1,23 @@
 """Unit tests of the client SDK's own logic, with the HTTP layer faked by :class:`httpx.MockTransport`.
 
-Integration tests against a real server live elsewhere.
+Integration tests against a real server live elsewhere. (Over 500 lines: one fake server per endpoint family
+and the sync/async twins of each behaviour, kept next to each other.)
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import pickle
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 import matserve_client as mc
@@ -509,3 +514,196 @@ async def test_async_connection_error_and_probes() -> None:
         assert await client.ready() and await client.live()
         (model,) = await client.models()
     assert model.max_batch_size == 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# XRD: body choice (JSON or NPY), chunking and query options
+# ---------------------------------------------------------------------------------------------------------------
+
+MODEL_GRID = np.linspace(20.0, 90.0, 2048)
+
+
+class FakeXrdServer:
+    """Answers ``/v1/xrd/*`` with one result per pattern it received, as JSON or NPY; records what came."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, Any, dict[str, str]]] = []  # (content type, JSON body or array, query)
+        self.script: list[httpx.Response] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        content_type = request.headers["content-type"]
+        if content_type == "application/x-npy":
+            array = np.load(io.BytesIO(request.read()), allow_pickle=False)
+            assert array.ndim in (2, 3)  # the SDK never sends the single-pattern forms
+            count = len(array)
+            self.bodies.append((content_type, array, dict(request.url.params)))
+            version = request.url.params.get("version") or "1.0.0"
+        else:
+            body = json.loads(request.content)
+            count = len(body["patterns"])
+            self.bodies.append((content_type, body, dict(request.url.params)))
+            version = body.get("version") or "1.0.0"
+        if self.script:
+            return self.script.pop(0)
+        phase = {"phase": "fcc", "space_group": "Fm-3m", "probability": 0.9, "coverage": 1.0,
+                 "probabilities": {"fcc": 0.9, "bcc": 0.05, "hcp": 0.05}}  # fmt: skip
+        novelty = {"reconstruction_error": 0.01, "novelty_percentile": 50.0, "is_novel": False,
+                   "threshold_percentile": 99.0, "latent": [0.0] * 16, "latent_map": [0.0, 0.0],
+                   "nearest_known_phase": "fcc", "nearest_known_phase_share": 1.0, "coverage": 1.0}  # fmt: skip
+        item = phase if request.url.path.endswith("/phase") else novelty
+        if request.url.params.get("plots") == "true" or (content_type != "application/x-npy" and body.get("plots")):
+            item = {**item, "plots": {"reconstruction_png": "iVBO", "latent_map_png": "iVBO"}}
+        return httpx.Response(200, json={"model": "xrd", "version": version, "results": [item] * count})
+
+
+def xrd_client(server: FakeXrdServer) -> Client:
+    return make_client(server)
+
+
+def test_xrd_array_on_the_model_grid_goes_as_one_npy_body_per_chunk() -> None:
+    server = FakeXrdServer()
+    intensity = np.arange(600 * 2048, dtype=np.float64).reshape(600, 2048) % 997
+    with xrd_client(server) as client:
+        results = client.classify_xrd(intensity, wavelength_angstrom=1.5406, binary=True)
+    assert len(results) == 600 and all(r.source is None and r.version == "1.0.0" for r in results)
+    assert [body.shape for _, body, _ in server.bodies] == [(256, 2048), (256, 2048), (88, 2048)]
+    assert all(kind == "application/x-npy" and body.dtype == np.float32 for kind, body, _ in server.bodies)
+    np.testing.assert_array_equal(np.concatenate([b for _, b, _ in server.bodies]), intensity.astype(np.float32))
+    params = [query for _, _, query in server.bodies]
+    assert params[0] == {"wavelength_angstrom": "1.5406"}
+    assert params[1] == params[2] == {"wavelength_angstrom": "1.5406", "version": "1.0.0"}  # pinned
+
+
+def test_xrd_pairs_with_one_grid_go_as_n_2_m_and_model_grid_pairs_as_n_2048() -> None:
+    server = FakeXrdServer()
+    grid = np.linspace(10.0, 100.0, 3000)
+    rows = np.random.default_rng(0).random((5, 3000))
+    with xrd_client(server) as client:
+        client.classify_xrd([(grid, row) for row in rows], binary=True)
+        client.xrd_novelty([{"two_theta_deg": MODEL_GRID, "intensity": row} for row in rows[:, :2048]], binary=True)
+        client.classify_xrd(np.stack([np.stack([grid, row]) for row in rows]), binary=True)  # (n, 2, m) as is
+    (_, pairs, _), (_, on_grid, _), (_, stacked, _) = server.bodies
+    assert pairs.shape == (5, 2, 3000) and pairs.dtype == np.float32
+    np.testing.assert_array_equal(pairs[:, 0], np.broadcast_to(grid.astype(np.float32), (5, 3000)))
+    np.testing.assert_array_equal(pairs[:, 1], rows.astype(np.float32))
+    assert on_grid.shape == (5, 2048)
+    np.testing.assert_array_equal(stacked, pairs)
+
+
+def test_xrd_pairs_with_a_grid_each_of_one_length_go_as_n_2_m() -> None:
+    server = FakeXrdServer()
+    grids = [np.linspace(15.0 + k, 95.0, 1000) for k in range(3)]
+    with xrd_client(server) as client:
+        client.classify_xrd([(g, np.ones(1000)) for g in grids], binary=True)
+    (_, body, _) = server.bodies[0]
+    np.testing.assert_array_equal(body[:, 0], np.stack(grids).astype(np.float32))
+
+
+def test_xrd_auto_choice_is_switchable_and_falls_back_to_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeXrdServer()
+    same = [(MODEL_GRID, np.ones(2048)), (MODEL_GRID, np.arange(2048.0))]
+    uneven = [(MODEL_GRID, np.ones(2048)), (np.linspace(20, 90, 500), np.ones(500))]
+    own_wavelength = [{"two_theta_deg": MODEL_GRID, "intensity": np.ones(2048), "wavelength_angstrom": 0.7}]
+    lists = [(MODEL_GRID.tolist(), [1.0] * 2048)]
+    monkeypatch.setattr(mc._xrd, "XRD_BINARY_AUTO", False)
+    with xrd_client(server) as client:
+        client.classify_xrd(same)  # auto, switched off: JSON
+        monkeypatch.setattr(mc._xrd, "XRD_BINARY_AUTO", True)
+        client.classify_xrd(same)  # auto: NPY
+        client.classify_xrd(same, binary=False)
+        client.classify_xrd(uneven)
+        client.classify_xrd(own_wavelength)
+        client.classify_xrd(lists)  # not arrays: JSON
+        client.classify_xrd(pair for pair in uneven)  # a generator, read once: JSON
+        for patterns in (uneven, own_wavelength, lists):
+            with pytest.raises(ValueError, match="binary=True needs numpy arrays of one length"):
+                client.classify_xrd(patterns, binary=True)
+    kinds = [kind for kind, _, _ in server.bodies]
+    assert kinds == ["application/json", "application/x-npy", "application/json", "application/json",
+                     "application/json", "application/json", "application/json"]  # fmt: skip
+    assert len(server.bodies[6][1]["patterns"]) == 2
+    assert server.bodies[0][1]["patterns"][1]["intensity"] == list(range(2048))
+    assert server.bodies[1][1].shape == (2, 2, 2048)  # two rows on the model grid: never the ambiguous (2, 2048)
+    assert server.bodies[4][1]["patterns"][0]["wavelength_angstrom"] == 0.7
+
+
+def test_xrd_files_go_as_json_with_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mc._xrd, "XRD_BINARY_AUTO", True)
+    path = tmp_path / "scan.xy"
+    path.write_text("".join(f"{t} {i % 7}\n" for i, t in enumerate(np.linspace(20, 90, 300))))
+    server = FakeXrdServer()
+    with xrd_client(server) as client:
+        (result,) = client.classify_xrd(path)
+    assert server.bodies[0][0] == "application/json" and result.source == str(path)
+
+
+def test_xrd_arrays_also_go_as_json() -> None:
+    server = FakeXrdServer()
+    with xrd_client(server) as client:
+        client.classify_xrd(np.ones((3, 2048)), binary=False)
+        client.classify_xrd(np.stack([np.linspace(21, 89, 300), np.ones(300)]), binary=False)  # one (2, m) pattern
+        with pytest.raises(ValueError, match=r"got shape \(3, 7\)"):
+            client.classify_xrd(np.ones((3, 7)))
+    patterns = server.bodies[0][1]["patterns"]
+    assert len(patterns) == 3 and patterns[2]["two_theta_deg"] == MODEL_GRID.tolist()
+    assert len(server.bodies[1][1]["patterns"]) == 1
+
+
+def test_xrd_novelty_plots_over_npy_chunks_of_16() -> None:
+    server = FakeXrdServer()
+    with xrd_client(server) as client:
+        results = client.xrd_novelty(np.ones((20, 2048)), plots=True, version="1.0.0", binary=True)
+    assert [body.shape[0] for _, body, _ in server.bodies] == [16, 4]
+    assert server.bodies[0][2] == {"version": "1.0.0", "plots": "true"}
+    assert results[19].reconstruction_png == base64.b64decode("iVBO")
+
+
+def test_xrd_npy_refusal_names_the_chunk() -> None:
+    server = FakeXrdServer()
+    server.script = [httpx.Response(200, json={"model": "xrd", "version": "1.0.0",
+                                               "results": [{"phase": "fcc", "space_group": "Fm-3m",
+                                                            "probability": 1.0, "coverage": 1.0,
+                                                            "probabilities": {"fcc": 1.0}}] * 256}),
+                     error_response(422, "invalid_input", "patterns[3]: intensity contains NaN")]  # fmt: skip
+    with xrd_client(server) as client, pytest.raises(InvalidInputError, match=r"patterns 256-299 .*patterns\[3\]"):
+        client.classify_xrd(np.ones((300, 2048)), binary=True)
+
+
+async def test_async_xrd_sends_the_same_npy_bodies() -> None:
+    server = FakeXrdServer()
+    async with make_async_client(server) as client:
+        results = await client.classify_xrd(np.ones((3, 2048)), binary=True, wavelength_angstrom=1.0)
+    assert len(results) == 3 and server.bodies[0][1].shape == (3, 2048)
+    assert server.bodies[0][2] == {"wavelength_angstrom": "1.0"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keyword-only options; names other modules import from _base
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        Client(BASE, 5.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        AsyncClient(BASE, 5.0)  # type: ignore[misc]
+    with make_client(FakeServer()) as client:
+        with pytest.raises(TypeError):
+            client.formation_enthalpy(["X1"], "1.0.0")  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            client.classify_xrd(np.ones((1, 2048)), "1.0.0")  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            client.wait_job("abc", 1.0)  # type: ignore[misc]
+    async with make_async_client(FakeServer()) as aclient:
+        with pytest.raises(TypeError):
+            await aclient.formation_enthalpy(["X1"], "1.0.0")  # type: ignore[misc]
+
+
+def test_helpers_stay_importable_from_base() -> None:
+    from matserve_client import _base, _formation, _xrd
+
+    assert _base.as_pattern_list is _xrd.as_pattern_list
+    assert _base.as_formula_list is _formation.as_formula_list
+    for name in ("chunked", "open_progress_bar", "EBSD_MAX_PIXELS", "XRD_CHUNK_PATTERNS", "job_path", "parse_body"):
+        assert hasattr(_base, name), name
+    assert Client.classify_xrd.__doc__ == AsyncClient.classify_xrd.__doc__

@@ -29,7 +29,7 @@ from matserve.codecs.detector_files import (
     sniff_format,
 )
 from matserve.codecs.scattering import ImageError, Setup, encode_image, setup_features
-from matserve.errors import InvalidInput
+from matserve.errors import InputRejected
 from matserve.models.scattering_sorter import Labels, ScatteringSorterModel, uses_setup
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
@@ -582,7 +582,7 @@ def test_per_item_errors_saliency_and_job_items(sorter: ScatteringSorterModel) -
     assert first["saliency_label"] == first["technique"]
     chosen = sorter.sort([Frame(good, None, "a")], saliency_label="diffuse_halo").results[0]
     assert chosen["saliency_label"] == "diffuse_halo" and chosen["saliency_png_base64"]
-    with pytest.raises(InvalidInput, match="accepted: saxs, waxs, gisaxs, giwaxs, transmission, grazing, rings"):
+    with pytest.raises(InputRejected, match="accepted: saxs, waxs, gisaxs, giwaxs, transmission, grazing, rings"):
         sorter.sort([Frame(good, None, "a")], saliency_label="powder")
     as_job = sorter([{"image": good.tolist()}, {"image": [[1, 2], [3, 4]]}])  # the batch-job lifecycle
     assert as_job.results[0]["technique_probabilities"] == first["technique_probabilities"]

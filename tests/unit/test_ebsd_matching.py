@@ -1,4 +1,4 @@
-"""Master-pattern matching of the EBSD indexer (:mod:`matserve.models.ebsd_matching`): the numba projection
+"""Master-pattern matching of the EBSD indexer (:mod:`matserve.matching`): the numba projection
 against kikuchipy's, the compressed dictionary, and the refinement's accuracy on freshly simulated noisy patterns
 (a seed no training or evaluation set uses)."""
 
@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from matserve.codecs.ebsd import NOMINAL_PC
 from matserve.codecs.orientation import disorientation_deg, quaternion_multiply
-from matserve.models.ebsd_matching import (
+from matserve.matching import (
     CompressedDictionary,
     MasterPattern,
     direction_cosines,

@@ -7,14 +7,14 @@ Run (after ``training.ebsd.simulate`` wrote the data; ~3 min on 2 cores)::
 Nothing is trained. The dictionary is simulated from the Ni master pattern shipped in the kikuchipy wheel:
 
 1. the m-3m fundamental zone on orix's cubochoric grid at 3 deg (30,443 orientations), projected on a 60x60
-   detector at the nominal PC (:class:`matserve.models.ebsd_matching.CompressedDictionary`, deterministic);
+   detector at the nominal PC (:class:`matserve.matching.CompressedDictionary`, deterministic);
 2. every pattern prepared as measured ones are (the pattern minus its 3 px Gaussian blur, standardised, clipped,
    unit norm) and reduced to its 300 leading principal components.
 
 The graph (:func:`dictionary_graph`) does the whole match for a batch of resampled 60x60 patterns: the same
 preparation, the projection on the principal axes, cosine similarity with every dictionary entry, and the
 :data:`REFINE_CANDIDATES` best entries (orientations and similarities). The server first warps each pattern from its own
-PC onto the detector as seen from the nominal PC (:func:`matserve.models.ebsd_matching.warp_to_pc`). The
+PC onto the detector as seen from the nominal PC (:func:`matserve.matching.warp_to_pc`). The
 coefficients are stored as float16 (half the file; ONNX Runtime casts them to float32 once, at load).
 
 Calibration on the validation split: ``expected_error_deg`` as a function of the best similarity (the mean
@@ -40,20 +40,22 @@ from typing import Any
 import numpy as np
 
 from matserve.codecs.ebsd import CLIP_SIGMA, NOMINAL_PC, PATTERN_SIDE_PX, _gaussian_matrix
-from matserve.models.ebsd_indexer import (
-    OUTPUT_CANDIDATE_QUATERNIONS,
-    OUTPUT_CANDIDATE_SIMILARITY,
-    REFINE_CANDIDATES,
-    REFINE_DICTIONARY_COMPONENTS,
-    REFINE_DICTIONARY_RESOLUTION_DEG,
-    expected_error_from_similarity,
-    master_pattern,
-)
-from matserve.models.ebsd_matching import (
+from matserve.matching import (
     MATCHING_BACKGROUND_SIGMA_PX,
     CompressedDictionary,
     MasterPattern,
     warp_to_pc,
+)
+from matserve.models.ebsd_indexer import (
+    OUTPUT_CANDIDATE_QUATERNIONS,
+    OUTPUT_CANDIDATE_SIMILARITY,
+    expected_error_from_similarity,
+)
+from matserve.models.ebsd_refinement import (
+    REFINE_CANDIDATES,
+    REFINE_DICTIONARY_COMPONENTS,
+    REFINE_DICTIONARY_RESOLUTION_DEG,
+    master_pattern,
 )
 from matserve.registry import write_card
 from training.ebsd import baselines
@@ -73,7 +75,7 @@ def dictionary_graph(
     orientations ``(n, candidates, 4)`` (at the dictionary's PC) and their cosine similarities ``(n, candidates)``
     out, best first.
 
-    The preparation in the graph is :func:`matserve.models.ebsd_matching.prepare_for_matching`'s, step for step:
+    The preparation in the graph is :func:`matserve.matching.prepare_for_matching`'s, step for step:
     background = ``B @ x @ B.T`` (``B`` the codec's reflecting Gaussian matrix, 3 px), standardise, clip to
     +-``CLIP_SIGMA``, centre, unit norm; then ``(x - mean) @ basis``, unit norm, ``@ coefficients.T``, TopK.
     """
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     indexer.calibration = calibration
 
     # parity: the graph against the numpy search of the same dictionary (best candidate, 500 validation patterns)
-    from matserve.models.ebsd_matching import prepare_for_matching
+    from matserve.matching import prepare_for_matching
 
     numpy_best, _ = dictionary.candidates(prepare_for_matching(val["patterns"][:500].astype(np.float32)), 1)
     graph_best = indexer.session.run(None, {"patterns": val["patterns"][:500].astype(np.float32)})[0][:, 0]

@@ -13,7 +13,18 @@ from pydantic import BaseModel, ValidationError
 from matserve.codecs.ebsd import EbsdInputError, EbsdTooLarge
 from matserve.codecs.scattering import ImageError
 from matserve.codecs.xrd import MAX_POINTS, PatternError
-from matserve.errors import InvalidInput, MalformedRequest, MatserveError, PayloadTooLarge, UnsupportedMediaType
+from matserve.errors import (
+    DomainError,
+    InvalidInput,
+    MalformedRequest,
+    MatserveError,
+    ModelNotFound,
+    ModelUnavailable,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    VersionNotFound,
+)
 from matserve.openapi import json_request_body
 from matserve.settings import Settings
 from matserve_client.wire import ErrorResponse
@@ -112,13 +123,18 @@ def validation_error(exc: RequestValidationError, path: str, settings: Settings)
 
 
 def http_error(error: Exception) -> MatserveError:
-    """The HTTP error of a domain error raised by a codec or model (the one place that maps them):
-    over a limit 413, an unknown file format 415, any other unusable input 422."""
+    """The HTTP error of a domain error raised by a codec or model (the one place that maps them): an unknown
+    version 404, a model that cannot answer now 503, over a limit 413, an unknown file format 415, any other
+    unusable input 422."""
     from matserve.codecs.detector_files import TooManyFrames, UnsupportedFormat
     from matserve.codecs.xrd_uploads import XrdUploadTooLarge
 
     if isinstance(error, MatserveError):
         return error
+    if isinstance(error, VersionNotFound):
+        return ModelNotFound(str(error))
+    if isinstance(error, ModelUnavailable):
+        return Unavailable(str(error))
     if isinstance(error, (EbsdTooLarge, TooManyFrames, XrdUploadTooLarge)):
         return PayloadTooLarge(str(error))
     if isinstance(error, UnsupportedFormat):
@@ -138,6 +154,6 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         error = validation_error(exc, request.url.path, settings)
         return JSONResponse(error.to_body(), status_code=error.status)
 
-    for error_class in (MatserveError, EbsdInputError, ImageError, PatternError):
+    for error_class in (MatserveError, DomainError, EbsdInputError, ImageError, PatternError):
         app.add_exception_handler(error_class, matserve_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)

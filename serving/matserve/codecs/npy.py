@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from tokenize import TokenError
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def read_header(data: bytes | bytearray, what: str) -> NpyHeader:
         major, _ = np.lib.format.read_magic(buffer)
         reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = reader(buffer)
-    except ValueError as error:
+    except (ValueError, SyntaxError, TokenError) as error:  # numpy parses the header dict with the tokenizer
         raise NpyError(f"{what} has a broken NPY header ({error})") from None
     return NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran_order), buffer.tell())
 

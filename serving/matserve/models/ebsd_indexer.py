@@ -4,7 +4,7 @@ Patterns are checked and area-resampled to 60x60 by :mod:`matserve.codecs.ebsd` 
 simulator uses). Two kinds of registry versions, told apart by the card's ``orientation_decoding.method``:
 
 * **dictionary** (2.0.0, active): each resampled pattern is first warped from its PC onto the detector as seen
-  from the nominal PC (:func:`matserve.models.ebsd_matching.warp_to_pc`, exact geometry); the graph removes its
+  from the nominal PC (:func:`matserve.matching.warp_to_pc`, exact geometry); the graph removes its
   background, standardises it and matches it against a compressed dictionary (30,443 dynamical simulations on a
   3 deg grid of the m-3m fundamental zone at the nominal PC, compared on 300 principal components), and answers
   the best :data:`REFINE_CANDIDATES` matches. The answer is the best one; ``expected_error_deg`` is the card's
@@ -27,37 +27,32 @@ Conventions of every result
 * ``pc``: the projection centre used, Bruker convention (PCx, PCy, PCz fractions of detector width, height,
   width).
 
-``refine=True`` (:meth:`EbsdIndexerModel.index`) then refines each orientation against the Ni master pattern
-shipped in the kikuchipy wheel (20 kV, the pattern's own PC; :func:`refine_orientations`): it starts from a
+``refine=True`` (:meth:`EbsdIndexerModel.index`, :class:`EbsdOptions`) then refines each orientation against the
+Ni master pattern shipped in the kikuchipy wheel (20 kV, the pattern's own PC;
+:func:`matserve.models.ebsd_refinement.refine_orientations`): it starts from a
 dictionary version's candidates (a network version: from the CNN's orientation and the best matches in the same
 dictionary, built at run time, ~40 s), runs Levenberg-Marquardt on the normalised cross-correlation from each
-(:mod:`matserve.models.ebsd_matching`), and answers the best, with ``refined: true``, the NCC
+(:mod:`matserve.matching`), and answers the best, with ``refined: true``, the NCC
 ``refinement_score`` and ``refinement_change_deg`` (disorientation between the fast path's and the refined
 orientation: large when another start won). kikuchipy and orix are imported on first use of refinement, scans or
 IPF maps (a few seconds; ~40 s more with the refinement kernels' first compilation), or at start-up with
 ``MATSERVE_EBSD_PRELOAD``; the fast path needs neither.
 
-Not cached: patterns never repeat byte for byte, and hashing 3,600+ intensities costs about what the network
-does per pattern.
+Every call goes through :meth:`~matserve.models.base.ServedModel.__call__` (``index`` with :class:`EbsdOptions`;
+``index_scan`` through its helpers, chunk by chunk). Not cached: patterns never repeat byte for byte, and hashing
+3,600+ intensities costs about what the network does per pattern.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from matserve.codecs.ebsd import (
-    NOMINAL_PC,
     EbsdBatch,
-    EbsdInputError,
     EbsdPatternInput,
-    EbsdTooLarge,
     Geometry,
     encode_batch,
     encode_patterns,
@@ -68,18 +63,21 @@ from matserve.codecs.orientation import (
     quaternion_to_euler_bunge,
     reduce_to_fundamental_zone,
 )
-from matserve.metrics import ITEMS, REQUESTS
+from matserve.matching import warp_to_pc
 from matserve.models.base import Prediction, ServedModel
-from matserve.models.ebsd_matching import (
-    CompressedDictionary,
-    MasterPattern,
-    prepare_for_matching,
-    refine,
-    warp_to_pc,
-)
-from matserve.registry import ModelVersion
 
-logger = logging.getLogger("matserve.ebsd")
+# Re-exported: the refinement's helpers and constants lived here before models/ebsd_refinement.py.
+from matserve.models.ebsd_refinement import MIN_STATIC_BACKGROUND_PATTERNS as MIN_STATIC_BACKGROUND_PATTERNS
+from matserve.models.ebsd_refinement import REFINE_CANDIDATES as REFINE_CANDIDATES
+from matserve.models.ebsd_refinement import REFINE_DICTIONARY_COMPONENTS as REFINE_DICTIONARY_COMPONENTS
+from matserve.models.ebsd_refinement import REFINE_DICTIONARY_RESOLUTION_DEG as REFINE_DICTIONARY_RESOLUTION_DEG
+from matserve.models.ebsd_refinement import check_refine_size as check_refine_size
+from matserve.models.ebsd_refinement import master_pattern as master_pattern
+from matserve.models.ebsd_refinement import matcher as matcher
+from matserve.models.ebsd_refinement import refine_batch
+from matserve.models.ebsd_refinement import refine_orientations as refine_orientations
+from matserve.models.ebsd_refinement import warm_up as warm_up
+from matserve.registry import ModelVersion
 
 INPUT_PATTERNS = "patterns"
 OUTPUT_AXIS_MAP = "axis_map"
@@ -96,17 +94,6 @@ SCAN_CHUNK = 512
 pixel budget plus 100 MiB (4096 added ~400 MiB for a scan at the budget) at the same speed."""
 CONFIDENCE_SCALE_DEG = 1.0
 """``confidence = exp(-expected_error_deg / CONFIDENCE_SCALE_DEG)``."""
-REFINE_DICTIONARY_RESOLUTION_DEG = 3.0
-"""Grid spacing of the refinement's coarse dictionary, degrees (30,443 orientations in the m-3m zone)."""
-REFINE_DICTIONARY_COMPONENTS = 300
-"""Principal components the coarse dictionary keeps. Measured on 300 held-out noisy patterns (starts within 3 deg
-among the best 3, with the rotation PC correction used before the warp): 200 components 94 %, 300 components 97 %."""
-REFINE_CANDIDATES = 4
-"""Dictionary matches refined per pattern (and the matches a dictionary version's graph answers), besides a network
-version's own orientation (with 300 components, the best 3 hold a start within 3 deg for 97 % of noisy patterns,
-the best 6 for 98 %; 4 balance outliers and speed)."""
-MIN_STATIC_BACKGROUND_PATTERNS = 9
-"""``static_background=True`` needs at least this many patterns (their mean estimates the camera's background)."""
 
 
 def confidence(expected_error_deg: np.ndarray) -> np.ndarray:
@@ -187,12 +174,37 @@ EMPTY_RESULT = {"euler_bunge_deg": None, "euler_bunge_rad": None, "quaternion": 
                 "confidence": None, "refined": False, "refinement_score": None, "refinement_change_deg": None}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class EbsdOptions:
+    """Per-call options of :class:`EbsdIndexerModel` (:meth:`~EbsdIndexerModel.index`).
+
+    With options, a call's items are decoded patterns (2-D arrays, or the reason an item was refused while
+    decoding) rather than batch-job objects, and their PCs come from here.
+
+    Attributes
+    ----------
+    pc : array-like, optional
+        ``[PCx, PCy, PCz]`` for all patterns or ``(n, 3)``, Bruker convention (fractions of detector width, height,
+        width); default the card's nominal PC. Checked against the trained range.
+    refine : bool
+        Refine each orientation against the master pattern
+        (:func:`~matserve.models.ebsd_refinement.refine_orientations`), timed as the stage ``refine``.
+    static_background : bool
+        With ``refine``: subtract the mean of the request's patterns before the refinement's background removal.
+    """
+
+    pc: object = None
+    refine: bool = False
+    static_background: bool = False
+
+
 @dataclass
 class PreparedEbsd:
-    """Encoded patterns of a request and the geometry of the version that indexes them."""
+    """Encoded patterns of a request, the geometry of the version that indexes them, and that version."""
 
     batch: EbsdBatch
     geometry: Geometry
+    model: ModelVersion
 
 
 @dataclass
@@ -221,11 +233,12 @@ class ScanOrientations:
     pc: np.ndarray
 
 
-class EbsdIndexerModel(ServedModel[PreparedEbsd]):
+class EbsdIndexerModel(ServedModel[PreparedEbsd, EbsdOptions]):
     """Orientation regressor served from ``models/ebsd_indexer/<version>`` (trained geometry and phase in the card).
 
-    Batch jobs and :meth:`__call__` take :class:`~matserve.codecs.ebsd.EbsdPatternInput` items; the HTTP API
-    uses :meth:`index` (decoded arrays, optional refinement) and :meth:`index_scan`.
+    Batch jobs and :meth:`__call__` without options take :class:`~matserve.codecs.ebsd.EbsdPatternInput` items;
+    with :class:`EbsdOptions`, decoded arrays. The HTTP API uses :meth:`index` (that call: decoded arrays, optional
+    refinement) and :meth:`index_scan` (a whole scan, chunk by chunk).
     """
 
     name = "ebsd_indexer"
@@ -235,18 +248,30 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         """The detector geometry a version was trained for."""
         return Geometry.from_card(self.card(version))
 
-    # -- the lifecycle (jobs, __call__) ----------------------------------------------------------------------
+    # -- the lifecycle (__call__: batch jobs without options, index with EbsdOptions) ------------------------------
 
-    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedEbsd:
+    def preprocess(self, items: list[Any], model: ModelVersion, options: EbsdOptions | None = None) -> PreparedEbsd:
+        """Check, resample and normalise the patterns: batch-job :class:`~matserve.codecs.ebsd.EbsdPatternInput`
+        items without options (each with its own PC), decoded patterns with the PCs of ``options``.
+
+        Raises
+        ------
+        EbsdInputError
+            ``options.pc`` has the wrong shape or is outside the trained range.
+        """
         geometry = Geometry.from_card(model.card)
-        return self._prepared(encode_batch(items, geometry), geometry)
+        if options is None:
+            batch = encode_batch(items, geometry)
+        else:
+            batch = encode_patterns(items, geometry.projection_centres(options.pc, len(items)))
+        return self._prepared(batch, geometry, model)
 
     def predict(self, prepared: PreparedEbsd, model: ModelVersion) -> dict[str, np.ndarray]:
         """Run the version's graph and decode each pattern's orientation for its PC: ``quaternion`` and
         ``expected_error_deg``, plus ``candidates`` ``(m, k, 4)`` for a dictionary version.
 
         * dictionary versions (card ``orientation_decoding.method == "dictionary"``): the resampled patterns,
-          warped from their PCs to the nominal one (:func:`matserve.models.ebsd_matching.warp_to_pc`), go through
+          warped from their PCs to the nominal one (:func:`matserve.matching.warp_to_pc`), go through
           the graph, which answers the best dictionary matches; the error estimate is the card's calibration of
           the best similarity;
         * network versions: the graph takes normalised patterns and answers axis maps, which
@@ -277,30 +302,47 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         deg_per_residual = float(decoding.get("error_deg_per_fit_residual", 1.0))
         return {OUTPUT_QUATERNION: quaternion, OUTPUT_ERROR: deg_per_residual * residual}
 
-    def postprocess(self, prepared: PreparedEbsd, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        results = prepared.batch.results
-        if prepared.batch.rows:
-            Orientations.from_network(outputs).fill(results, prepared.batch.rows)
-        return results
+    def postprocess(
+        self, prepared: PreparedEbsd, outputs: dict[str, np.ndarray], options: EbsdOptions | None = None
+    ) -> list[dict[str, Any]]:
+        """Orientations into the results; refined first (the stage ``refine``) with ``options.refine``.
+
+        Raises
+        ------
+        EbsdInputError
+            Refinement options that cannot be used (:func:`~matserve.models.ebsd_refinement.refine_batch`).
+        """
+        batch = prepared.batch
+        if batch.rows:
+            orientations = Orientations.from_network(outputs)
+            if options is not None and options.refine:
+                with self._timed(self._labels(prepared.model), "refine"):
+                    orientations = refine_batch(batch, orientations, prepared.model, options.static_background)
+            orientations.fill(batch.results, batch.rows)
+        return batch.results
 
     @staticmethod
-    def _prepared(batch: EbsdBatch, geometry: Geometry) -> PreparedEbsd:
+    def _prepared(batch: EbsdBatch, geometry: Geometry, model: ModelVersion) -> PreparedEbsd:
         for result in batch.results:
             for key, value in EMPTY_RESULT.items():
                 result.setdefault(key, value)
-        return PreparedEbsd(batch, geometry)
+        return PreparedEbsd(batch, geometry, model)
 
-    # -- the HTTP API's entry points ---------------------------------------------------------------------------
+    # -- the HTTP API's entry points: thin wrappers of __call__ and its helpers ------------------------------------
 
     def index(
         self,
         patterns: list[np.ndarray | str],
+        *,
         pc: object = None,
         version: str | None = None,
         refine: bool = False,
         static_background: bool = False,
     ) -> Prediction:
         """Index decoded patterns (one result per pattern, refused ones with ``error``), optionally refined.
+
+        ``self(patterns, version, options=EbsdOptions(pc, refine, static_background))``: timed, counted, never
+        cached.
 
         Parameters
         ----------
@@ -311,52 +353,36 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
         version : str, optional
             Registry version (default the active one).
         refine : bool
-            Refine each orientation against the master pattern (see :func:`refine_orientations`).
+            Refine each orientation against the master pattern (see
+            :func:`~matserve.models.ebsd_refinement.refine_orientations`).
         static_background : bool
             With ``refine``: subtract the mean of the request's patterns (an estimate of the camera's static
             background) before the refinement's background removal; needs at least
-            :data:`MIN_STATIC_BACKGROUND_PATTERNS` patterns. The network's input is never changed.
+            :data:`~matserve.models.ebsd_refinement.MIN_STATIC_BACKGROUND_PATTERNS` patterns. The network's input
+            is never changed.
 
         Raises
         ------
         EbsdInputError
             A PC outside the trained range, or refinement options that cannot be used.
         """
-        model = self.version(version)
-        geometry = Geometry.from_card(model.card)
-        centres = geometry.projection_centres(pc, len(patterns))
-        labels = {"model": model.name, "version": model.version}
-        try:
-            with self._timed(labels, "preprocess"):
-                prepared = self._prepared(encode_patterns(patterns, centres), geometry)
-            with self._timed(labels, "predict"):
-                outputs = self.predict(prepared, model)
-            with self._timed(labels, "postprocess"):
-                batch = prepared.batch
-                if batch.rows:
-                    orientations = Orientations.from_network(outputs)
-                    if refine:
-                        with self._timed(labels, "refine"):
-                            orientations = refine_batch(batch, orientations, model, static_background)
-                    orientations.fill(batch.results, batch.rows)
-        except Exception:
-            REQUESTS.labels(**labels, outcome="error").inc()
-            raise
-        REQUESTS.labels(**labels, outcome="ok").inc()
-        failed = len(batch.results) - len(batch.rows)
-        ITEMS.labels(**labels, outcome="ok").inc(len(batch.rows))
-        ITEMS.labels(**labels, outcome="error").inc(failed)
-        return Prediction(model=model.name, version=model.version, results=batch.results)
+        options = EbsdOptions(pc=pc, refine=bool(refine), static_background=bool(static_background))
+        return self(list(patterns), version, options=options)
 
     def index_scan(
         self,
         scan: np.ndarray,
+        *,
         pc: object = None,
         version: str | None = None,
         refine: bool = False,
         static_background: bool = False,
     ) -> tuple[ModelVersion, ScanOrientations]:
         """Index a scan ``(rows, cols, h, w)`` pixel by pixel, :data:`SCAN_CHUNK` patterns at a time.
+
+        Each chunk runs the lifecycle's :meth:`preprocess` and :meth:`predict` (with :class:`EbsdOptions` for its
+        PCs), timed and counted as one request by the helpers :meth:`__call__` uses; no result dicts are built
+        (the orientations stay arrays), and nothing is cached.
 
         Parameters
         ----------
@@ -383,16 +409,18 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
             if pc.shape == (rows, cols, 3):
                 pc = pc.reshape(rows * cols, 3)
         centres = geometry.projection_centres(pc, len(flat))
-        labels = {"model": model.name, "version": model.version}
+        labels = self._labels(model)
         indexed = np.zeros(len(flat), dtype=bool)
         errors: dict[int, str] = {}
         parts: list[Orientations] = []
         normalised: list[np.ndarray] = []
         resampled: list[np.ndarray] = []
-        try:
+        with self._request(labels) as tally:
             for start in range(0, len(flat), SCAN_CHUNK):
+                chunk = slice(start, start + SCAN_CHUNK)
                 with self._timed(labels, "preprocess"):
-                    batch = encode_patterns(list(flat[start : start + SCAN_CHUNK]), centres[start : start + SCAN_CHUNK])
+                    prepared = self.preprocess(list(flat[chunk]), model, EbsdOptions(pc=centres[chunk]))
+                batch = prepared.batch
                 for k, result in enumerate(batch.results):
                     if result["error"]:
                         errors[start + k] = result["error"]
@@ -400,7 +428,7 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
                     continue
                 indexed[np.asarray(batch.rows) + start] = True
                 with self._timed(labels, "predict"):
-                    outputs = self.predict(PreparedEbsd(batch, geometry), model)
+                    outputs = self.predict(prepared, model)
                 parts.append(Orientations.from_network(outputs))
                 if refine:
                     normalised.append(batch.patterns)
@@ -411,12 +439,8 @@ class EbsdIndexerModel(ServedModel[PreparedEbsd]):
                                   patterns=np.concatenate(normalised), pc=centres[indexed])  # fmt: skip
                 with self._timed(labels, "refine"):
                     orientations = refine_batch(whole, orientations, model, static_background)
-        except Exception:
-            REQUESTS.labels(**labels, outcome="error").inc()
-            raise
-        REQUESTS.labels(**labels, outcome="ok").inc()
-        ITEMS.labels(**labels, outcome="ok").inc(int(indexed.sum()))
-        ITEMS.labels(**labels, outcome="error").inc(len(errors))
+            tally.ok += int(indexed.sum())
+            tally.failed += len(errors)
         return model, ScanOrientations(rows, cols, indexed, orientations, errors, centres)
 
 
@@ -429,174 +453,3 @@ def _concatenate(parts: list[Orientations]) -> Orientations:
     if all(p.candidates is not None for p in parts):
         joined.candidates = np.concatenate([p.candidates for p in parts])  # type: ignore[misc]
     return joined
-
-
-# -- refinement (kikuchipy, imported on first use) ------------------------------------------------------------------
-
-_REFINE_LOCK = threading.Lock()
-_MASTER_PATTERN: Any = None
-_PROJECTOR: MasterPattern | None = None
-_DICTIONARIES: dict[tuple[float, ...], CompressedDictionary] = {}
-
-
-def master_pattern() -> Any:
-    """The Ni master pattern shipped inside the kikuchipy wheel (square Lambert, both hemispheres), loaded once.
-
-    Never downloads anything (``kikuchipy.data.nickel_ebsd_master_pattern_small`` reads a file of the wheel).
-    """
-    global _MASTER_PATTERN
-    if _MASTER_PATTERN is None:
-        started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import kikuchipy
-
-            _MASTER_PATTERN = kikuchipy.data.nickel_ebsd_master_pattern_small(projection="lambert", hemisphere="both")
-        logger.info("kikuchipy and the Ni master pattern loaded in %.1f s", time.perf_counter() - started)
-    return _MASTER_PATTERN
-
-
-def projector() -> MasterPattern:
-    """The Ni master pattern as the refinement's projector, loaded once per process."""
-    global _PROJECTOR
-    if _PROJECTOR is None:
-        _PROJECTOR = MasterPattern.from_kikuchipy(master_pattern())
-    return _PROJECTOR
-
-
-def warm_up(card: dict[str, Any] | None = None) -> None:
-    """Import kikuchipy/orix, load the master pattern and compile the refinement kernels now
-    (``MATSERVE_EBSD_PRELOAD``), not at the first request, refinement, scan upload or IPF map.
-
-    Parameters
-    ----------
-    card : dict, optional
-        The active version's card. Unless it is a dictionary version, the run-time dictionary that refines a
-        network version's orientations (:func:`matcher`) is built too (~40 s).
-    """
-    try:
-        with _REFINE_LOCK:
-            master_pattern()
-        pattern = np.full((1, 60, 60), 1.0, np.float32) + np.eye(60, dtype=np.float32)
-        start = np.array([[1.0, 0.0, 0.0, 0.0]])
-        in_graph = (card or {}).get("orientation_decoding", {}).get("method") == "dictionary"
-        refine_orientations(pattern, np.array([NOMINAL_PC]), start, starts=start[:, None] if in_graph else None)
-        warp_to_pc(pattern, np.array([NOMINAL_PC]), np.asarray(NOMINAL_PC))
-        from matserve.plots import ipf_z_rgb
-
-        ipf_z_rgb(start)
-    except Exception:  # pragma: no cover - a warm-up failure only costs the first request its time
-        logger.exception("EBSD warm-up failed")
-
-
-def matcher(nominal_pc: tuple[float, float, float]) -> tuple[MasterPattern, CompressedDictionary]:
-    """The Ni master pattern and a run-time compressed dictionary at ``nominal_pc``, built once per process and PC
-    (for network versions, whose graph has no dictionary).
-
-    The dictionary (m-3m cubochoric grid at :data:`REFINE_DICTIONARY_RESOLUTION_DEG`, 60x60 patterns at the
-    nominal PC, :data:`REFINE_DICTIONARY_COMPONENTS` principal components) is simulated from the bundled master
-    pattern, deterministically: about 40 s on 2 cores, ~36 MB; dictionary versions (2.0.0) ship the same one in
-    their graph. Call with the refinement lock held.
-    """
-    key = tuple(round(float(c), 6) for c in nominal_pc)
-    if key not in _DICTIONARIES:
-        started = time.perf_counter()
-        _DICTIONARIES[key] = CompressedDictionary.build(
-            projector(), np.asarray(key), REFINE_DICTIONARY_RESOLUTION_DEG, REFINE_DICTIONARY_COMPONENTS
-        )
-        logger.info("EBSD refinement dictionary (%d orientations at PC %s) built in %.1f s",
-                    len(_DICTIONARIES[key].quaternions), key, time.perf_counter() - started)  # fmt: skip
-    return projector(), _DICTIONARIES[key]
-
-
-def refine_orientations(
-    patterns: np.ndarray,
-    pc: np.ndarray,
-    quaternions: np.ndarray,
-    nominal_pc: tuple[float, float, float] = NOMINAL_PC,
-    starts: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Refine orientations against the Ni master pattern, from several starts per pattern.
-
-    Parameters
-    ----------
-    patterns : numpy.ndarray
-        ``(m, 60, 60)`` patterns (detector intensities; the background is removed here).
-    pc : numpy.ndarray
-        ``(m, 3)`` projection centres (Bruker convention); sample tilt 70 deg, detector tilt 0 deg.
-    quaternions : numpy.ndarray
-        ``(m, 4)`` the fast path's orientations (sample -> crystal, orix convention).
-    nominal_pc : tuple of float
-        The PC of the run-time dictionary (the model's nominal PC); used only without ``starts``.
-    starts : numpy.ndarray, optional
-        ``(m, k, 4)`` starts already found (a dictionary version's candidates). Without them, the starts are
-        ``quaternions`` and the :data:`REFINE_CANDIDATES` best matches of the patterns, warped to the nominal PC,
-        in the run-time dictionary (:func:`matcher`).
-
-    Returns
-    -------
-    quaternions : numpy.ndarray
-        ``(m, 4)`` refined orientations (not reduced to the fundamental zone).
-    scores : numpy.ndarray
-        ``(m,)`` normalised cross-correlation between each background-removed pattern and the simulation at its
-        refined orientation and PC (-1 to 1).
-
-    Notes
-    -----
-    Each start runs a few Levenberg-Marquardt iterations on the NCC at the pattern's own PC (on 2x2-binned
-    patterns), and the best-scoring one is refined to the end (:func:`matserve.models.ebsd_matching.refine`;
-    converges from up to ~3-4 deg away). Patterns no start is within reach of (2-3 % of noisy simulated ones, most
-    low-dose ones; ``training/ebsd/refinement.json``) stay wrong.
-    """
-    with _REFINE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        patterns = np.asarray(patterns, dtype=np.float32)
-        prepared = prepare_for_matching(patterns)
-        pc = np.asarray(pc, dtype=np.float64).reshape(-1, 3)
-        if starts is None:
-            _, dictionary = matcher(nominal_pc)
-            warped = warp_to_pc(patterns, pc, np.asarray(nominal_pc))
-            candidates, _ = dictionary.candidates(prepare_for_matching(warped), REFINE_CANDIDATES)
-            starts = np.concatenate([np.asarray(quaternions, dtype=np.float64)[:, None, :], candidates], axis=1)
-        return refine(projector(), prepared, pc, np.asarray(starts, dtype=np.float64))
-
-
-def refine_batch(batch: EbsdBatch, orientations: Orientations, model: ModelVersion,
-                 static_background: bool) -> Orientations:  # fmt: skip
-    """Refine a batch's fast-path orientations (see :func:`refine_orientations`); checks the card's phase is Ni.
-
-    Raises
-    ------
-    EbsdInputError
-        The version's phase has no master pattern here, or ``static_background`` with too few patterns.
-    """
-    phase = (model.card.get("phase") or {}).get("name", "ni")
-    if str(phase).lower() not in ("ni", "nickel"):
-        raise EbsdInputError(f"refinement needs a master pattern of the model's phase ({phase!r}); only Ni is bundled")
-    patterns = batch.patterns
-    if static_background:
-        if len(batch.rows) < MIN_STATIC_BACKGROUND_PATTERNS:
-            raise EbsdInputError(
-                f"static_background needs at least {MIN_STATIC_BACKGROUND_PATTERNS} patterns from different grains "
-                f"(their mean is the background estimate); got {len(batch.rows)}"
-            )
-        patterns = batch.resampled - batch.resampled.mean(axis=0, keepdims=True)
-    else:
-        patterns = batch.resampled
-    started = time.perf_counter()
-    nominal_pc = Geometry.from_card(model.card).nominal_pc
-    quaternions, scores = refine_orientations(patterns, batch.pc, orientations.quaternion, nominal_pc,
-                                              starts=orientations.candidates)  # fmt: skip
-    elapsed = time.perf_counter() - started
-    logger.info("refined %d orientation(s) in %.2f s (%.1f patterns/s)", len(scores), elapsed,
-                len(scores) / max(elapsed, 1e-9))  # fmt: skip
-    return orientations.refined(quaternions, scores)
-
-
-def check_refine_size(count: int, limit: int) -> None:
-    """Refuse refinement of more than ``limit`` patterns in one request (413)."""
-    if count > limit:
-        raise EbsdTooLarge(
-            f"refine=true takes at most {limit} patterns per request (refinement runs at about 100 patterns/s); "
-            f"got {count}: send fewer (the Python SDK sends 64 at a time) or leave refine off"
-        )

@@ -49,7 +49,7 @@ class PreparedFormulas:
     features: np.ndarray
 
 
-class FormationEnthalpyModel(ServedModel[PreparedFormulas]):
+class FormationEnthalpyModel(ServedModel[PreparedFormulas, None]):
     """ElemNet-family regressor served from ``models/formation_enthalpy/<version>``."""
 
     name = "formation_enthalpy"
@@ -76,7 +76,7 @@ class FormationEnthalpyModel(ServedModel[PreparedFormulas]):
         return {"formula": item, "normalized_formula": value["normalized_formula"], OUTPUT: value[OUTPUT],
                 UNCERTAINTY: value[UNCERTAINTY], "error": None}  # fmt: skip
 
-    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedFormulas:
+    def preprocess(self, items: list[Any], model: ModelVersion, options: None = None) -> PreparedFormulas:
         results: list[dict[str, Any]] = []
         compounds: list[ParsedFormula] = []
         rows: list[int] = []
@@ -107,7 +107,9 @@ class FormationEnthalpyModel(ServedModel[PreparedFormulas]):
             return {}
         return self.runtime.run(model, {INPUT: prepared.features})
 
-    def postprocess(self, prepared: PreparedFormulas, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    def postprocess(
+        self, prepared: PreparedFormulas, outputs: dict[str, np.ndarray], options: None = None
+    ) -> list[dict[str, Any]]:
         if prepared.compound_rows:
             enthalpy = outputs[OUTPUT].reshape(-1)
             uncertainty = outputs[UNCERTAINTY].reshape(-1) if UNCERTAINTY in outputs else None

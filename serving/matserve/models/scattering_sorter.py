@@ -27,19 +27,20 @@ overriding it. ``q_span_inv_angstrom`` reports what the network was given (``nul
 the image was sorted from its pixels alone, and accuracy is lower; see the card's ``metrics_without_setup``),
 ``setup_source`` where it came from (``header``, ``request``, ``header+request``).
 
-With saliency asked for, ``saliency_png_base64`` is an RGB PNG of the image as the network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
+With saliency asked for (:class:`ScatteringOptions`), ``saliency_png_base64`` is an RGB PNG of the image as the
+network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed
 frame, under the ReLU'd Grad-CAM map of ``saliency_label`` (default: the predicted technique), bilinearly
-upsampled to 128 x 128 and scaled to [0, 1] over the crop, each input pixel drawn 4 x 4.
+upsampled to 128 x 128 and scaled to [0, 1] over the crop, each input pixel drawn 4 x 4
+(:func:`matserve.plots.saliency_png`).
 
 An image that cannot be used (constant, too few valid pixels, wrong shape or dtype) gets a per-item ``error``
 and the others go on. Not cached: images rarely repeat byte for byte, and hashing megapixels costs about what
-the network does.
+the network does (calls with options never use the cache anyway).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -64,8 +65,7 @@ from matserve.codecs.scattering import (
     setup_features,
     setup_value_error,
 )
-from matserve.errors import InvalidInput
-from matserve.metrics import ITEMS, REQUESTS
+from matserve.errors import InputRejected
 from matserve.models.base import Prediction, ServedModel
 from matserve.registry import ModelVersion
 
@@ -80,8 +80,6 @@ RUN_BATCH = 256
 """Most images per runtime call (or the card's ``serving.max_batch_size`` if smaller): 256 x 128 KiB inputs."""
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 """Threads encoding the images of a request (the codec's kernel releases the GIL)."""
-SALIENCY_SCALE = 4
-"""Screen pixels per input pixel in the saliency PNG (the 128 x 128 frame becomes at most 512 x 512)."""
 DEFAULT_FEATURE_THRESHOLD = 0.5
 EMPTY_RESULT: dict[str, Any] = {
     "technique": None, "technique_probabilities": None, "technique_confident": None, "geometry": None,
@@ -173,6 +171,33 @@ class ScatteringImageInput(TypedDict):
     distance_m: NotRequired[float | None]
     wavelength_angstrom: NotRequired[float | None]
     pixel_size_um: NotRequired[float | None]
+
+
+@dataclass(frozen=True)
+class ScatteringOptions:
+    """Per-call options of :class:`ScatteringSorterModel` (:meth:`ScatteringSorterModel.sort`).
+
+    Attributes
+    ----------
+    saliency : bool
+        Add ``saliency_png_base64`` and ``saliency_label`` to each result.
+    saliency_label : str, optional
+        Draw this label's map (any technique, geometry or feature label of the card; implies ``saliency``);
+        default each image's predicted technique.
+    setup : Setup, optional
+        The request's setup values: each overrides the file header's (the others stay as the header says).
+    """
+
+    saliency: bool = False
+    saliency_label: str | None = None
+    setup: Setup | None = None
+
+    @property
+    def drawn_label(self) -> str | None:
+        """The label whose map is drawn: ``None`` no saliency PNG, ``""`` each image's predicted technique."""
+        if self.saliency_label is not None:
+            return self.saliency_label
+        return "" if self.saliency else None
 
 
 @dataclass
@@ -287,73 +312,6 @@ def encode_items(
     return thread_map(_encode, items)
 
 
-def saliency(encoded: EncodedImage, shape: tuple[int, int], cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image and the saliency map over the detector's area of the input frame.
-
-    Parameters
-    ----------
-    encoded : EncodedImage
-        The image as the network saw it.
-    shape : tuple of int
-        Detector shape ``(rows, cols)``.
-    cam : numpy.ndarray
-        ``(16, 16)`` Grad-CAM map of one label, before ReLU.
-
-    Returns
-    -------
-    intensity : numpy.ndarray
-        ``(height, width)`` normalised log intensity in [0, 1] (0 where masked).
-    level : numpy.ndarray
-        ``(height, width)``: ``ReLU(cam)`` bilinearly upsampled to 128 x 128, cropped, divided by its maximum
-        (all 0 when the label has no positive evidence anywhere).
-    """
-    import cv2
-
-    top, left, height, width = encoded.placement
-    positive = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
-    upsampled = cv2.resize(positive, (INPUT_SIDE_PX, INPUT_SIDE_PX), interpolation=cv2.INTER_LINEAR)
-    level = upsampled[top : top + height, left : left + width]
-    peak = float(level.max(initial=0.0))
-    level = level / peak if peak > 0 else np.zeros_like(level)
-    return encoded.tensor[top : top + height, left : left + width, 0], level
-
-
-SALIENCY_OPACITY = 0.6
-"""Opacity of the colour map where the saliency is 1 (it fades to transparent at 0)."""
-
-
-def saliency_png(intensity: np.ndarray, level: np.ndarray, scale: int = SALIENCY_SCALE) -> bytes:
-    """PNG of a saliency map over an image: the image in grey, the map in OpenCV's turbo colour map (blue -> red),
-    at opacity ``SALIENCY_OPACITY * level``, so that the image shows where the map is 0.
-
-    Parameters
-    ----------
-    intensity : numpy.ndarray
-        ``(rows, cols)`` image in [0, 1] (the normalised log intensity), shown in grey.
-    level : numpy.ndarray
-        ``(rows, cols)`` saliency in [0, 1] (1 = the strongest evidence).
-    scale : int
-        Each pixel becomes ``scale`` x ``scale`` pixels (nearest).
-
-    Returns
-    -------
-    bytes
-        An 8-bit RGB PNG of ``(rows * scale, cols * scale)`` pixels.
-    """
-    import cv2
-    from PIL import Image
-
-    level = np.clip(np.asarray(level, dtype=np.float32), 0.0, 1.0)
-    grey = np.repeat(np.clip(np.asarray(intensity, dtype=np.float32), 0.0, 1.0)[..., None], 3, axis=2)
-    colour = cv2.applyColorMap(np.rint(level * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1] / 255.0
-    alpha = SALIENCY_OPACITY * level[..., None]
-    rgb = np.clip(np.rint(((1.0 - alpha) * grey + alpha * colour) * 255), 0, 255).astype(np.uint8)
-    rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def uses_setup(card: Mapping[str, Any]) -> bool:
     """Whether a version's network takes the ``setup`` input (its card lists it)."""
     return any(spec.get("name") == SETUP_INPUT for spec in card.get("inputs", []))
@@ -363,7 +321,7 @@ def _probabilities(labels: tuple[str, ...], values: np.ndarray) -> dict[str, flo
     return {label: round(float(p), 6) for label, p in zip(labels, values, strict=True)}
 
 
-class ScatteringSorterModel(ServedModel[PreparedScattering]):
+class ScatteringSorterModel(ServedModel[PreparedScattering, ScatteringOptions]):
     """Technique/geometry/feature classifier served from ``models/scattering_sorter/<version>``.
 
     Batch jobs and :meth:`__call__` take :class:`ScatteringImageInput` items (or decoded
@@ -380,8 +338,15 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
 
     # -- the lifecycle ---------------------------------------------------------------------------------------
 
-    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedScattering:
-        return self._prepare(items, model, None)
+    def preprocess(
+        self, items: list[Any], model: ModelVersion, options: ScatteringOptions | None = None
+    ) -> PreparedScattering:
+        """Encode the items (on the encode threads); checks ``options.saliency_label`` is a label of the version."""
+        if options is None:
+            return self._prepare(items, model, None)
+        if options.saliency_label is not None:
+            _check_label(model, Labels.from_card(model.card), options.saliency_label)
+        return self._prepare(items, model, options.drawn_label, options.setup)
 
     def predict(self, prepared: PreparedScattering, model: ModelVersion) -> dict[str, np.ndarray]:
         """Run the network in chunks of at most :data:`RUN_BATCH` images; every output, concatenated."""
@@ -397,7 +362,11 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
         ]
         return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in OUTPUTS}
 
-    def postprocess(self, prepared: PreparedScattering, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    def postprocess(
+        self, prepared: PreparedScattering, outputs: dict[str, np.ndarray], options: ScatteringOptions | None = None
+    ) -> list[dict[str, Any]]:
+        """Probabilities, labels and setup per image; the saliency PNG when ``prepared.saliency_label`` (from
+        ``options``) is set."""
         results, labels = prepared.results, prepared.labels
         if not prepared.rows:
             return results
@@ -426,6 +395,8 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
                 "setup_source": None if q_spans[k] is None else (prepared.setups[k].source or None),
             })  # fmt: skip
             if prepared.saliency_label is not None:
+                from matserve.plots import SALIENCY_SCALE, saliency, saliency_png
+
                 label = prepared.saliency_label or best
                 cam = outputs[CAM_OUTPUT][k, :, :, labels.maps.index(label)]
                 intensity, level = saliency(encoded, shape, cam)
@@ -461,27 +432,28 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
 
         Raises
         ------
-        ModelNotFound
+        VersionNotFound
             Unknown version (404).
-        InvalidInput
+        InputRejected
             ``saliency_label`` is not a technique, geometry or feature label of the version (422, listing them).
         """
         model = self.version(version)
-        labels = Labels.from_card(model.card)
-        if saliency_label is not None and saliency_label not in labels.maps:
-            raise InvalidInput(f"saliency_label {saliency_label!r} is not a label of {model.name} {model.version}; "
-                               f"accepted: {', '.join(labels.maps)}")  # fmt: skip
+        if saliency_label is not None:
+            _check_label(model, Labels.from_card(model.card), saliency_label)
         return model
 
     def sort(
         self,
         items: Sequence[Frame | str],
+        *,
         version: str | None = None,
         saliency: bool = False,
         saliency_label: str | None = None,
         setup: Setup | None = None,
     ) -> Prediction:
         """Sort decoded frames (one result per item, refused ones with ``error``), optionally with saliency PNGs.
+
+        A thin wrapper of :meth:`__call__` with :class:`ScatteringOptions` (timed, counted, never cached).
 
         Parameters
         ----------
@@ -499,23 +471,16 @@ class ScatteringSorterModel(ServedModel[PreparedScattering]):
 
         Raises
         ------
-        InvalidInput
-            ``saliency_label`` is not one of the version's labels.
+        InputRejected
+            ``saliency_label`` is not one of the version's labels (before the request is counted).
         """
         model = self.check_options(version, saliency_label)
-        wanted = saliency_label if saliency_label is not None else ("" if saliency else None)
-        metric_labels = {"model": model.name, "version": model.version}
-        try:
-            with self._timed(metric_labels, "preprocess"):
-                prepared = self._prepare(items, model, wanted, setup)
-            with self._timed(metric_labels, "predict"):
-                outputs = self.predict(prepared, model)
-            with self._timed(metric_labels, "postprocess"):
-                results = self.postprocess(prepared, outputs)
-        except Exception:
-            REQUESTS.labels(**metric_labels, outcome="error").inc()
-            raise
-        REQUESTS.labels(**metric_labels, outcome="ok").inc()
-        ITEMS.labels(**metric_labels, outcome="ok").inc(len(prepared.rows))
-        ITEMS.labels(**metric_labels, outcome="error").inc(len(results) - len(prepared.rows))
-        return Prediction(model=model.name, version=model.version, results=results)
+        options = ScatteringOptions(saliency=bool(saliency), saliency_label=saliency_label, setup=setup)
+        return self(list(items), model.version, options=options)
+
+
+def _check_label(model: ModelVersion, labels: Labels, label: str) -> None:
+    """:class:`InputRejected` (HTTP 422, listing the accepted labels) unless ``label`` is one of the version's."""
+    if label not in labels.maps:
+        raise InputRejected(f"saliency_label {label!r} is not a label of {model.name} {model.version}; "
+                           f"accepted: {', '.join(labels.maps)}")  # fmt: skip

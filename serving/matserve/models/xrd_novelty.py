@@ -7,6 +7,10 @@ own percentile among the validation scores, and ``is_novel`` is true above the c
 (quantile tables in the card's ``calibration``). Also: the latent coordinates and their 2-d map projection (PCA of the
 validation latents), and the nearest known phase in latent space (majority of the 15 nearest validation
 patterns in ``latent_reference.npz``).
+
+With :class:`NoveltyOptions` ``reconstructions=True`` (:meth:`XrdNoveltyModel.with_reconstructions`), a call also
+answers each scored pattern's encoded curve and its reconstruction (``Prediction.extras["curves"]``), for the
+pictures of :func:`matserve.plots.add_xrd_novelty_plots`. Not cached.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from matserve.codecs.xrd import EncodedBatch, PatternInput, encode_batch
-from matserve.models.base import ServedModel
+from matserve.models.base import Prediction, ServedModel
 from matserve.registry import ModelVersion
 
 INPUT = "pattern"
@@ -140,6 +144,23 @@ def _read_calibration(model: ModelVersion) -> Calibration:
     )
 
 
+@dataclass(frozen=True)
+class NoveltyOptions:
+    """Per-call options of :class:`XrdNoveltyModel`.
+
+    Attributes
+    ----------
+    reconstructions : bool
+        Also answer, per scored item, its encoded pattern and its VAE reconstruction (``extras["curves"]``).
+    """
+
+    reconstructions: bool = False
+
+
+CURVES = "curves"
+"""Key of :attr:`~matserve.models.base.Prediction.extras`: item position -> (pattern, reconstruction)."""
+
+
 @dataclass
 class PreparedNovelty:
     """Encoded patterns and the calibration of the version that scores them."""
@@ -148,13 +169,15 @@ class PreparedNovelty:
     calibration: Calibration
 
 
-class XrdNoveltyModel(ServedModel[PreparedNovelty]):
+class XrdNoveltyModel(ServedModel[PreparedNovelty, NoveltyOptions]):
     """VAE novelty scorer served from ``models/xrd_novelty/<version>``."""
 
     name = "xrd_novelty"
     item_type = PatternInput
 
-    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedNovelty:
+    def preprocess(
+        self, items: list[Any], model: ModelVersion, options: NoveltyOptions | None = None
+    ) -> PreparedNovelty:
         batch = encode_batch(items)
         empty = {"reconstruction_error": None, "outlier_probability": None, "novelty_percentile": None, "is_novel": None,
                  "threshold_percentile": None, "latent": None, "latent_map": None, "nearest_known_phase": None,
@@ -168,7 +191,9 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty]):
             return {}
         return self.runtime.run(model, {INPUT: prepared.batch.patterns})
 
-    def postprocess(self, prepared: PreparedNovelty, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    def postprocess(
+        self, prepared: PreparedNovelty, outputs: dict[str, np.ndarray], options: NoveltyOptions | None = None
+    ) -> list[dict[str, Any]]:
         results = prepared.batch.results
         if not prepared.batch.rows:
             return results
@@ -194,10 +219,31 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty]):
             })  # fmt: skip
         return results
 
+    def extras(
+        self, prepared: PreparedNovelty, outputs: dict[str, np.ndarray], options: NoveltyOptions
+    ) -> dict[str, Any]:
+        """``{"curves": {item position: (pattern, reconstruction)}}`` with ``reconstructions``, else nothing."""
+        if not options.reconstructions:
+            return {}
+        return {
+            CURVES: {row: (prepared.batch.patterns[k], outputs[RECONSTRUCTION][k])
+                     for k, row in enumerate(prepared.batch.rows)}
+        }  # fmt: skip
+
     def with_reconstructions(
-        self, items: list[Any], version: str | None = None
+        self, items: list[Any], *, version: str | None = None
     ) -> tuple[ModelVersion, list[dict[str, Any]], dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Results plus, per scored item, its encoded pattern and reconstruction (for the pictures).
+
+        A thin wrapper of :meth:`__call__` with ``NoveltyOptions(reconstructions=True)`` (timed and counted as
+        every call).
+
+        Parameters
+        ----------
+        items : list
+            :class:`~matserve.codecs.xrd.PatternInput` items.
+        version : str, optional
+            Registry version (default the active one).
 
         Returns
         -------
@@ -209,10 +255,5 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty]):
             Item position -> (pattern, reconstruction), float32 (2048,) each on the model grid.
         """
         model = self.version(version)
-        prepared = self.preprocess(items, model)
-        outputs = self.predict(prepared, model)
-        results = self.postprocess(prepared, outputs)
-        curves = {
-            row: (prepared.batch.patterns[k], outputs[RECONSTRUCTION][k]) for k, row in enumerate(prepared.batch.rows)
-        }
-        return model, results, curves
+        prediction: Prediction = self(items, model.version, options=NoveltyOptions(reconstructions=True))
+        return model, prediction.results, prediction.extras.get(CURVES, {})

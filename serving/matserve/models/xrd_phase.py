@@ -29,13 +29,13 @@ class PreparedPhase:
     space_groups: list[str]
 
 
-class XrdPhaseModel(ServedModel[PreparedPhase]):
+class XrdPhaseModel(ServedModel[PreparedPhase, None]):
     """Structure-type classifier served from ``models/xrd_phase/<version>`` (labels and space groups in the card)."""
 
     name = "xrd_phase"
     item_type = PatternInput
 
-    def preprocess(self, items: list[Any], model: ModelVersion) -> PreparedPhase:
+    def preprocess(self, items: list[Any], model: ModelVersion, options: None = None) -> PreparedPhase:
         batch = encode_batch(items)
         for result in batch.results:
             result.update({"phase": None, "space_group": None, "probability": None, "probabilities": None})
@@ -48,7 +48,9 @@ class XrdPhaseModel(ServedModel[PreparedPhase]):
             return {}
         return self.runtime.run(model, {INPUT: prepared.batch.patterns})
 
-    def postprocess(self, prepared: PreparedPhase, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    def postprocess(
+        self, prepared: PreparedPhase, outputs: dict[str, np.ndarray], options: None = None
+    ) -> list[dict[str, Any]]:
         results = prepared.batch.results
         if not prepared.batch.rows:
             return results
