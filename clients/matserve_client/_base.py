@@ -411,12 +411,10 @@ class BaseClient:
         return httpx.Timeout(connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool)
 
 
-class _XrdResponse(BaseModel):
-    """Envelope of a 200 response of the XRD endpoints (results parsed by the caller's result type)."""
-
-    model: str
-    version: str
-    results: list[dict[str, Any]]
+def results_of(payload: Any) -> list[dict[str, Any]]:
+    """The ``results`` of a parsed answer (a :mod:`matserve_client.wire` response) as dicts, with only the fields
+    the server sent."""
+    return [result.model_dump(exclude_unset=True) for result in payload.results]
 
 
 def _optional_bar(total: int, unit: str, desc: str) -> Any:
@@ -505,7 +503,6 @@ from ._ebsd import (  # noqa: E402, F401
     EBSD_REFINE_CHUNK_PATTERNS,
     EBSD_SCAN_BLOCK_PATTERNS,
     EBSD_SCAN_REFINE_BLOCK_PATTERNS,
-    _EbsdScanResponse,
 )
 from ._formation import as_formula_list, parse_formation_enthalpy  # noqa: E402, F401
 from ._jobs import DEFAULT_JOB_PAGE_SIZE, DEFAULT_JOB_POLL_S, as_input_list, job_path  # noqa: E402, F401

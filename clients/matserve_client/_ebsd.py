@@ -9,19 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
 
-from . import _base
+from . import _base, wire
 from ._base import (
     AsyncDriver,
     BaseClient,
     Flow,
     SyncDriver,
     _optional_bar,
-    _XrdResponse,
     check_answer,
     open_progress_bar,
     parse_body,
+    results_of,
     same_doc,
 )
 from .ebsd_files import EbsdChunk, ebsd_chunks, encode_npy, load_scan, scan_kind
@@ -39,30 +38,13 @@ when the block would be over :data:`~matserve_client.ebsd_files.EBSD_MAX_PIXELS`
 EBSD_SCAN_REFINE_BLOCK_PATTERNS = 256
 
 
-class _EbsdScanResponse(BaseModel):
-    """Body of a 200 response of ``POST /v1/ebsd/scan`` (or a row block of one)."""
-
-    model: str
-    version: str
-    rows: int
-    cols: int
-    refined: bool = False
-    pc: list[float]
-    euler_bunge_deg: list[list[list[float] | None]]
-    quaternion: list[list[list[float] | None]]
-    confidence: list[list[float | None]]
-    expected_error_deg: list[list[float | None]]
-    refinement_score: list[list[float | None]] | None = None
-    errors: list[EbsdPixelError] = []
-    ipf_z_rgb: list[list[list[int]]]
-
-    def shifted(self, row_offset: int) -> _EbsdScanResponse:
-        """The same block with its error rows counted from the scan's first row."""
-        errors = [EbsdPixelError(row=e.row + row_offset, col=e.col, error=e.error) for e in self.errors]
-        return self.model_copy(update={"errors": errors})
+def _shifted(block: wire.EbsdScanResponse, row_offset: int) -> wire.EbsdScanResponse:
+    """The same block with its error rows counted from the scan's first row."""
+    errors = [e.model_copy(update={"row": e.row + row_offset}) for e in block.errors]
+    return block.model_copy(update={"errors": errors})
 
 
-def _scan_result(blocks: list[_EbsdScanResponse]) -> EbsdScanResult:
+def _scan_result(blocks: list[wire.EbsdScanResponse]) -> EbsdScanResult:
     """Row blocks stitched into one scan."""
     first = blocks[0]
     rows = sum(b.rows for b in blocks)
@@ -76,7 +58,7 @@ def _scan_result(blocks: list[_EbsdScanResponse]) -> EbsdScanResult:
     return EbsdScanResult(
         rows=rows, cols=first.cols, euler_bunge_deg=stacked("euler_bunge_deg"), quaternion=stacked("quaternion"),
         confidence=stacked("confidence"), expected_error_deg=stacked("expected_error_deg"),
-        refinement_score=stacked("refinement_score"), errors=[e for b in blocks for e in b.errors],
+        refinement_score=stacked("refinement_score"), errors=[EbsdPixelError(**e.model_dump()) for b in blocks for e in b.errors],
         ipf_z_rgb=stacked("ipf_z_rgb"), pc=[round(v, 6) for v in pc], refined=first.refined, model=first.model,
         version=first.version,
     )  # fmt: skip
@@ -192,16 +174,17 @@ class _EbsdFlows(BaseClient):
                         f"in the request of your {what} (its patterns[0] is your pattern {start}): {exc.message}",
                         response=exc.response,
                     ) from exc  # fmt: skip
-                payload = parse_body(response, _XrdResponse)
+                payload = parse_body(response, wire.EbsdIndexResponse)
+                answered = results_of(payload)
                 if chunk.array is not None:
                     check_answer(response, len(chunk.array), "patterns", len(payload.results), pinned, payload.version)
                     sources = chunk.sources
                 else:
                     check_answer(response, len(payload.results), "patterns", len(payload.results), pinned,
                                  payload.version)  # fmt: skip
-                    sources = _file_sources(chunk.files, payload.results)
+                    sources = _file_sources(chunk.files, answered)
                 pinned = payload.version
-                for item, source in zip(payload.results, sources, strict=True):
+                for item, source in zip(answered, sources, strict=True):
                     results.append(EbsdIndexResult(**{**item, "source": source}, model=payload.model,
                                                    version=payload.version))  # fmt: skip
                 if bar is not None:
@@ -269,7 +252,7 @@ class _EbsdFlows(BaseClient):
             finally:
                 if bar is not None:
                     bar.close()
-            return _scan_result([parse_body(response, _EbsdScanResponse)])
+            return _scan_result([parse_body(response, wire.EbsdScanResponse)])
         scan = load_scan(path_or_array)
         rows, cols = int(scan.shape[0]), int(scan.shape[1])
         limit = EBSD_SCAN_REFINE_BLOCK_PATTERNS if refine else EBSD_SCAN_BLOCK_PATTERNS
@@ -288,7 +271,7 @@ class _EbsdFlows(BaseClient):
         if per_pixel is not None and len(per_pixel) != rows * cols:
             raise ValueError(f"pc has {len(per_pixel)} rows; give one [PCx, PCy, PCz] or one per pixel ({rows * cols})")
         bar = _optional_bar(rows * cols, "pattern", "ebsd scan") if progress else None
-        blocks: list[_EbsdScanResponse] = []
+        blocks: list[wire.EbsdScanResponse] = []
         pinned = version
         try:
             for r0 in range(0, rows, block_rows):
@@ -307,10 +290,10 @@ class _EbsdFlows(BaseClient):
                         f"in the block of scan rows {r0}-{r0 + len(block) - 1} (its row 0 is your row {r0}): {exc.message}",
                         response=exc.response,
                     ) from exc  # fmt: skip
-                payload = parse_body(response, _EbsdScanResponse)
+                payload = parse_body(response, wire.EbsdScanResponse)
                 check_answer(response, len(block), "scan rows", payload.rows, pinned, payload.version)
                 pinned = payload.version
-                blocks.append(payload.shifted(r0))
+                blocks.append(_shifted(payload, r0))
                 if bar is not None:
                     bar.update(len(block) * cols)
         finally:

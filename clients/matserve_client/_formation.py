@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from . import wire
 from ._base import (
     AsyncDriver,
     BaseClient,
@@ -17,7 +18,7 @@ from ._base import (
     parse_body,
     same_doc,
 )
-from .models import FormationEnthalpyResult, _FormationEnthalpyResponse
+from .models import FormationEnthalpyResult
 
 
 def as_formula_list(formulas: Sequence[str] | str) -> list[str]:
@@ -45,9 +46,10 @@ def parse_formation_enthalpy(
     expected_version : str or None
         Version every result must come from (the pinned one), or ``None`` to accept any.
     """
-    payload = parse_body(response, _FormationEnthalpyResponse)
+    payload = parse_body(response, wire.FormationEnthalpyResponse)
     check_answer(response, len(sent), "formulas", len(payload.results), expected_version, payload.version)
-    return payload.flatten()
+    return [FormationEnthalpyResult(**item.model_dump(), model=payload.model, version=payload.version)
+            for item in payload.results]  # fmt: skip
 
 
 class _FormationFlows(BaseClient):

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from . import wire
 from ._base import (
     AsyncDriver,
     BaseClient,
@@ -18,7 +19,7 @@ from ._base import (
     parse_body,
     same_doc,
 )
-from .models import FormationEnthalpyResult, Job, JobResultsPage, _JobResultsResponse
+from .models import FormationEnthalpyResult, Job, JobResultsPage
 
 DEFAULT_JOB_PAGE_SIZE = 1000
 """Results per page when reading a job's results."""
@@ -50,6 +51,20 @@ def _optional_progress_bar(job: Job) -> Any:
         return None
 
 
+def typed_page(page: wire.JobResultsResponse) -> JobResultsPage:
+    """A page of job results with each item typed for its model, and ``model``/``version`` copied into it."""
+    items: list[FormationEnthalpyResult | dict[str, Any] | None] = []
+    for item in page.results:
+        if item is None:
+            items.append(None)
+        elif page.model == "formation_enthalpy":
+            fields = wire.FormationEnthalpyResult.model_validate(item).model_dump()
+            items.append(FormationEnthalpyResult(**fields, model=page.model, version=page.version))
+        else:
+            items.append({**item, "model": page.model, "version": page.version})
+    return JobResultsPage(**page.model_dump(exclude={"results"}), results=items)
+
+
 class _JobFlows(BaseClient):
     """The job flows (no I/O)."""
 
@@ -71,7 +86,7 @@ class _JobFlows(BaseClient):
         if offset < 0 or limit < 1:
             raise ValueError(f"need offset >= 0 and limit >= 1, got offset={offset}, limit={limit}")
         response = yield from self._request("GET", job_path(job_id, f"/results?offset={offset}&limit={limit}"))
-        return parse_body(response, _JobResultsResponse).typed()
+        return typed_page(parse_body(response, wire.JobResultsResponse))
 
     def _wait_job_flow(self, job_id: str, timeout_s: float | None, poll_s: float, progress: bool) -> Flow[Job]:
         if poll_s <= 0:

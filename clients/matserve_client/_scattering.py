@@ -10,14 +10,15 @@ from urllib.parse import quote
 
 import httpx
 
+from . import wire
 from ._base import (
     AsyncDriver,
     BaseClient,
     Flow,
     SyncDriver,
     _optional_bar,
-    _XrdResponse,
     parse_body,
+    results_of,
     same_doc,
 )
 from .exceptions import ClientRequestError, NotFoundError, ServerError, ServiceUnavailableError, UnexpectedResponseError
@@ -81,13 +82,12 @@ class _ScatteringFlows(BaseClient):
                                             timeout=timeout, headers=headers)  # fmt: skip
 
         response = yield from self._request("POST", SCATTERING_PATH, build=build)
-        payload = parse_body(response, _XrdResponse)
+        payload = parse_body(response, wire.ScatteringSortResponse)
         if version is not None and payload.version != version:
             raise UnexpectedResponseError(f"expected model version {version!r} but the server answered with "
                                           f"{payload.version!r}", response=response)  # fmt: skip
         results = []
-        for item in payload.results:
-            fields = dict(item)
+        for fields in results_of(payload):
             encoded = fields.pop("saliency_png_base64", None)
             fields["saliency_png"] = base64.b64decode(encoded) if encoded else None
             fields["source"] = _scattering_source(fields.get("source"), sent_name, upload.name)

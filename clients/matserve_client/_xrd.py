@@ -20,21 +20,27 @@ from typing import Any
 
 import httpx
 
+from . import wire
 from ._base import (
     AsyncDriver,
     BaseClient,
     Flow,
     SyncDriver,
-    _XrdResponse,
     check_answer,
     open_progress_bar,
     parse_body,
+    results_of,
     same_doc,
 )
 from .exceptions import InvalidInputError
 from .models import XrdNoveltyResult, XrdPhaseResult
 from .xrd_files import XrdPattern, read_pattern
 
+WIRE_RESPONSES: dict[str, type[wire.XrdPhaseResponse] | type[wire.XrdNoveltyResponse]] = {
+    "/v1/xrd/phase": wire.XrdPhaseResponse,
+    "/v1/xrd/novelty": wire.XrdNoveltyResponse,
+}
+"""The answer's schema of each XRD route."""
 XRD_CHUNK_PATTERNS = 256
 """Patterns per XRD request when a long list is split (the server accepts up to 1024 by default)."""
 XRD_PLOT_CHUNK_PATTERNS = 16
@@ -321,11 +327,11 @@ class _XrdFlows(BaseClient):
                         f"in the request of patterns {start}-{stop - 1} (its patterns[0] is your "
                         f"pattern {start}): {exc.message}", response=exc.response,
                     ) from exc  # fmt: skip
-                payload = parse_body(response, _XrdResponse)
+                payload = parse_body(response, WIRE_RESPONSES[path])
                 check_answer(response, stop - start, "patterns", len(payload.results), pinned, payload.version)
                 pinned = payload.version
-                for source, item in zip(sources, payload.results, strict=True):
-                    fields = dict(item)
+                for source, fields in zip(sources, results_of(payload), strict=True):
+                    fields.pop("source", None)  # the caller's name of the pattern wins
                     encoded = fields.pop("plots", None) or {}
                     for key, value in encoded.items():
                         fields[key] = base64.b64decode(value)

@@ -467,31 +467,6 @@ class ModelInfo(BaseModel):
     versions: list[ModelVersionInfo] = Field(default_factory=list)
 
 
-class _FormationEnthalpyItem(BaseModel):
-    """One entry of ``results`` in a ``POST /v1/formation-enthalpy`` response (no envelope fields)."""
-
-    formula: str
-    normalized_formula: str | None = None
-    formation_enthalpy_ev_per_atom: float | None = None
-    uncertainty_ev_per_atom: float | None = None
-    error: str | None = None
-
-
-class _FormationEnthalpyResponse(BaseModel):
-    """Body of a 200 response to ``POST /v1/formation-enthalpy``."""
-
-    model: str
-    version: str
-    results: list[_FormationEnthalpyItem]
-
-    def flatten(self) -> list[FormationEnthalpyResult]:
-        """Per-formula results with ``model`` and ``version`` copied from the envelope."""
-        return [
-            FormationEnthalpyResult(**item.model_dump(), model=self.model, version=self.version)
-            for item in self.results
-        ]
-
-
 class _ModelsResponse(BaseModel):
     """Body of a 200 response to ``GET /v1/models``."""
 
@@ -591,30 +566,3 @@ class JobResultsPage(BaseModel):
     limit: int
     next_offset: int | None
     results: list[FormationEnthalpyResult | dict[str, Any] | None]
-
-
-class _JobResultsResponse(BaseModel):
-    """Body of a 200 response to ``GET /v1/jobs/{id}/results`` (items not yet typed)."""
-
-    job_id: str
-    model: str
-    version: str
-    state: str
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
-    results: list[dict[str, Any] | None]
-
-    def typed(self) -> JobResultsPage:
-        """The page with each item typed for its model, and ``model``/``version`` copied into it."""
-        items: list[FormationEnthalpyResult | dict[str, Any] | None] = []
-        for item in self.results:
-            if item is None:
-                items.append(None)
-            elif self.model == "formation_enthalpy":
-                fields = _FormationEnthalpyItem.model_validate(item).model_dump()
-                items.append(FormationEnthalpyResult(**fields, model=self.model, version=self.version))
-            else:
-                items.append({**item, "model": self.model, "version": self.version})
-        return JobResultsPage(**self.model_dump(exclude={"results"}), results=items)
