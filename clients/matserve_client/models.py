@@ -1,4 +1,8 @@
-"""Typed (pydantic) views of the matserve HTTP API payloads."""
+"""The SDK's result types: what its methods return, with ``model`` and ``version`` in every result and PNGs decoded.
+
+(Over 500 lines: one result type per model and route with their numpydoc; the wire schemas they are built from are
+:mod:`matserve_client.wire`.)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Batch jobs: a large list of inputs predicted in chunks by workers, with progress and paged results.
 
+(Over 500 lines: the job store interface and both its backends, Redis and memory, which must stay in step.)
+
 A job is split into chunks of ``chunk_size`` inputs (``MATSERVE_JOB_CHUNK_SIZE``, 1000). Workers
 (:mod:`matserve.worker`: ``matserve worker`` processes, or threads embedded in the API server) take chunks one
 at a time, run them through the model (the version pinned when the job was submitted) and record each chunk's
