@@ -10,7 +10,9 @@ In-process, patterns/s at batch 1 and 256, for each model:
 Baseline in the same rounds: the card's k-nearest-neighbour classifier on raw patterns (scikit-learn, brute
 force) against 15,000 simulated reference patterns, the size of the training set.
 
-Over HTTP (a real ``matserve serve`` subprocess): batch-1 latency p50/p99 and batch-256 patterns/s, next to
+Over HTTP (a real ``matserve serve`` subprocess, prediction cache off): batch-1 latency p50/p99 and batch-256
+patterns/s of raw JSON requests, and batch-256 patterns/s through the SDK (``Client.classify_xrd`` /
+``xrd_novelty`` on arrays, which it sends as NPY bodies) on the model grid and on the 9,000-point grid, next to
 the same calls in-process. Rounds are interleaved; ratios use the same rounds. Run: ``make bench-xrd``
 (writes ``bench/results/xrd.json``).
 """
@@ -38,6 +40,7 @@ from matserve.models.xrd_phase import XrdPhaseModel
 from matserve.registry import Registry
 from matserve.runtimes.onnxruntime import OnnxRuntime
 from matserve.settings import Settings
+from matserve_client import Client
 from training.xrd import simulate as sim
 from training.xrd.structures import KNOWN_PHASES
 
@@ -45,6 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "xrd.json"
 FINE_GRID_DEG = np.arange(10.0, 100.0, 0.01)
 BATCHES = (1, 256)
 JSON = {"content-type": "application/json"}
+NO_CACHE_ENV = {"MATSERVE_CACHE": "0"}
 
 
 def main() -> None:
@@ -92,8 +96,10 @@ def main() -> None:
     in_process = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
     http: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, running_server(settings.models_dir, Path(tmp) / "server.log") as url:
-        with httpx.Client(base_url=url, timeout=120) as client:
+    fine_pairs = np.stack([np.stack([FINE_GRID_DEG, p]) for p in fine]).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp, running_server(settings.models_dir, Path(tmp) / "server.log",
+                                                              NO_CACHE_ENV) as url:  # fmt: skip
+        with httpx.Client(base_url=url, timeout=120) as client, Client(url, timeout=120) as sdk:
             for name, path in (("xrd_phase", "/v1/xrd/phase"), ("xrd_novelty", "/v1/xrd/novelty")):
                 wire = [{"two_theta_deg": MODEL_GRID_DEG.tolist(), "intensity": p.tolist()} for p in patterns]
                 one = json.dumps({"patterns": wire[:1]}).encode()
@@ -115,6 +121,19 @@ def main() -> None:
                     http[f"{name}_http_b256_per_s"] / http[f"{name}_inprocess_b256_per_s"]
                 )
                 http[f"{name}_b256_request_mb"] = len(many) / 1e6
+                method = sdk.classify_xrd if name == "xrd_phase" else sdk.xrd_novelty
+                sdk_grid = latencies_ms(lambda method=method: method(patterns), 20)
+                sdk_fine = latencies_ms(lambda method=method: method(fine_pairs), 10)
+                local_fine = latencies_ms(served(name, off_grid, 256), 10)
+                http[f"{name}_sdk_arrays_b256_per_s"] = 256 / (percentile(sdk_grid, 50) / 1e3)
+                http[f"{name}_sdk_arrays_b256_vs_inprocess"] = (
+                    http[f"{name}_sdk_arrays_b256_per_s"] / http[f"{name}_inprocess_b256_per_s"]
+                )
+                http[f"{name}_sdk_9000pt_b256_per_s"] = 256 / (percentile(sdk_fine, 50) / 1e3)
+                http[f"{name}_inprocess_9000pt_b256_per_s"] = 256 / (percentile(local_fine, 50) / 1e3)
+                http[f"{name}_sdk_9000pt_b256_vs_inprocess"] = (
+                    http[f"{name}_sdk_9000pt_b256_per_s"] / http[f"{name}_inprocess_9000pt_b256_per_s"]
+                )
 
     report = {
         "versions": {name: v.version for name, v in versions.items()},
