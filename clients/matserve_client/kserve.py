@@ -8,7 +8,8 @@ Needs the optional extra: ``pip install 'matserve-client[grpc]'`` (tritonclient 
 
 Triton serves the repository that ``matserve triton build-repo`` generates from the registry. Formulas go
 to the domain model ``formation_enthalpy_formulas``, which runs the same codec as the HTTP API inside
-Triton, so results (per-item errors included) match the HTTP API's. Triton numbers versions 1, 2, ...;
+Triton, so results (per-item errors included) match the HTTP API's; patterns and images go to the other
+domain models (:mod:`matserve_client.kserve_models`), which run the HTTP API's decoders and lifecycle. Triton numbers versions 1, 2, ...;
 the map to registry versions (``1.0.0``) and the active version are read once from the model config, so
 results name registry versions, and ``version="1.0.0"`` pins one.
 
@@ -41,6 +42,7 @@ from .exceptions import (
     ServerError,
     ServiceUnavailableError,
 )
+from .kserve_models import AsyncKServeModelMethods, KServeModelMethods
 from .models import FormationEnthalpyResult
 
 try:
@@ -281,8 +283,12 @@ def triton_dtype(dtype: Any) -> str:
     return np_to_triton_dtype(np.dtype(dtype))
 
 
-class KServeClient:
+class KServeClient(KServeModelMethods):
     """The typed matserve methods over Triton (KServe v2), blocking. Made by :meth:`Client.grpc`.
+
+    ``formation_enthalpy`` here; ``classify_xrd``, ``xrd_novelty``, ``index_ebsd`` and ``sort_scattering`` in
+    :class:`~matserve_client.kserve_models.KServeModelMethods`: same signatures and result types as the HTTP
+    :class:`~matserve_client.Client`'s.
 
     Parameters
     ----------
@@ -310,7 +316,7 @@ class KServeClient:
         self.transport.close()
 
     def formation_enthalpy(
-        self, formulas: Sequence[str] | str, version: str | None = None, progress: bool = False
+        self, formulas: Sequence[str] | str, *, version: str | None = None, progress: bool = False
     ) -> list[FormationEnthalpyResult]:
         """Formation enthalpy (eV/atom) of formulas; same results and per-item errors as :meth:`Client.formation_enthalpy`.
 
@@ -365,7 +371,7 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-class AsyncKServeClient:
+class AsyncKServeClient(AsyncKServeModelMethods):
     """The asyncio twin of :class:`KServeClient` (made by :meth:`AsyncClient.grpc`); same methods, as coroutines.
 
     Each call runs the blocking, thread-safe tritonclient transport in a worker thread
@@ -389,7 +395,7 @@ class AsyncKServeClient:
         self._client.close()
 
     async def formation_enthalpy(
-        self, formulas: Sequence[str] | str, version: str | None = None, progress: bool = False
+        self, formulas: Sequence[str] | str, *, version: str | None = None, progress: bool = False
     ) -> list[FormationEnthalpyResult]:
         """See :meth:`KServeClient.formation_enthalpy`."""
-        return await asyncio.to_thread(self._client.formation_enthalpy, formulas, version, progress)
+        return await asyncio.to_thread(self._client.formation_enthalpy, formulas, version=version, progress=progress)

@@ -2,7 +2,9 @@
 
 Covers the repository generated from the registry, the local server command, identical answers from
 every path (in-process ORT, Triton HTTP, Triton gRPC, BentoML -> Triton), the SDK's gRPC transport,
-and Triton going away and coming back under a running API server.
+and Triton going away and coming back under a running API server. The ``repository`` and ``triton`` fixtures
+(one tritonserver per session) are in ``tests/integration/conftest.py``; the domain models of every model
+are compared with the other paths in ``test_triton_parity.py``.
 """
 
 from __future__ import annotations
@@ -46,23 +48,6 @@ MIXED = ["NaCl", "Fe2O3", "Xx2", "O", "", "LiFePO4", "H2O1.5", "Na(Cl"]
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parse ``config.pbtxt`` with Triton's own protobuf schema (a syntax or field error fails here)."""
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("triton") / "repo"
-    build_repository(Registry(MODELS_DIR), out, target="cpu")
-    for config in out.glob("*/config.pbtxt"):  # one ORT thread per model: the machine has 2 cores
-        config.write_text(config.read_text().replace('"intra_op_threads" value { string_value: "0" }',
-                                                     '"intra_op_threads" value { string_value: "1" }'))  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonEndpoints]:
-    log = tmp_path_factory.mktemp("triton-log") / "triton.log"
-    with running_triton(repository, log) as endpoints:
-        yield endpoints
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,11 @@ Layout written by :func:`build_repository` (``matserve triton build-repo OUT --t
       formation_enthalpy_formulas/   domain model (python backend, both targets): formulas in (BYTES)
         config.pbtxt                 it runs the same codec as the HTTP API, then calls the tensor
         1/model.py, card.json        model above through BLS, so a gRPC client sends formulas
+      xrd_phase_patterns/            domain models of the other models (:data:`DOMAIN_MODELS`): patterns,
+      xrd_novelty_patterns/          images or files in, the HTTP API's decoders, codec and lifecycle
+      ebsd_indexer_patterns/         inside Triton (:mod:`matserve.triton.domain`), results_json and
+      scattering_sorter_images/      registry_version out; one version per registry version, with the
+        <n>/model.py, card.json, ... card and its side files (e.g. latent_reference.npz)
       matserve_repository.json       what was generated from which registry files
 
 Triton versions are integers: the registry's versions of a model, oldest first, become Triton
@@ -41,30 +46,77 @@ _TRITON_DTYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE
 
 
 @dataclass(frozen=True)
+class DomainInput:
+    """One input tensor of a domain model (``max_batch_size: 0``: ``dims`` is the whole shape, ``-1`` any size).
+
+    Attributes
+    ----------
+    name : str
+        Tensor name.
+    dtype : str
+        ``float32``, ``float64``, ``int64``, ``uint8`` or ``bytes``.
+    dims : tuple of int
+        Shape.
+    optional : bool
+        Whether a request may leave it out.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
 class DomainModel:
-    """A python-backend model that takes domain inputs and runs a served model's own codec.
+    """A python-backend model that takes domain inputs and runs a served model's own codec and lifecycle.
 
     Attributes
     ----------
     served_model : str
-        ``module:Class`` of the :class:`~matserve.models.base.ServedModel` whose preprocess /
-        postprocess run inside Triton.
-    input_name : str
-        Name of the 1-D BYTES input tensor (one UTF-8 item per element).
+        ``module:Class`` of the :class:`~matserve.models.base.ServedModel` run inside Triton.
+    suffix : str
+        Triton name of the domain model: the registry name plus this (``xrd_phase`` -> ``xrd_phase_patterns``).
+    inputs : tuple of DomainInput
+        Its input tensors.
     outputs : tuple of (str, str)
-        Per-item result fields returned as 1-D tensors, with their dtype (``bytes`` or ``float32``);
-        a missing number is NaN, a missing string is empty.
+        Formulas models (``handler`` None): per-item result fields returned as 1-D tensors, with their dtype
+        (``bytes`` or ``float32``); a missing number is NaN, a missing string is empty.
+    handler : str, optional
+        Key of :data:`matserve.triton.domain.HANDLERS`; such models answer ``results_json`` (BYTES ``[n]``: each
+        item's HTTP API result as JSON), ``registry_version`` (BYTES ``[1]``) and ``typed_outputs``.
+    typed_outputs : tuple of (str, int)
+        Result fields also returned as FP32 tensors: ``(field, width)``, ``[n]`` for width 0, else ``[n, width]``
+        (NaN where a result has no value).
     """
 
     served_model: str
-    input_name: str
-    outputs: tuple[tuple[str, str], ...]
+    suffix: str
+    inputs: tuple[DomainInput, ...]
+    outputs: tuple[tuple[str, str], ...] = ()
+    handler: str | None = None
+    typed_outputs: tuple[tuple[str, int], ...] = ()
 
+    @property
+    def input_name(self) -> str:
+        """Name of the first input (the formulas of ``formation_enthalpy_formulas``)."""
+        return self.inputs[0].name
+
+
+_XRD_INPUTS = (
+    DomainInput("two_theta_deg", "float64", (-1, -1)),
+    DomainInput("intensity", "float64", (-1, -1)),
+    DomainInput("points", "int64", (-1,), optional=True),
+    DomainInput("wavelength_angstrom", "float64", (-1,), optional=True),
+    DomainInput("options", "bytes", (1,), optional=True),
+)
+_OPTIONS = _XRD_INPUTS[-1]
 
 DOMAIN_MODELS: dict[str, DomainModel] = {
     "formation_enthalpy": DomainModel(
         served_model="matserve.models.formation_enthalpy:FormationEnthalpyModel",
-        input_name="formulas",
+        suffix=DOMAIN_SUFFIX,
+        inputs=(DomainInput("formulas", "bytes", (-1,)),),
         outputs=(
             ("normalized_formula", "bytes"),
             ("formation_enthalpy_ev_per_atom", "float32"),
@@ -72,12 +124,52 @@ DOMAIN_MODELS: dict[str, DomainModel] = {
             ("error", "bytes"),
         ),
     ),
+    "xrd_phase": DomainModel(
+        served_model="matserve.models.xrd_phase:XrdPhaseModel",
+        suffix="_patterns",
+        inputs=_XRD_INPUTS,
+        handler="xrd",
+        typed_outputs=(("probability", 0), ("coverage", 0)),
+    ),
+    "xrd_novelty": DomainModel(
+        served_model="matserve.models.xrd_novelty:XrdNoveltyModel",
+        suffix="_patterns",
+        inputs=_XRD_INPUTS,
+        handler="xrd",
+        typed_outputs=(("reconstruction_error", 0), ("novelty_percentile", 0), ("coverage", 0)),
+    ),
+    "ebsd_indexer": DomainModel(
+        served_model="matserve.models.ebsd_indexer:EbsdIndexerModel",
+        suffix="_patterns",
+        inputs=(
+            DomainInput("patterns", "float32", (-1, -1, -1), optional=True),
+            DomainInput("files", "bytes", (-1,), optional=True),
+            DomainInput("pc", "float64", (-1, 3), optional=True),
+            _OPTIONS,
+        ),
+        handler="ebsd",
+        typed_outputs=(("quaternion", 4), ("euler_bunge_deg", 3), ("expected_error_deg", 0), ("confidence", 0)),
+    ),
+    "scattering_sorter": DomainModel(
+        served_model="matserve.models.scattering_sorter:ScatteringSorterModel",
+        suffix="_images",
+        inputs=(
+            DomainInput("images", "float32", (-1, -1, -1), optional=True),
+            DomainInput("mask", "uint8", (-1, -1), optional=True),
+            DomainInput("files", "bytes", (-1,), optional=True),
+            _OPTIONS,
+        ),
+        handler="scattering",
+        typed_outputs=(("valid_fraction", 0), ("q_span_inv_angstrom", 0)),
+    ),
 }
+"""Registry model -> its domain model (see :func:`domain_config`)."""
 
 
 def domain_model_name(name: str) -> str:
-    """Triton name of a model's domain-input twin (``formation_enthalpy`` -> ``formation_enthalpy_formulas``)."""
-    return name + DOMAIN_SUFFIX
+    """Triton name of a model's domain-input twin (``formation_enthalpy`` -> ``formation_enthalpy_formulas``,
+    ``xrd_phase`` -> ``xrd_phase_patterns``, ``scattering_sorter`` -> ``scattering_sorter_images``)."""
+    return name + (DOMAIN_MODELS[name].suffix if name in DOMAIN_MODELS else DOMAIN_SUFFIX)
 
 
 def triton_versions(registry: Registry, name: str) -> dict[str, ModelVersion]:
@@ -181,19 +273,30 @@ def tensor_config(
     return "\n".join(lines) + "\n" + _parameters(parameters) + "\n"
 
 
+def _domain_input(spec: DomainInput) -> str:
+    optional = " optional: true" if spec.optional else ""
+    return (f"  {{ name: {_quote(spec.name)} data_type: {_TRITON_DTYPES[spec.dtype]} dims: {json.dumps(list(spec.dims))}"
+            f"{optional} }}")  # fmt: skip
+
+
 def domain_config(registry: Registry, name: str, instances: int = 1) -> str:
     """``config.pbtxt`` of the domain model: one request carries a list of items (no batching axis)."""
     spec = DOMAIN_MODELS[name]
     versions = triton_versions(registry, name)
-    outputs = ",\n".join(
-        f"  {{ name: {_quote(field)} data_type: {_TRITON_DTYPES[dtype]} dims: [-1] }}" for field, dtype in spec.outputs
-    )
+    if spec.handler is None:
+        outputs = [f"  {{ name: {_quote(field)} data_type: {_TRITON_DTYPES[dtype]} dims: [-1] }}"
+                   for field, dtype in spec.outputs]  # fmt: skip
+    else:
+        outputs = ['  { name: "results_json" data_type: TYPE_STRING dims: [-1] }',
+                   '  { name: "registry_version" data_type: TYPE_STRING dims: [1] }']  # fmt: skip
+        outputs += [f"  {{ name: {_quote(field)} data_type: TYPE_FP32 dims: {[-1, width] if width else [-1]} }}"
+                    for field, width in spec.typed_outputs]  # fmt: skip
     lines = [
         f"name: {_quote(domain_model_name(name))}",
         'backend: "python"',
         "max_batch_size: 0",
-        f"input [\n  {{ name: {_quote(spec.input_name)} data_type: TYPE_STRING dims: [-1] }}\n]",
-        f"output [\n{outputs}\n]",
+        "input [\n" + ",\n".join(_domain_input(i) for i in spec.inputs) + "\n]",
+        "output [\n" + ",\n".join(outputs) + "\n]",
         f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]",
         f"version_policy: {{ specific: {{ versions: [{', '.join(versions)}] }} }}",
     ]
@@ -203,6 +306,8 @@ def domain_config(registry: Registry, name: str, instances: int = 1) -> str:
         "tensor_model": name,
         "tensor_max_batch_size": str(max_batch_size(list(versions.values())[-1])),
     }
+    if spec.handler is not None:
+        parameters["domain_handler"] = spec.handler
     return "\n".join(lines) + "\n" + _parameters(parameters) + "\n"
 
 
@@ -269,6 +374,9 @@ def build_repository(registry: Registry, out: Path, target: Target = "cpu", inst
                 (domain_dir / number).mkdir()
                 shutil.copy2(PYTHON_MODELS / "domain_model.py", domain_dir / number / "model.py")
                 shutil.copy2(version.path / CARD_FILE, domain_dir / number / CARD_FILE)
+                for side_file in version.card.get("files", {}):  # e.g. xrd_novelty's latent_reference.npz
+                    if side_file not in ("model.onnx", CARD_FILE) and version.file(side_file).is_file():
+                        _place(version.file(side_file), domain_dir / number / side_file)
             entry["domain_model"] = domain_model_name(name)
         manifest["models"][name] = entry
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

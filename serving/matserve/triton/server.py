@@ -12,6 +12,8 @@ Pitfalls handled here (see shared/notes/stack.md):
 * the stub must sit in ``backends/python/``: the wheel's backends are copied to a work folder with the
   stub for this Python version;
 * busy ports make tritonserver exit at once: :func:`running_triton` picks free ones;
+* the python backend's shared-memory regions get a per-server name prefix (the default one is shared by every
+  tritonserver on the host, so a second server broke the first's python models);
 * SIGINT and SIGTERM are forwarded to tritonserver for a clean shutdown (a process started in the
   background from a non-interactive shell would otherwise ignore SIGINT).
 """
@@ -33,6 +35,8 @@ from matserve.devserver import free_port, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVING_DIR = REPO_ROOT / "serving"
+CLIENTS_DIR = REPO_ROOT / "clients"
+"""The SDK package: the HTTP API's modules the domain models reuse import its wire schemas."""
 PY_VERSION = "3.11"
 
 
@@ -102,18 +106,20 @@ def triton_command(
     grpc_port: int,
     metrics_port: int,
     host: str = "127.0.0.1",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The tritonserver command line and environment; prepares ``work_dir/backends`` with the stub."""
+    """The tritonserver command line and environment (``extra_env`` added to this process's); prepares
+    ``work_dir/backends`` with the stub."""
     backends = work_dir / "backends"
     if not (backends / "python" / "triton_python_backend_stub").exists():
         shutil.copytree(install.backends, backends, dirs_exist_ok=True)
         shutil.copy2(install.stub, backends / "python" / "triton_python_backend_stub")
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env["LD_LIBRARY_PATH"] = ":".join(
         [str(install.libpython_dir), str(install.libs)]
         + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
     )
-    env["PYTHONPATH"] = f"{install.site_packages}:{SERVING_DIR}"
+    env["PYTHONPATH"] = f"{install.site_packages}:{SERVING_DIR}:{CLIENTS_DIR}"
     env["PATH"] = f"{install.site_packages.parents[2] / 'bin'}:{env.get('PATH', '')}"
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [
@@ -126,6 +132,9 @@ def triton_command(
         f"--http-address={host}",
         f"--grpc-address={host}",
         f"--metrics-address={host}",
+        # Python-backend stubs talk to the server through shared memory regions named with this prefix; the
+        # default prefix is the same for every tritonserver, so a second one on the host would clobber the first's.
+        f"--backend-config=python,shm-region-prefix-name=matserve_{os.getpid()}_{http_port}_",
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--log-verbose=0",
@@ -161,14 +170,20 @@ def running_triton(
     log_path: Path,
     ports: tuple[int, int, int] | None = None,
     ready_timeout_s: float = 120,
+    env: dict[str, str] | None = None,
 ) -> Iterator[TritonEndpoints]:
-    """Run tritonserver on ``repository`` (free loopback ports unless given) until the block ends."""
+    """Run tritonserver on ``repository`` (free loopback ports unless given) until the block ends; ``env`` adds
+    environment variables (e.g. ``NUMBA_CACHE_DIR``)."""
     install = find_triton()
     http_port, grpc_port, metrics_port = ports or (free_port(), free_port(), free_port())
     with tempfile.TemporaryDirectory(prefix="matserve-triton-") as work:
-        command, env = triton_command(install, Path(repository), Path(work), http_port, grpc_port, metrics_port)
+        command, environment = triton_command(
+            install, Path(repository), Path(work), http_port, grpc_port, metrics_port, extra_env=env
+        )
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+            )
         endpoints = TritonEndpoints(
             http_url=f"http://127.0.0.1:{http_port}",
             grpc_target=f"127.0.0.1:{grpc_port}",
