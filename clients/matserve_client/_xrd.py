@@ -69,11 +69,11 @@ def _floats(values: Any) -> list[float]:
 
 def _is_pair(value: Any) -> bool:
     """A ``(two_theta_deg, intensity)`` pair of number sequences (not a list of two patterns)."""
-    if not isinstance(value, tuple | list) or len(value) != 2:
+    if not isinstance(value, tuple | list) or len(value) != 2 or any(isinstance(part, Mapping) for part in value):
         return False
     try:
         return all(len(part) > 0 and isinstance(part[0], numbers.Real) for part in value)
-    except TypeError:
+    except (TypeError, KeyError):
         return False
 
 

@@ -40,12 +40,14 @@ SALIENCY_OPACITY = 0.6
 
 @functools.cache
 def _pyplot() -> ModuleType:
-    """``matplotlib.pyplot`` on the headless Agg backend, imported on first use."""
-    import matplotlib
+    """``matplotlib.pyplot`` on the headless Agg backend, imported on first use.
 
-    matplotlib.use("Agg")
+    pyplot is imported first: if another thread (the EBSD warm-up, through kikuchipy) is importing it, the import
+    waits for that one to finish, where ``matplotlib.use`` would have met a partly initialised pyplot."""
     import matplotlib.pyplot as plt
 
+    if plt.get_backend().lower() != "agg":
+        plt.switch_backend("Agg")
     return plt
 
 

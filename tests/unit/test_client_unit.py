@@ -707,3 +707,11 @@ def test_helpers_stay_importable_from_base() -> None:
     for name in ("chunked", "open_progress_bar", "EBSD_MAX_PIXELS", "XRD_CHUNK_PATTERNS", "job_path", "parse_body"):
         assert hasattr(_base, name), name
     assert Client.classify_xrd.__doc__ == AsyncClient.classify_xrd.__doc__
+
+
+def test_two_mapping_patterns_are_two_patterns_not_a_pair() -> None:
+    """A list of exactly two ``{"two_theta_deg", "intensity"}`` mappings is two patterns (it raised KeyError)."""
+    from matserve_client._base import as_pattern_list
+
+    pattern = {"two_theta_deg": [20.0, 21.0, 22.0], "intensity": [1.0, 2.0, 1.0]}
+    assert len(as_pattern_list([pattern, dict(pattern)])) == 2
