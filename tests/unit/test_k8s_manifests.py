@@ -804,8 +804,9 @@ def test_triton_image_has_what_the_python_backend_models_import() -> None:
     packages = {IMPORT_TO_PACKAGE.get(name, name).lower() for name in third_party}
     missing = sorted(packages - TRITON_PROVIDED - NOT_ON_TRITON - requirements)
     assert not missing, f"the Triton python models import {missing}: add them to k8s/triton/requirements.txt"
-    assert first_party <= {"matserve_client"}, f"the Triton pod gets serving/matserve and clients/matserve_client " \
-        f"from the init container, not {first_party}"
+    assert first_party <= {"matserve_client"}, (
+        f"the Triton pod gets serving/matserve and clients/matserve_client from the init container, not {first_party}"
+    )
     triton = (K8S / "overlays" / "gpu" / "triton.yaml").read_text()
     assert '"$BENTO_PATH/src/clients/matserve_client"' in triton and "/opt/matserve/clients" in dockerfile
 
