@@ -151,8 +151,8 @@ print(json.dumps({
     "name": service.name,
     "matserve": matserve.__file__,
     "matserve_client": matserve_client.__file__,
-    "models_dir": str(instance.registry.root),
-    "served": sorted(instance.models),
+    "models_dir": str(instance.context.registry.root),
+    "served": sorted(instance.context.models),
     "ready": bool(instance.__is_ready__()),
 }))
 sys.stdout.flush()
