@@ -115,17 +115,22 @@ class XrdArrays:
         return int(self.intensity.shape[0])
 
     def npy(self, start: int, stop: int) -> bytes:
-        """``np.save`` bytes of patterns ``start:stop``: float32 ``(k, 2048)`` on the model grid, else ``(k, 2, m)``.
+        """``np.save`` bytes of patterns ``start:stop``: ``(k, 2048)`` on the model grid, else ``(k, 2, m)``.
 
-        Two rows on the model grid go as ``(2, 2, 2048)``: a ``(2, 2048)`` array could read as one pattern.
+        float32 when that holds the caller's values exactly (float32 arrays, integer counts below 2^24, on the model
+        grid or a float32 grid), else float64: the server then sees exactly what the caller has, as in JSON. Two
+        rows on the model grid go as ``(2, 2, 2048)``: a ``(2, 2048)`` array could read as one pattern.
         """
         import numpy as np
 
         rows = self.intensity[start:stop]
+        exact = rows.dtype == np.float32 or (rows.dtype.kind in "iu" and (not rows.size or np.abs(rows).max() < 2**24))
+        grid_exact = self.two_theta_deg is None or self.two_theta_deg.dtype == np.float32
+        dtype = np.float32 if exact and grid_exact else np.float64
         if self.two_theta_deg is None and len(rows) != 2:
-            array = rows.astype(np.float32)
+            array = rows.astype(dtype)
         else:  # (2, 2048) would read as one (2θ, intensity) pair if row 0 were the grid: (2, 2, 2048) is unambiguous
-            array = np.empty((len(rows), 2, rows.shape[1]), np.float32)
+            array = np.empty((len(rows), 2, rows.shape[1]), dtype)
             grid = model_grid_deg() if self.two_theta_deg is None else self.two_theta_deg
             array[:, 0] = grid if grid.ndim == 1 else grid[start:stop]
             array[:, 1] = rows

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._base import as_pattern_list, open_progress_bar
+from ._xrd import XrdArrays, model_grid_deg, xrd_arrays
 from .ebsd_files import ebsd_chunks
 from .exceptions import UnexpectedResponseError
 from .models import EbsdIndexResult, ScatteringResult, XrdNoveltyResult, XrdPhaseResult
@@ -118,6 +119,9 @@ class KServeModelMethods:
         progress: bool,
     ) -> list[Any]:
         np = _np()
+        arrays = xrd_arrays(patterns)
+        if arrays is not None and not plots:
+            return self._xrd_arrays(model, result_type, arrays, version, wavelength_angstrom, progress)
         items = as_pattern_list(patterns)
         for index, (item, _) in enumerate(items):
             if len(item["two_theta_deg"]) != len(item["intensity"]):
@@ -153,6 +157,46 @@ class KServeModelMethods:
                     results.append(result_type(**fields, source=source, model=model, version=registry_version))
                 if bar is not None:
                     bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def _xrd_arrays(
+        self,
+        model: str,
+        result_type: type[XrdPhaseResult] | type[XrdNoveltyResult],
+        arrays: XrdArrays,
+        version: str | None,
+        wavelength_angstrom: float | None,
+        progress: bool,
+    ) -> list[Any]:
+        """Array batches of one length: the tensors are slices of the caller's arrays (no per-pattern lists)."""
+        np = _np()
+        total = len(arrays)
+        if arrays.two_theta_deg is None:
+            grid: Any = model_grid_deg()[None, :]
+        elif arrays.two_theta_deg.ndim == 1:
+            grid = np.asarray(arrays.two_theta_deg, dtype=np.float64)[None, :]
+        else:
+            grid = np.asarray(arrays.two_theta_deg, dtype=np.float64)
+        bar = open_progress_bar(total, unit="pattern", desc=model) if progress else None
+        pinned: tuple[str, str] | None = None
+        results: list[Any] = []
+        try:
+            for start in range(0, total, XRD_CHUNK):
+                stop = min(start + XRD_CHUNK, total)
+                inputs: dict[str, Any] = {
+                    "two_theta_deg": grid if grid.shape[0] == 1 else grid[start:stop],
+                    "intensity": np.asarray(arrays.intensity[start:stop], dtype=np.float64),
+                }
+                if wavelength_angstrom is not None:
+                    inputs["wavelength_angstrom"] = np.array([wavelength_angstrom], dtype=np.float64)
+                answered, registry_version, pinned = self._domain(model + "_patterns", inputs, version, pinned)
+                results += [result_type(**item, source=None, model=model, version=registry_version)
+                            for item in answered]  # fmt: skip
+                if bar is not None:
+                    bar.update(stop - start)
         finally:
             if bar is not None:
                 bar.close()

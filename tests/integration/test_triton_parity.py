@@ -189,6 +189,30 @@ def test_xrd_parity(name: str, in_process: Callable[[type], Any], clients: dict[
     assert_every_path_agrees(reference, answers)
 
 
+@pytest.mark.parametrize("name", ["xrd_phase", "xrd_novelty"])
+def test_xrd_array_batch_parity(name: str, in_process: Callable[[type], Any], clients: dict[str, Any]) -> None:
+    """Whole arrays, as a pipeline holds them: ``(n, 2048)`` on the model grid and ``(n, 2, m)`` on another grid,
+    sent as NPY bodies over HTTP and as slices of the arrays over KServe; every path agrees."""
+    rng = np.random.default_rng(5)
+    on_grid = (rng.random((5, 2048)) ** 8).astype(np.float32)
+    other = np.linspace(18, 92, 2500)
+    pairs = np.stack([np.stack([other, rng.random(2500) ** 8]) for _ in range(4)])
+    model_class, result_type, method = {"xrd_phase": (XrdPhaseModel, XrdPhaseResult, "classify_xrd"),
+                                        "xrd_novelty": (XrdNoveltyModel, XrdNoveltyResult, "xrd_novelty")}[name]  # fmt: skip
+    grid = np.linspace(20, 90, 2048)
+    for batch, items in (
+        (on_grid, [{"two_theta_deg": grid, "intensity": row} for row in on_grid]),
+        (pairs, [{"two_theta_deg": pair[0], "intensity": pair[1], "wavelength_angstrom": 1.5406} for pair in pairs]),
+    ):
+        wavelength = None if batch is on_grid else 1.5406
+        prediction = in_process(model_class)(items, None)
+        reference = [result_type(**{k: v for k, v in r.items() if k != "error"}, model=name,
+                                 version=prediction.version) for r in prediction.results]  # fmt: skip
+        answers = {path: getattr(client, method)(batch, wavelength_angstrom=wavelength)
+                   for path, client in clients.items()}  # fmt: skip
+        assert_every_path_agrees(reference, answers)
+
+
 def test_xrd_novelty_plots_parity(in_process: Callable[[type], Any], clients: dict[str, Any]) -> None:
     """With ``plots``: the same numbers and PNGs of the same pixels (within 2 levels) on every path."""
     patterns = xrd_patterns()[2:5]  # not 2: the HTTP client's as_pattern_list mistakes 2 mappings for a pair

@@ -567,8 +567,9 @@ def test_xrd_array_on_the_model_grid_goes_as_one_npy_body_per_chunk() -> None:
         results = client.classify_xrd(intensity, wavelength_angstrom=1.5406, binary=True)
     assert len(results) == 600 and all(r.source is None and r.version == "1.0.0" for r in results)
     assert [body.shape for _, body, _ in server.bodies] == [(256, 2048), (256, 2048), (88, 2048)]
-    assert all(kind == "application/x-npy" and body.dtype == np.float32 for kind, body, _ in server.bodies)
-    np.testing.assert_array_equal(np.concatenate([b for _, b, _ in server.bodies]), intensity.astype(np.float32))
+    # float64 values that are not float32-exact go as float64: the server sees exactly what the caller has
+    assert all(kind == "application/x-npy" and body.dtype == np.float64 for kind, body, _ in server.bodies)
+    np.testing.assert_array_equal(np.concatenate([b for _, b, _ in server.bodies]), intensity)
     params = [query for _, _, query in server.bodies]
     assert params[0] == {"wavelength_angstrom": "1.5406"}
     assert params[1] == params[2] == {"wavelength_angstrom": "1.5406", "version": "1.0.0"}  # pinned
@@ -583,11 +584,22 @@ def test_xrd_pairs_with_one_grid_go_as_n_2_m_and_model_grid_pairs_as_n_2048() ->
         client.xrd_novelty([{"two_theta_deg": MODEL_GRID, "intensity": row} for row in rows[:, :2048]], binary=True)
         client.classify_xrd(np.stack([np.stack([grid, row]) for row in rows]), binary=True)  # (n, 2, m) as is
     (_, pairs, _), (_, on_grid, _), (_, stacked, _) = server.bodies
-    assert pairs.shape == (5, 2, 3000) and pairs.dtype == np.float32
-    np.testing.assert_array_equal(pairs[:, 0], np.broadcast_to(grid.astype(np.float32), (5, 3000)))
-    np.testing.assert_array_equal(pairs[:, 1], rows.astype(np.float32))
+    assert pairs.shape == (5, 2, 3000) and pairs.dtype == np.float64
+    np.testing.assert_array_equal(pairs[:, 0], np.broadcast_to(grid, (5, 3000)))
+    np.testing.assert_array_equal(pairs[:, 1], rows)
     assert on_grid.shape == (5, 2048)
     np.testing.assert_array_equal(stacked, pairs)
+
+
+def test_float32_arrays_go_as_float32() -> None:
+    """float32 intensities on the model grid (what detectors and simulators give) are sent as they are."""
+    server = FakeXrdServer()
+    intensity = np.random.default_rng(1).random((3, 2048)).astype(np.float32)
+    with xrd_client(server) as client:
+        client.classify_xrd(intensity, binary=True)
+    (_, body, _) = server.bodies[0]
+    assert body.dtype == np.float32
+    np.testing.assert_array_equal(body, intensity)
 
 
 def test_xrd_pairs_with_a_grid_each_of_one_length_go_as_n_2_m() -> None:
@@ -596,7 +608,7 @@ def test_xrd_pairs_with_a_grid_each_of_one_length_go_as_n_2_m() -> None:
     with xrd_client(server) as client:
         client.classify_xrd([(g, np.ones(1000)) for g in grids], binary=True)
     (_, body, _) = server.bodies[0]
-    np.testing.assert_array_equal(body[:, 0], np.stack(grids).astype(np.float32))
+    np.testing.assert_array_equal(body[:, 0], np.stack(grids))
 
 
 def test_xrd_auto_choice_is_switchable_and_falls_back_to_json(monkeypatch: pytest.MonkeyPatch) -> None:
