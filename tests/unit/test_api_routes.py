@@ -235,3 +235,26 @@ async def test_npy_headers_numpy_cannot_parse_are_a_422(client: httpx.AsyncClien
     response = await client.post(path, content=body, headers={"content-type": "application/x-npy"})
     assert response.status_code == 422, response.text
     assert "NPY" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("files", "query", "status", "says"),
+    [
+        ([("files", ("scan.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64))], "", 422, "scan.png"),
+        ([("files", ("bad.xy", b"20.0 1\n20.1 abc\n"))], "", 422, "bad.xy"),
+        ([("files", ("nan.xy", "\n".join(f"{20 + k * 0.035} nan" for k in range(2000)).encode()))], "", 422, "nan.xy"),
+        ([("files", ("nul.xy", b"20 1\x00\n"))], "", 422, "nul.xy"),
+        ([("files", (f"p{k}.xy", b"20 1\n")) for k in range(5)], "", 413, "over the limit of 4"),
+        ([("files", ("p.xy", b"20 1\n21 2\n"))], "?wavelength_angstrom=abc", 422, "wavelength_angstrom"),
+    ],
+)
+async def test_hostile_xrd_multipart_uploads(
+    context: ServingContext, files: list[tuple[str, tuple[str, bytes]]], query: str, status: int, says: str
+) -> None:
+    """Files that are not two-column text, hold NaN or NUL bytes, too many files (a server allowing 4 patterns),
+    bad options: a 4xx in the envelope naming the file or option, and the server keeps serving."""
+    async for client in _client(context, _settings(max_patterns=4)):
+        response = await client.post("/xrd/phase" + query, files=files)
+        assert response.status_code == status, response.text
+        assert says in response.json()["error"]["message"]
+        assert (await client.post("/formation-enthalpy", json={"formulas": ["NaCl"]})).status_code == 200
