@@ -61,7 +61,7 @@ def parse_pattern(text: str, source: str = "<text>") -> XrdPattern:
         line = raw.strip()
         if not line or line.startswith(_COMMENT):
             continue
-        fields = [f for f in _SPLIT.split(line) if f]
+        fields = [f for f in _SPLIT.split(line.strip(" \t,;"), maxsplit=3) if f]  # bounded: 3 fields + rest
         try:
             values = [float(f) for f in fields[:3]]
         except ValueError:

@@ -54,9 +54,9 @@ def read_header(data: bytes | bytearray, what: str) -> NpyHeader:
         major, _ = np.lib.format.read_magic(buffer)
         reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = reader(buffer)
-    except (ValueError, SyntaxError, TokenError) as error:  # numpy parses the header dict with the tokenizer
-        raise NpyError(f"{what} has a broken NPY header ({error})") from None
-    return NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran_order), buffer.tell())
+        return NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran_order), buffer.tell())
+    except (ValueError, SyntaxError, TokenError, TypeError) as error:  # numpy parses the header with the tokenizer
+        raise NpyError(f"{what} has a broken NPY header ({type(error).__name__}: {error})") from None
 
 
 def array_view(data: bytes | bytearray, header: NpyHeader, what: str) -> np.ndarray:

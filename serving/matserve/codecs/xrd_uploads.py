@@ -9,9 +9,9 @@ Two binary forms of the ``/v1/xrd/phase`` and ``/v1/xrd/novelty`` bodies:
   (degrees) and intensity, one grid for all rows or one per row; one pattern as ``(2048,)`` or ``(2, m)``.
   A ``(2, 2048)`` array is one pattern when its row 0 is the model grid, else two rows of intensities.
 * :func:`decode_xrd_files` reads the files of a ``multipart/form-data`` body: two-column text (``.xy``,
-  ``.xye``, ``.csv``, ``.txt``, ``.dat``), parsed by the SDK's rules (:func:`parse_text` is
-  ``matserve_client.xrd_files.parse_pattern``'s twin: the server codecs do not import the SDK, as the Triton
-  python backend gets ``matserve`` alone), one pattern per file, size and line count checked first.
+  ``.xye``, ``.csv``, ``.txt``, ``.dat``), parsed by the SDK's own parser
+  (:func:`matserve_client.xrd_files.parse_pattern`, so client and server read a file alike), one pattern per
+  file, size and line count checked first.
 
 Refusals raise :class:`~matserve.codecs.xrd.PatternError` (HTTP 422) saying what was wrong and what is accepted;
 size limits raise its subclass :class:`XrdUploadTooLarge` (HTTP 413). The checks of each pattern's values
@@ -20,14 +20,13 @@ size limits raise its subclass :class:`XrdUploadTooLarge` (HTTP 413). The checks
 
 from __future__ import annotations
 
-import re
-from tokenize import TokenError
 from typing import Any
 
 import numpy as np
 
 from matserve.codecs.npy import NpyError, array_view, read_header
 from matserve.codecs.xrd import MAX_POINTS, MIN_POINTS, MODEL_GRID_DEG, N_POINTS, PatternError
+from matserve_client.xrd_files import PatternFileError, parse_pattern
 
 NPY_ACCEPTED = (
     f"an NPY array of float32/float64 (or integer) values: (n, {N_POINTS}) intensities on the model grid "
@@ -122,10 +121,6 @@ def decode_xrd_npy(body: bytes, *, max_patterns: int, wavelength_angstrom: float
         header = read_header(body, what)
     except NpyError as error:
         raise PatternError(f"{error}; expected {NPY_ACCEPTED}") from None
-    except (SyntaxError, TokenError, TypeError) as error:  # numpy's header parser lets these through read_header
-        raise PatternError(
-            f"{what} has a broken NPY header ({type(error).__name__}); expected {NPY_ACCEPTED}"
-        ) from None
     dtype, shape = header.dtype, header.shape
     if (
         dtype.hasobject
@@ -166,44 +161,6 @@ def decode_xrd_npy(body: bytes, *, max_patterns: int, wavelength_angstrom: float
         grid = _shared_grid(first, what)
         return [_item(grid, pair[1], wavelength_angstrom) for pair in pairs]
     return [_item(pair[0], pair[1], wavelength_angstrom) for pair in pairs]
-
-
-_SPLIT = re.compile(r"[\s,;]+")
-_COMMENT = ("#", "!", ";", "'")
-
-
-def parse_text(text: str, source: str) -> tuple[list[float], list[float]]:
-    """2θ and intensity of a two-column text file, by the rules of ``matserve_client.xrd_files.parse_pattern``.
-
-    One point per line, 2θ (degrees) then intensity, optionally a third column (ignored), separated by spaces,
-    tabs, commas or semicolons; blank lines, comment lines (``#``, ``!``, ``;``, ``'``) and header lines before
-    the first numeric row are skipped.
-
-    Raises
-    ------
-    PatternError
-        A non-numeric line after the data started, a line with one value, or no data; naming ``source`` and line.
-    """
-    two_theta_deg: list[float] = []
-    intensity: list[float] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith(_COMMENT):
-            continue
-        fields = [f for f in _SPLIT.split(line.strip(" \t,;"), maxsplit=3) if f]  # bounded: 3 fields + rest
-        try:
-            values = [float(f) for f in fields[:3]]
-        except ValueError:
-            if not two_theta_deg:
-                continue  # a header before the data
-            raise PatternError(f"{source}, line {number}: not numbers: {line[:80]!r}") from None
-        if len(values) < 2:
-            raise PatternError(f"{source}, line {number}: needs 2θ and intensity, found {len(values)} value(s)")
-        two_theta_deg.append(values[0])
-        intensity.append(values[1])
-    if not two_theta_deg:
-        raise PatternError(f"{source}: no data rows (expected lines of '2θ intensity [error]')")
-    return two_theta_deg, intensity
 
 
 def _label(name: str, index: int) -> str:
@@ -271,8 +228,8 @@ def decode_xrd_files(
         except UnicodeDecodeError:
             text = data.decode("latin-1")
         try:
-            x, y = parse_text(text, source=label)
-        except PatternError as error:
+            x, y = parse_pattern(text, source=label)
+        except PatternFileError as error:
             raise PatternError(f"{error}; expected {FILES_ACCEPTED}") from None
         if len(x) > MAX_POINTS:
             raise XrdUploadTooLarge(f"{label} has {len(x)} points, over the limit of {MAX_POINTS}")
