@@ -155,8 +155,9 @@ class ScatteringResult(BaseModel):
     technique_confident: bool | None = Field(
         default=None,
         description="whether the top technique probability reaches the card's technique_confidence_thresholds "
-        "(calibrated on validation so that confident answers are right 99.5 % of the time; one threshold with "
-        "the setup known, one without): sort these automatically, check the others; null for versions before 1.3.0",
+        "(one threshold with the setup known, one without; from 1.4.0 calibrated on real images too) and the "
+        "image is not out_of_distribution: sort these automatically, send the others to a person; null for "
+        "versions before 1.3.0",
     )
     geometry: str | None = Field(description="most probable geometry (transmission, grazing)")
     geometry_probabilities: dict[str, float] | None = Field(description="softmax over the geometries")
@@ -173,6 +174,17 @@ class ScatteringResult(BaseModel):
     )
     setup_source: str | None = Field(
         default=None, description="where the setup came from: header, request or header+request"
+    )
+    feature_distance: float | None = Field(
+        default=None,
+        description="how unlike the training images this image is: RMS standard deviations from the nearest "
+        "technique's mean in the network's pooled-feature space (about 1 for training images); null for versions "
+        "before 1.4.0",
+    )
+    out_of_distribution: bool | None = Field(
+        default=None,
+        description="feature_distance is above the card's threshold: the image is unlike anything the model learnt "
+        "from, its technique is a guess, and technique_confident is false; null for versions before 1.4.0",
     )
     saliency_png_base64: str | None = Field(default=None, description="base64 RGB PNG: Grad-CAM over the image")
     saliency_label: str | None = Field(default=None, description="label whose Grad-CAM map the PNG shows")

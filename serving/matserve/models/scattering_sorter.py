@@ -1,5 +1,8 @@
 """Scattering sorter: 2D X-ray detector images in; technique, geometry and features out, with a Grad-CAM map.
 
+(Over 500 lines: the lifecycle, its label rules and the item encoding are one unit that the HTTP API, jobs and
+Triton all call; splitting them would scatter one model's conventions over several files.)
+
 Each image is encoded by :func:`matserve.codecs.scattering.encode_image` (the function the training simulator
 uses: invalid pixels masked, hot pixels clipped, binned into a letterboxed 128 x 128 frame, log-scaled), in a
 small thread pool (the codec's kernel releases the GIL). The network answers, per image:
@@ -15,7 +18,11 @@ small thread pool (the codec's kernel releases the GIL). The network answers, pe
   diffuse_halo); ``features`` lists those at or above their threshold (the card's ``feature_thresholds``,
   calibrated on validation; else 0.5), in label order;
 * ``class_activation_maps`` ``(16, 16, 11)``: Grad-CAM before its ReLU for every label (techniques, geometries,
-  features), on the network's 16 x 16 grid over the 128 x 128 input.
+  features), on the network's 16 x 16 grid over the 128 x 128 input;
+* from 1.4.0, ``feature_distance``: how far the image lies from the simulated training images in the network's
+  pooled-feature space (:mod:`training.scattering.feature_density`, computed in the graph); above the card's
+  ``feature_distance.threshold`` the result says ``out_of_distribution`` and is never ``technique_confident``.
+  From 1.4.0 the confidence thresholds are also calibrated on real images (the card's ``real_development_set``).
 
 Every result also has ``detector_shape`` ``[rows, cols]`` (pixels) and ``valid_fraction`` (share of the
 detector's pixels that were valid).
@@ -75,7 +82,9 @@ TECHNIQUE_OUTPUT = "technique_probabilities"
 GEOMETRY_OUTPUT = "geometry_probabilities"
 FEATURE_OUTPUT = "feature_probabilities"
 CAM_OUTPUT = "class_activation_maps"
+DISTANCE_OUTPUT = "feature_distance"
 OUTPUTS = (TECHNIQUE_OUTPUT, GEOMETRY_OUTPUT, FEATURE_OUTPUT, CAM_OUTPUT)
+"""Every version's outputs; versions from 1.4.0 on also have :data:`DISTANCE_OUTPUT`."""
 RUN_BATCH = 256
 """Most images per runtime call (or the card's ``serving.max_batch_size`` if smaller): 256 x 128 KiB inputs."""
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -84,7 +93,8 @@ DEFAULT_FEATURE_THRESHOLD = 0.5
 EMPTY_RESULT: dict[str, Any] = {
     "technique": None, "technique_probabilities": None, "technique_confident": None, "geometry": None,
     "geometry_probabilities": None, "features": None, "feature_probabilities": None, "detector_shape": None,
-    "valid_fraction": None, "q_span_inv_angstrom": None, "setup_source": None, "saliency_png_base64": None, "saliency_label": None,
+    "valid_fraction": None, "q_span_inv_angstrom": None, "setup_source": None, "feature_distance": None,
+    "out_of_distribution": None, "saliency_png_base64": None, "saliency_label": None,
 }  # fmt: skip
 
 _POOL: ThreadPoolExecutor | None = None
@@ -113,6 +123,9 @@ class Labels:
         The card's ``technique_confidence_thresholds``: the top technique probability at or above which the
         technique is called confident, with the setup known (``setup_known``) and unknown (``setup_unknown``);
         empty for versions calibrated before 1.3.0.
+    distance_threshold : float or None
+        The card's ``feature_distance.threshold``: an image whose ``feature_distance`` exceeds it is out of
+        distribution (never confident); ``None`` for versions without the output (before 1.4.0).
     """
 
     technique: tuple[str, ...]
@@ -120,6 +133,7 @@ class Labels:
     features: tuple[str, ...]
     feature_thresholds: tuple[float, ...]
     confidence_thresholds: Mapping[str, float]
+    distance_threshold: float | None = None
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> Labels:
@@ -130,18 +144,29 @@ class Labels:
         per_feature = card.get("feature_thresholds") or {}
         thresholds = tuple(float(per_feature.get(name, default)) for name in labels["features"])
         confidence = {key: float(value) for key, value in (card.get("technique_confidence_thresholds") or {}).items()}
+        distance = (card.get("feature_distance") or {}).get("threshold")
         return cls(tuple(labels["technique"]), tuple(labels["geometry"]), tuple(labels["features"]), thresholds,
-                   confidence)  # fmt: skip
+                   confidence, None if distance is None else float(distance))  # fmt: skip
 
     def present_features(self, probabilities: np.ndarray) -> list[str]:
         """The features at or above their thresholds, in label order."""
         return [f for f, p, t in zip(self.features, probabilities, self.feature_thresholds, strict=True) if p >= t]
 
-    def technique_confident(self, probabilities: np.ndarray, setup_known: bool) -> bool | None:
-        """Whether the top technique probability reaches the card's threshold for this setup case (``None`` if the
-        card has none)."""
+    def out_of_distribution(self, distance: float | None) -> bool | None:
+        """Whether ``feature_distance`` exceeds the card's threshold (``None`` for versions without one)."""
+        if distance is None or self.distance_threshold is None:
+            return None
+        return bool(distance > self.distance_threshold)
+
+    def technique_confident(
+        self, probabilities: np.ndarray, setup_known: bool, out_of_distribution: bool | None = None
+    ) -> bool | None:
+        """Whether the top technique probability reaches the card's threshold for this setup case and the image is
+        not out of distribution (``None`` if the card has no thresholds)."""
         threshold = self.confidence_thresholds.get("setup_known" if setup_known else "setup_unknown")
-        return None if threshold is None else bool(float(probabilities.max()) >= threshold)
+        if threshold is None:
+            return None
+        return bool(float(probabilities.max()) >= threshold) and not out_of_distribution
 
     @property
     def maps(self) -> tuple[str, ...]:
@@ -360,7 +385,8 @@ class ScatteringSorterModel(ServedModel[PreparedScattering, ScatteringOptions]):
             self.runtime.run(model, {name: value[i : i + size] for name, value in inputs.items()})
             for i in range(0, len(prepared.rows), size)
         ]
-        return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in OUTPUTS}
+        names = (*OUTPUTS, DISTANCE_OUTPUT) if DISTANCE_OUTPUT in parts[0] else OUTPUTS
+        return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in names}
 
     def postprocess(
         self, prepared: PreparedScattering, outputs: dict[str, np.ndarray], options: ScatteringOptions | None = None
@@ -378,13 +404,16 @@ class ScatteringSorterModel(ServedModel[PreparedScattering, ScatteringOptions]):
             raise RuntimeError(f"{self.name}: the graph answers {widths} probabilities but the card has "
                                f"{len(labels.technique)}, {len(labels.geometry)}, {len(labels.features)} labels")  # fmt: skip
         q_spans = prepared.q_spans if prepared.q_spans is not None else [None] * len(prepared.rows)
+        distances = outputs.get(DISTANCE_OUTPUT)
         for k, row in enumerate(prepared.rows):
             encoded, shape = prepared.encoded[k], prepared.shapes[k]
             best = labels.technique[int(technique[k].argmax())]
+            distance = None if distances is None else float(np.asarray(distances).reshape(-1)[k])
+            unusual = labels.out_of_distribution(distance)
             results[row].update({
                 "technique": best,
                 "technique_probabilities": _probabilities(labels.technique, technique[k]),
-                "technique_confident": labels.technique_confident(technique[k], q_spans[k] is not None),
+                "technique_confident": labels.technique_confident(technique[k], q_spans[k] is not None, unusual),
                 "geometry": labels.geometry[int(geometry[k].argmax())],
                 "geometry_probabilities": _probabilities(labels.geometry, geometry[k]),
                 "features": labels.present_features(features[k]),
@@ -393,6 +422,8 @@ class ScatteringSorterModel(ServedModel[PreparedScattering, ScatteringOptions]):
                 "valid_fraction": round(encoded.valid_fraction, 6),
                 "q_span_inv_angstrom": None if q_spans[k] is None else round(q_spans[k], 6),
                 "setup_source": None if q_spans[k] is None else (prepared.setups[k].source or None),
+                "feature_distance": None if distance is None else round(distance, 4),
+                "out_of_distribution": unusual,
             })  # fmt: skip
             if prepared.saliency_label is not None:
                 from matserve.plots import SALIENCY_SCALE, saliency, saliency_png

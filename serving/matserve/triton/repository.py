@@ -160,7 +160,7 @@ DOMAIN_MODELS: dict[str, DomainModel] = {
             _OPTIONS,
         ),
         handler="scattering",
-        typed_outputs=(("valid_fraction", 0), ("q_span_inv_angstrom", 0)),
+        typed_outputs=(("valid_fraction", 0), ("q_span_inv_angstrom", 0), ("feature_distance", 0)),
     ),
 }
 """Registry model -> its domain model (see :func:`domain_config`)."""
