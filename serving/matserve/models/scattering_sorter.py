@@ -59,6 +59,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 from typing_extensions import TypedDict
 
+from matserve.codecs.active_area import inactive_disc_mask
 from matserve.codecs.detector_files import Frame
 from matserve.codecs.scattering import (
     INPUT_SIDE_PX,
@@ -316,6 +317,9 @@ def _encode(item: Any) -> tuple[EncodedImage | None, tuple[int, int] | None, Set
         return None, None, None, item
     try:
         image, mask, setup = _item_arrays(item)
+        disc = inactive_disc_mask(image)
+        if disc is not None:
+            mask = disc if mask is None else np.maximum(disc, np.asarray(mask) != 0).astype(np.uint8)
         encoded = encode_image(image, mask)
     except ImageError as error:
         return None, None, None, str(error)
