@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,24 @@ from .scattering_files import ScatteringUpload, scattering_files, scattering_upl
 SCATTERING_PATH = "/v1/scattering/sort"
 
 
+def _raw_params(shape: Any, dtype: str | None) -> dict[str, str]:
+    """The ``shape``/``dtype`` query parameters of a headerless raw file (both or neither).
+
+    Raises
+    ------
+    ValueError
+        Only one of them, or a shape that is not two positive whole numbers.
+    """
+    if shape is None and dtype is None:
+        return {}
+    if shape is None or dtype is None:
+        raise ValueError("shape and dtype describe a headerless raw file together: give both or neither")
+    values = tuple(shape)
+    if len(values) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"shape is (rows, cols), two positive whole numbers; got {shape!r}")
+    return {"shape": f"{values[0]}x{values[1]}", "dtype": str(dtype)}
+
+
 def _scattering_source(source: Any, sent_name: str | None, path: str | None) -> str | None:
     """The server's ``name``/``name[frame k]`` as ``path``/``path[frame k]`` for an uploaded file."""
     if sent_name is None or path is None or not isinstance(source, str):
@@ -47,10 +66,11 @@ class _ScatteringFlows(BaseClient):
         saliency_label: str | None,
         version: str | None,
         setup: dict[str, float | None] | None = None,
+        raw: dict[str, str] | None = None,
     ) -> Flow[list[ScatteringResult]]:
         """Sort one file, ``bytes`` or 2D array: one result per frame."""
         return (yield from self._scattering_upload_flow(scattering_upload(path_or_array), saliency, saliency_label,
-                                                        version, setup))  # fmt: skip
+                                                        version, setup, raw))  # fmt: skip
 
     def _scattering_upload_flow(
         self,
@@ -59,11 +79,14 @@ class _ScatteringFlows(BaseClient):
         saliency_label: str | None,
         version: str | None,
         setup: dict[str, float | None] | None = None,
+        raw: dict[str, str] | None = None,
     ) -> Flow[list[ScatteringResult]]:
-        """One request; ``setup``: ``distance_m``, ``wavelength_angstrom``, ``pixel_size_um`` (``None``: not sent)."""
+        """One request; ``setup``: ``distance_m``, ``wavelength_angstrom``, ``pixel_size_um`` (``None``: not sent);
+        ``raw``: the ``shape``/``dtype`` parameters (:func:`_raw_params`)."""
         params: dict[str, str] = {
             name: repr(float(value)) for name, value in (setup or {}).items() if value is not None
         }
+        params.update(raw or {})
         if saliency:
             params["saliency"] = "true"
         if saliency_label is not None:
@@ -104,6 +127,7 @@ class _ScatteringFlows(BaseClient):
         saliency_label: str | None,
         version: str | None,
         setup: dict[str, float | None] | None = None,
+        raw: dict[str, str] | None = None,
     ) -> Flow[list[ScatteringFileResult]]:
         """One request per file (version pinned after the first answer); refusals recorded per file."""
         files = scattering_files(folder, pattern, recursive)
@@ -114,7 +138,8 @@ class _ScatteringFlows(BaseClient):
             for path in files:
                 try:
                     upload = scattering_upload(path)
-                    results = yield from self._scattering_upload_flow(upload, saliency, saliency_label, pinned, setup)
+                    results = yield from self._scattering_upload_flow(upload, saliency, saliency_label, pinned, setup,
+                                                                      raw)  # fmt: skip
                 except (NotFoundError, ServiceUnavailableError):
                     raise  # an unknown version or a server that cannot sort: every file would fail the same way
                 except (ClientRequestError, ServerError) as exc:
@@ -145,16 +170,20 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringResult]:
         """Technique, geometry and features of 2D X-ray detector images (``POST /v1/scattering/sort``).
 
         Parameters
         ----------
         path_or_array : path, bytes or array
-            A detector file (TIFF, CBF, EDF, HDF5/NeXus, NPY, PNG; uploaded as it is, the server recognises the
-            format from the bytes; every frame of a multi-frame file is sorted), the bytes of one, or a 2D numpy
-            array of counts (sent as ``.npy``; needs numpy). Integer gaps (negative values, or the unsigned
-            maximum) and an HDF5 file's Eiger ``pixel_mask`` are masked by the server.
+            A detector file (TIFF incl. MarCCD ``.mccd``, CBF, EDF, HDF5/NeXus, NPY, PNG, any of them gzip- or
+            bzip2-compressed, or headerless raw pixels; uploaded as it is, the server recognises the format from the
+            bytes; every frame of a multi-frame file is sorted), the bytes of one, or a 2D numpy array of counts
+            (sent as ``.npy``; needs numpy). Integer gaps (negative values, or the unsigned maximum), module gaps
+            written as 0 in a known Pilatus/Eiger shape and an HDF5 file's Eiger ``pixel_mask`` are masked by the
+            server.
         saliency : bool, default False
             Also return a PNG per image with the Grad-CAM map of the predicted technique over the image
             (``result.save_saliency_png(path)``); at most 64 frames per request then.
@@ -166,7 +195,13 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
             The measurement setup: sample-detector distance (m), wavelength (Angstrom), pixel size (um). Each
             overrides the file header's value (CBF, EDF and NeXus files usually carry them). With all three
             known, versions from 1.2.0 on are given the detector's q span and separate small- from wide-angle
-            images much better; ``result.q_span_inv_angstrom`` says whether they were.
+            images much better; ``result.q_span_inv_angstrom`` says whether they were, ``result.setup_source``
+            where each value came from (e.g. ``distance_m=request; wavelength_angstrom=header:TIFF ImageDescription
+            Wavelength (A); pixel_size_m=...``).
+        shape, dtype : (int, int) and str, optional
+            For headerless raw files: frame ``(rows, cols)`` and pixel type (``"uint16"``, ``"int32"``,
+            ``"float32"``, ... little-endian; ``">uint16"`` for big-endian); give both. Without them, a raw file is
+            read only when its size is exactly one frame of a known detector (Pilatus, Eiger, MarCCD/Rayonix).
 
         Returns
         -------
@@ -186,10 +221,12 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
         NotFoundError, ServiceUnavailableError, MatserveConnectionError
             As for :meth:`formation_enthalpy`.
         FileNotFoundError, ValueError, TypeError
-            A missing file, an array that is not 2D, or an input of another type (checked before sending).
+            A missing file, an array that is not 2D, an input of another type, or only one of ``shape`` and
+            ``dtype`` (checked before sending).
         """
         setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
-        return self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version, setup))
+        raw = _raw_params(shape, dtype)
+        return self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version, setup, raw))
 
     def sort_scattering_folder(
         self,
@@ -204,6 +241,8 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringFileResult]:
         """Sort every detector file of a folder, one request per file, recording each file's outcome.
 
@@ -213,13 +252,13 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
             The folder.
         pattern : str, default "*"
             Glob on file names (e.g. ``"*_0001.cbf"``); only files with a supported suffix are taken
-            (``.tif``, ``.tiff``, ``.cbf``, ``.edf``, ``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, ``.nx5``, ``.npy``,
-            ``.png``), in path order.
+            (``.tif``, ``.tiff``, ``.mccd``, ``.cbf``, ``.edf``, ``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, ``.nx5``,
+            ``.npy``, ``.png``, ``.gz``, ``.bz2``, ``.raw``, ``.bin``), in path order.
         progress : bool, default True
             A tqdm progress bar over files, when tqdm is installed.
-        saliency, saliency_label, version, distance_m, wavelength_angstrom, pixel_size_um
+        saliency, saliency_label, version, distance_m, wavelength_angstrom, pixel_size_um, shape, dtype
             As for :meth:`sort_scattering` (the version that answers the first file is pinned for the rest; the
-            setup values apply to every file).
+            setup values and the raw layout apply to every file).
         recursive : bool, default False
             Also take the files of subfolders.
 
@@ -237,9 +276,9 @@ class ScatteringMethods(_ScatteringFlows, SyncDriver):
             An unknown ``version``, or a server that cannot sort at all: every file would fail the same way.
         """
         setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
-        return self._run(
-            self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label, version, setup)
-        )
+        raw = _raw_params(shape, dtype)
+        return self._run(self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label,
+                                                      version, setup, raw))  # fmt: skip
 
 
 class AsyncScatteringMethods(_ScatteringFlows, AsyncDriver):
@@ -256,9 +295,12 @@ class AsyncScatteringMethods(_ScatteringFlows, AsyncDriver):
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringResult]:
         setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
-        return await self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version, setup))
+        raw = _raw_params(shape, dtype)
+        return await self._run(self._scattering_flow(path_or_array, saliency, saliency_label, version, setup, raw))
 
     @same_doc(ScatteringMethods.sort_scattering_folder)
     async def sort_scattering_folder(
@@ -274,8 +316,10 @@ class AsyncScatteringMethods(_ScatteringFlows, AsyncDriver):
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringFileResult]:
         setup = {"distance_m": distance_m, "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um}
-        return await self._run(
-            self._scattering_folder_flow(folder, pattern, recursive, progress, saliency, saliency_label, version, setup)
-        )
+        raw = _raw_params(shape, dtype)
+        return await self._run(self._scattering_folder_flow(folder, pattern, recursive, progress, saliency,
+                                                            saliency_label, version, setup, raw))  # fmt: skip

@@ -374,6 +374,8 @@ class KServeModelMethods:
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: str | tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringResult]:
         """Technique, geometry and features of detector images on Triton (``scattering_sorter_images``); as
         :meth:`Client.sort_scattering`.
@@ -391,6 +393,9 @@ class KServeModelMethods:
             Registry version; default the active one.
         distance_m, wavelength_angstrom, pixel_size_um : float, optional
             The setup: sample-detector distance (m), wavelength (Å), pixel size (µm); each overrides the header's.
+        shape, dtype : optional
+            For a headerless raw file: ``rows x cols`` (``"1043x981"`` or ``(1043, 981)``) and the pixel type
+            (``"int32"``, ``">u2"``...), given together.
 
         Returns
         -------
@@ -404,8 +409,10 @@ class KServeModelMethods:
         """
         upload = scattering_upload(path_or_array)
         sent_name = Path(upload.name).name if upload.name is not None else None
+        raw_shape = f"{shape[0]}x{shape[1]}" if isinstance(shape, tuple | list) else shape
         options = {"saliency": saliency, "saliency_label": saliency_label, "distance_m": distance_m,
                    "wavelength_angstrom": wavelength_angstrom, "pixel_size_um": pixel_size_um,
+                   "shape": raw_shape, "dtype": dtype,
                    "file_names": [sent_name] if sent_name else None, "content_type": upload.content_type}  # fmt: skip
         inputs = {"files": _bytes_tensor([upload.data]), "options": _options(options)}
         answered, registry_version, _ = self._domain("scattering_sorter_images", inputs, version)
@@ -486,13 +493,16 @@ class AsyncKServeModelMethods:
         distance_m: float | None = None,
         wavelength_angstrom: float | None = None,
         pixel_size_um: float | None = None,
+        shape: str | tuple[int, int] | None = None,
+        dtype: str | None = None,
     ) -> list[ScatteringResult]:
         """See :meth:`KServeClient.sort_scattering`."""
         import asyncio
 
         return await asyncio.to_thread(self._client.sort_scattering, path_or_array, saliency=saliency,
                                        saliency_label=saliency_label, version=version, distance_m=distance_m,
-                                       wavelength_angstrom=wavelength_angstrom, pixel_size_um=pixel_size_um)  # fmt: skip
+                                       wavelength_angstrom=wavelength_angstrom, pixel_size_um=pixel_size_um,
+                                       shape=shape, dtype=dtype)  # fmt: skip
 
 
 __all__ = ["AsyncKServeModelMethods", "KServeModelMethods"]

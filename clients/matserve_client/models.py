@@ -318,9 +318,9 @@ class ScatteringResult(BaseModel):
     technique_probabilities : dict of str to float or None
         Probability of every technique (they sum to 1).
     technique_confident : bool or None
-        Whether the top technique probability reaches the version's calibrated threshold (confident answers were
-        right 99.5 % of the time on validation): sort these automatically, have a person check the others.
-        ``None`` for versions without thresholds (before 1.3.0).
+        Whether the top technique probability reaches the version's calibrated threshold (from 1.4.0 set on
+        simulated and real images) and the image is not :attr:`out_of_distribution`: sort these automatically,
+        have a person check the others. ``None`` for versions without thresholds (before 1.3.0).
     geometry : str or None
         Most probable geometry: ``transmission`` or ``grazing``.
     geometry_probabilities : dict of str to float or None
@@ -339,7 +339,13 @@ class ScatteringResult(BaseModel):
         the distance, wavelength or pixel size was unknown (sorted from the pixels alone), or the version takes
         no setup.
     setup_source : str or None
-        Where the setup came from: ``header``, ``request`` or ``header+request``.
+        Where each setup value came from, ``name=where`` joined by ``"; "`` (e.g. ``distance_m=request;
+        wavelength_angstrom=header:CBF Wavelength (A)``), one word when all came from one place.
+    feature_distance : float or None
+        How unlike the training images the image is (RMS standard deviations in the network's feature space;
+        about 1 for training images); ``None`` before version 1.4.0.
+    out_of_distribution : bool or None
+        ``feature_distance`` above the card's threshold: the technique is a guess and never confident.
     saliency_png : bytes or None
         With ``saliency=True``: an RGB PNG of the image as the network saw it (log intensity, grey) with the
         Grad-CAM map of :attr:`saliency_label` over it (see :meth:`save_saliency_png`).
@@ -365,6 +371,8 @@ class ScatteringResult(BaseModel):
     valid_fraction: float | None = None
     q_span_inv_angstrom: float | None = None
     setup_source: str | None = None
+    feature_distance: float | None = None
+    out_of_distribution: bool | None = None
     saliency_png: bytes | None = Field(default=None, repr=False)
     saliency_label: str | None = None
     error: str | None = None

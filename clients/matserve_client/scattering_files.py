@@ -1,7 +1,8 @@
 """Scattering-sorter inputs for the SDK: files sent as they are, arrays as ``.npy``, folders listed.
 
-Detector files (TIFF, CBF, EDF, HDF5/NeXus, NPY, PNG) are uploaded byte for byte (the server decodes them and
-recognises the format from the bytes), so they need nothing beyond httpx; numpy is imported only when an array
+Detector files (TIFF incl. MarCCD ``.mccd``, CBF, EDF, HDF5/NeXus, NPY, PNG; gzip/bzip2-compressed ones; headerless
+``.raw``/``.bin`` pixels) are uploaded byte for byte (the server decodes them and recognises the format from the
+bytes), so they need nothing beyond httpx; numpy is imported only when an array
 is given (``pip install 'matserve-client[ebsd]'``).
 """
 
@@ -27,6 +28,11 @@ SCATTERING_SUFFIXES: dict[str, str] = {
     ".nx5": "application/x-hdf5",
     ".cbf": "application/octet-stream",
     ".edf": "application/octet-stream",
+    ".mccd": "image/tiff",
+    ".gz": "application/gzip",
+    ".bz2": "application/x-bzip2",
+    ".raw": "application/octet-stream",
+    ".bin": "application/octet-stream",
 }
 """File suffixes the scattering sorter reads, with the content type they are sent with."""
 

@@ -173,7 +173,10 @@ class ScatteringResult(BaseModel):
         "null when the distance, wavelength or pixel size was unknown, or the version takes no setup",
     )
     setup_source: str | None = Field(
-        default=None, description="where the setup came from: header, request or header+request"
+        default=None,
+        description="where each setup value came from, e.g. 'distance_m=request; wavelength_angstrom=header:CBF "
+        "Wavelength (A); pixel_size_m=header:CBF Pixel_size (m)' (one word when all came from one place); "
+        "'(..., inferred)' marks a unit decided from plausibility",
     )
     feature_distance: float | None = Field(
         default=None,

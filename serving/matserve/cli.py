@@ -8,6 +8,7 @@
     matserve predict ebsd a.png b.tif c.npy [--pc X,Y,Z] [--refine]  # orientations of EBSD patterns
     matserve predict ebsd-scan scan.h5 [--ipf map.png]       # orientation map + IPF-Z PNG of a scan
     matserve predict scattering a.cbf b.h5 [--saliency-png OUT] [--distance-m 0.25]  # technique/geometry/features
+    matserve predict scattering frame.raw --shape 1043x981 --dtype int32             # headerless raw pixels
     matserve models [--json]                                  # what a server serves
     matserve registry list | activate NAME VERSION            # the local registry folder
     matserve triton build-repo OUT [--target cpu|gpu]         # Triton model repository from the registry
@@ -157,6 +158,16 @@ def _saliency_path(out: Path, source: str, single: bool) -> Path:
     return out / f"{stem}.saliency.png"
 
 
+def _raw_shape(text: str) -> tuple[int, int]:
+    """``(rows, cols)`` of ``--shape 1043x981`` (or ``1043,981``)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        rows, cols = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ROWSxCOLS, e.g. 1043x981") from None
+    return rows, cols
+
+
 def _predict_scattering(args: argparse.Namespace) -> int:
     """Technique, geometry and features of every frame of the files, one line per frame; ``--saliency-png`` writes
     the Grad-CAM PNGs. A file the server refuses is reported and the others go on (exit code 1)."""
@@ -172,7 +183,7 @@ def _predict_scattering(args: argparse.Namespace) -> int:
                     rows.extend(client.sort_scattering(
                         str(path), saliency=saliency, saliency_label=args.saliency_label, version=args.version,
                         distance_m=args.distance_m, wavelength_angstrom=args.wavelength_angstrom,
-                        pixel_size_um=args.pixel_size_um))  # fmt: skip
+                        pixel_size_um=args.pixel_size_um, shape=args.shape, dtype=args.dtype))  # fmt: skip
                 except (ClientRequestError, ServerError, OSError, ValueError) as error:
                     failed.append((str(path), getattr(error, "message", None) or str(error)))
     except MatserveError as error:
@@ -399,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     ebsd_scan.set_defaults(handler=_predict_ebsd_scan)
 
     scattering = targets.add_parser(
-        "scattering", help="technique, geometry and features of 2D X-ray detector images (.tif .cbf .edf .h5 .npy .png)"
+        "scattering",
+        help="technique, geometry and features of 2D X-ray detector images (.tif .mccd .cbf .edf .h5 .npy .png, "
+        ".gz/.bz2 of them, headerless .raw)",
     )
     scattering.add_argument("files", nargs="+", type=Path)
     scattering.add_argument("--saliency-png", type=Path, default=None, metavar="OUT",
@@ -413,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="X-ray wavelength, Angstrom (overrides the file header)")  # fmt: skip
     scattering.add_argument("--pixel-size-um", type=float, default=None, metavar="UM",
                             help="detector pixel size, micrometres (overrides the file header)")  # fmt: skip
+    scattering.add_argument("--shape", type=_raw_shape, default=None, metavar="ROWSxCOLS",
+                            help="frame shape of headerless raw files, e.g. 1043x981 (with --dtype)")  # fmt: skip
+    scattering.add_argument("--dtype", default=None, metavar="DTYPE",
+                            help="pixel type of headerless raw files: uint16, int32, float32, ... ('>uint16': "
+                                 "big-endian; with --shape)")  # fmt: skip
     client_options(scattering)
     scattering.set_defaults(handler=_predict_scattering)
 

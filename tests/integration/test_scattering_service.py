@@ -241,11 +241,17 @@ def test_the_setup_comes_from_the_file_header_and_the_request_overrides_it(serve
     cbf.write(str(tmp_path / "a.cbf"))
     content = (tmp_path / "a.cbf").read_bytes()
     from_header = post(server_url + SORT, content=content, content_type="application/octet-stream").json()["results"][0]
-    assert from_header["setup_source"] == "header"
+    assert from_header["setup_source"] == (
+        "distance_m=header:CBF Detector_distance (m); wavelength_angstrom=header:CBF Wavelength (A); "
+        "pixel_size_m=header:CBF Pixel_size (m)"
+    )
     assert from_header["q_span_inv_angstrom"] == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
     farther = post(server_url + SORT, content=content, content_type="application/octet-stream",
                    params={"distance_m": "5"}).json()["results"][0]  # fmt: skip
-    assert farther["setup_source"] == "header+request" and farther["q_span_inv_angstrom"] < 0.2
+    assert farther["q_span_inv_angstrom"] < 0.2
+    assert farther["setup_source"] == (
+        "distance_m=request; wavelength_angstrom=header:CBF Wavelength (A); pixel_size_m=header:CBF Pixel_size (m)"
+    )
     setup = {"distance_m": 0.25, "wavelength_angstrom": 1.0, "pixel_size_um": 172}
     from_json = post(server_url + SORT, {"image": image.tolist(), **setup}).json()["results"][0]
     form = httpx.post(server_url + SORT, files=[("files", ("a.npy", npy(image), "application/x-npy"))],

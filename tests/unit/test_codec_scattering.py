@@ -449,7 +449,10 @@ def test_q_span_setup_features_limits_and_precedence() -> None:
         with pytest.raises(ImageError, match=f"{next(iter(bad))} = .* is outside the accepted range"):
             Setup(**bad)
     overridden = setup.updated(Setup(distance_m=2.0, source="request"))
-    assert overridden == Setup(2.0, 1.0, 172e-6, source="header+request")
+    assert overridden == Setup(
+        2.0, 1.0, 172e-6, source="distance_m=request; wavelength_angstrom=header; pixel_size_m=header"
+    )
+    assert overridden.sources() == {"distance_m": "request", "wavelength_angstrom": "header", "pixel_size_m": "header"}
     assert Setup().updated(Setup(1.0, 1.0, 75e-6, source="request")).source == "request"
     assert setup.updated(Setup()) == setup
 
@@ -465,7 +468,9 @@ def test_the_setup_is_read_from_cbf_edf_and_nexus_headers(tmp_path: Path) -> Non
     from fabio import cbfimage, edfimage
 
     image = pilatus_image()
-    expected = Setup(0.25, 1.0, 172e-6, source="header")
+    cbf_source = ("distance_m=header:CBF Detector_distance (m); wavelength_angstrom=header:CBF Wavelength (A); "
+                  "pixel_size_m=header:CBF Pixel_size (m)")  # fmt: skip
+    expected = Setup(0.25, 1.0, 172e-6, source=cbf_source)
     cbf = cbfimage.CbfImage(data=image)
     cbf.header["_array_data.header_convention"] = "PILATUS_1.2"
     cbf.header["_array_data.header_contents"] = pilatus_header()
@@ -473,13 +478,16 @@ def test_the_setup_is_read_from_cbf_edf_and_nexus_headers(tmp_path: Path) -> Non
     assert read_frames((tmp_path / "a.cbf").read_bytes(), "a.cbf")[0].setup == expected
     cbf.header["_array_data.header_contents"] = pilatus_header("0.00000")  # an unset distance stays unknown
     cbf.write(str(tmp_path / "b.cbf"))
-    assert read_frames((tmp_path / "b.cbf").read_bytes(), "b.cbf")[0].setup == Setup(None, 1.0, 172e-6, "header")
+    unset = read_frames((tmp_path / "b.cbf").read_bytes(), "b.cbf")[0].setup
+    assert unset == Setup(None, 1.0, 172e-6, cbf_source.split("; ", 1)[1])
     edf = edfimage.EdfImage(data=image.astype(np.float32),
                             header={"SampleDistance": "0.25", "WaveLength": "1e-10", "PSize_1": "172e-6"})  # fmt: skip
     edf.append_frame(data=image.astype(np.float32), header={"SampleDistance": "0.25", "WaveLength": "1e-10"})
     edf.write(str(tmp_path / "c.edf"))
     first, second = read_frames((tmp_path / "c.edf").read_bytes(), "c.edf")
-    assert first.setup == expected and second.setup == Setup(0.25, 1.0, None, "header")
+    edf_source = "distance_m=header:EDF SampleDistance (m); wavelength_angstrom=header:EDF WaveLength (m)"
+    assert first.setup == Setup(0.25, 1.0, 172e-6, edf_source + "; pixel_size_m=header:EDF PSize_1 (m)")
+    assert second.setup == Setup(0.25, 1.0, None, edf_source)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle:
         handle[NEXUS_DATA] = np.stack([image, image]).astype(np.uint32)
@@ -488,7 +496,12 @@ def test_the_setup_is_read_from_cbf_edf_and_nexus_headers(tmp_path: Path) -> Non
         handle.create_dataset("/entry/instrument/detector/x_pixel_size", data=172.0).attrs["units"] = "um"
     for frame in read_frames(buffer.getvalue(), "d.h5"):  # mm, nm and um converted
         values = (frame.setup.distance_m, frame.setup.wavelength_angstrom, frame.setup.pixel_size_m)
-        assert values == pytest.approx((0.25, 1.0, 172e-6), rel=1e-12) and frame.setup.source == "header"
+        assert values == pytest.approx((0.25, 1.0, 172e-6), rel=1e-12)
+        assert frame.setup.sources() == {
+            "distance_m": "header:NeXus /entry/instrument/detector/detector_distance (mm)",
+            "wavelength_angstrom": "header:NeXus /entry/instrument/beam/incident_wavelength (nm)",
+            "pixel_size_m": "header:NeXus /entry/instrument/detector/x_pixel_size (um)",
+        }
     assert read_frames(tiff(image), "e.tif")[0].setup == Setup()
     assert read_frames(npy(image), "f.npy")[0].setup == Setup()
 
@@ -551,7 +564,7 @@ def test_the_setup_changes_the_answer_and_the_request_overrides_the_header(sorte
     assert with_header["q_span_inv_angstrom"] == pytest.approx(PILATUS_100K_Q_SPAN, abs=1e-5)
     assert alone["technique_probabilities"] != with_header["technique_probabilities"]  # the network reads it
     far = sorter.sort([Frame(image, None, "a", header)], setup=Setup(distance_m=5.0, source="request")).results[0]
-    assert far["setup_source"] == "header+request"
+    assert far["setup_source"] == "distance_m=request; wavelength_angstrom=header; pixel_size_m=header"
     assert far["q_span_inv_angstrom"] == pytest.approx(
         Setup(5.0, 1.0, 172e-6).q_span_inv_angstrom(PILATUS_100K), abs=1e-6
     )

@@ -2,10 +2,11 @@
 
 ``POST /v1/scattering/sort`` reads images from
 
-* a file as the body: TIFF, CBF, EDF, HDF5/NeXus, NPY or PNG (content type ``image/tiff``, ``image/png``,
-  ``application/x-npy``, ``application/x-hdf5`` or ``application/octet-stream``; the format is recognised from
-  the bytes, see :mod:`matserve.codecs.detector_files`); every frame of the file is an image; options come as
-  query parameters;
+* a file as the body: TIFF (incl. MarCCD/Rayonix ``.mccd``), CBF, EDF, HDF5/NeXus, NPY or PNG, any of them
+  gzip/bzip2-compressed, or headerless raw pixels (content type ``image/tiff``, ``image/png``,
+  ``application/x-npy``, ``application/x-hdf5``, ``application/gzip``, ``application/x-bzip2`` or
+  ``application/octet-stream``; the format is recognised from the bytes, see
+  :mod:`matserve.codecs.detector_files`); every frame of the file is an image; options come as query parameters;
 * ``multipart/form-data``: one or more file parts (images, in order), optionally a part named ``mask`` (a file
   holding one 2D mask, nonzero = bad pixel, applied to every image of its shape), options as form fields or
   query parameters;
@@ -16,7 +17,9 @@
 Options: ``saliency`` (``true``: a Grad-CAM PNG per image), ``saliency_label`` (whose map: any technique,
 geometry or feature label; implies ``saliency``), ``version``; the measurement setup ``distance_m``,
 ``wavelength_angstrom``, ``pixel_size_um`` (each overrides the file header's value, for every image of the
-request; see :mod:`matserve.models.scattering_sorter`).
+request; see :mod:`matserve.models.scattering_sorter`); ``shape`` (``rows x cols``) and ``dtype`` (``uint16``,
+``int32``, ``>f4``...) for headerless raw files (given together; used only for bytes in no other format, see
+:mod:`matserve.codecs.raw_frames`; refused with JSON bodies, which carry arrays).
 
 Every image gets a result, in order, with ``source`` naming it (``file.tif[frame 2]``, ``images[3]``, ``body``);
 an image that cannot be used gets an ``error`` and the others are answered (200). When no image of the request
@@ -33,7 +36,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matserve import request_options
 from matserve.api.common import ERROR_RESPONSES, SCATTERING_EXAMPLE, answer, parse_body
@@ -47,6 +50,7 @@ from matserve.codecs.detector_files import (
     UnsupportedFormat,
     read_frames,
 )
+from matserve.codecs.raw_frames import RAW_DTYPES, RawLayout, parse_dtype, parse_shape
 from matserve.codecs.scattering import SETUP_LIMITS, ImageError, Setup, as_image_array, check_shape
 from matserve.errors import InvalidInput, MatserveError, UnsupportedMediaType
 from matserve.models.scattering_sorter import WIRE_SETUP, ScatteringSorterModel, setup_of, thread_map
@@ -54,7 +58,8 @@ from matserve.settings import Settings
 from matserve_client.wire import ScatteringSortResponse
 
 SORT_MEDIA_TYPES = ("application/json", "image/tiff", "image/png", "application/x-npy", "application/x-hdf5",
-                    "application/x-hdf", "application/octet-stream", "multipart/form-data")  # fmt: skip
+                    "application/x-hdf", "application/gzip", "application/x-gzip", "application/x-bzip2",
+                    "application/octet-stream", "multipart/form-data")  # fmt: skip
 SORT_PATH = "/scattering/sort"
 MAX_SALIENCY_IMAGES = 64
 """Saliency PNGs are drawn for at most this many images per request (each is up to ~200 kB of base64)."""
@@ -82,6 +87,11 @@ class ScatteringOptions(BaseModel):
         X-ray wavelength, Angstrom (0.05-20; ``12.398 / energy_kev``).
     pixel_size_um : float, optional
         Detector pixel size, micrometres (1-2000; Pilatus 172, Eiger 75).
+    shape : str, optional
+        ``rows x cols`` (``"1043x981"`` or ``"1043,981"``) of a headerless raw file's frames; with ``dtype``.
+    dtype : str, optional
+        Pixel type of a headerless raw file (:data:`~matserve.codecs.raw_frames.RAW_DTYPES`, little-endian; ``>``
+        prefix or ``be`` suffix for big-endian); with ``shape``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +114,52 @@ class ScatteringOptions(BaseModel):
         le=SETUP_LIMITS["pixel_size_m"][1] * 1e6,
         examples=[None],
     )
+    shape: str | None = Field(
+        default=None,
+        max_length=40,
+        examples=[None],
+        description="rows x cols of headerless raw files (with dtype; files only, not JSON)",
+    )
+    dtype: str | None = Field(
+        default=None,
+        max_length=16,
+        examples=[None],
+        description="pixel type of headerless raw files (with shape; files only, not JSON)",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_shape(value)
+            except ImageError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_dtype(value)
+            except ImageError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _shape_with_dtype(self) -> ScatteringOptions:
+        if (self.shape is None) != (self.dtype is None):
+            raise ValueError("shape and dtype describe a headerless raw file together: give both (e.g. shape=1043x981 "
+                             "and dtype=int32) or neither")  # fmt: skip
+        return self
+
+    @property
+    def raw(self) -> RawLayout | None:
+        """The raw-file layout of ``shape`` and ``dtype`` (``None`` when not given)."""
+        if self.shape is None or self.dtype is None:
+            return None
+        return RawLayout.parse(self.shape, self.dtype)
 
     @property
     def setup(self) -> Setup:
@@ -166,14 +222,22 @@ def merge_options(body: ScatteringOptions, query: dict[str, str]) -> ScatteringO
     return request_options.merge_options(body, query)
 
 
-def decode_body(kind: str, body: bytes, budget: FrameBudget, filename: str | None = None) -> Items:
-    """Every frame of a file sent as the body (any failure fails the request: it is the only file)."""
+def decode_body(
+    kind: str, body: bytes, budget: FrameBudget, filename: str | None = None, raw: RawLayout | None = None
+) -> Items:
+    """Every frame of a file sent as the body (any failure fails the request: it is the only file); ``raw``: the
+    request's ``shape`` and ``dtype`` for headerless bytes."""
     items = Items()
-    items.add_frames(read_frames(body, filename, budget, declared=kind))
+    items.add_frames(read_frames(body, filename, budget, declared=kind, raw=raw))
     return items
 
 
-def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str, bytes]], budget: FrameBudget) -> Items:
+def decode_multipart(
+    files: list[tuple[str, bytes]],
+    mask_files: list[tuple[str, bytes]],
+    budget: FrameBudget,
+    raw: RawLayout | None = None,
+) -> Items:
     """Every frame of every file part, in order; a part that cannot be read becomes one item with its error.
 
     Parameters
@@ -184,6 +248,8 @@ def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str,
         At most one part ``mask``: one 2D mask (nonzero = bad) for every image of its shape.
     budget : FrameBudget
         Frames and pixels of the request.
+    raw : RawLayout, optional
+        The request's ``shape`` and ``dtype``, for parts (and the mask) that are headerless raw pixels.
 
     Raises
     ------
@@ -194,11 +260,11 @@ def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str,
     """
     if not files:
         raise InvalidInput(f"the multipart body has no file part; send images as files ({ACCEPTED_FORMATS})")
-    mask = _read_mask(mask_files, budget)
+    mask = _read_mask(mask_files, budget, raw)
 
     def read(part: tuple[str, bytes]) -> list[Frame] | ImageError:
         try:
-            return read_frames(part[1], part[0], budget)
+            return read_frames(part[1], part[0], budget, raw=raw)
         except TooManyFrames:
             raise
         except ImageError as error:
@@ -213,14 +279,14 @@ def decode_multipart(files: list[tuple[str, bytes]], mask_files: list[tuple[str,
     return items
 
 
-def _read_mask(mask_files: list[tuple[str, bytes]], budget: FrameBudget) -> np.ndarray | None:
+def _read_mask(mask_files: list[tuple[str, bytes]], budget: FrameBudget, raw: RawLayout | None) -> np.ndarray | None:
     if not mask_files:
         return None
     if len(mask_files) > 1:
         raise InvalidInput(f"send at most one '{MASK_PART}' part (one 2D mask for every image); got {len(mask_files)}")
     name, data = mask_files[0]
     try:
-        frames = read_frames(data, name, budget)
+        frames = read_frames(data, name, budget, raw=raw)
     except TooManyFrames:
         raise
     except ImageError as error:
@@ -319,6 +385,8 @@ def openapi_sort_body() -> dict[str, Any]:
         "distance_m": "sample-detector distance, m (overrides the file header)",
         "wavelength_angstrom": "X-ray wavelength, Angstrom (overrides the file header)",
         "pixel_size_um": "detector pixel size, micrometres (overrides the file header)",
+        "shape": "rows x cols of a headerless raw file's frames, e.g. 1043x981 (with dtype)",
+        "dtype": f"pixel type of a headerless raw file: {', '.join(RAW_DTYPES)} ('>' prefix: big-endian; with shape)",
     }
     parameters = [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                   for name, text in descriptions.items()]  # fmt: skip
@@ -340,8 +408,10 @@ def router(settings: Settings) -> APIRouter:
         openapi_extra=openapi_sort_body(),
     )
     async def scattering_sort(http_request: Request, context: Context) -> Response:
-        """Sort detector images: a TIFF, CBF, EDF, HDF5/NeXus, NPY or PNG file as the body (every frame an image),
-        multipart file parts (plus an optional ``mask`` part), or JSON ``image``/``images`` arrays.
+        """Sort detector images: a TIFF (incl. MarCCD), CBF, EDF, HDF5/NeXus, NPY or PNG file as the body (every frame
+        an image; gzip/bzip2-compressed too; headerless raw pixels with ``shape`` and ``dtype``, or of a known
+        detector's frame size), multipart file parts (plus an optional ``mask`` part), or JSON ``image``/``images``
+        arrays.
 
         One result per frame, in order, named by ``source``; an image that cannot be used (constant, too few valid
         pixels, wrong size) gets an ``error`` while the others are answered. 422 when no image can be used, 415 for
@@ -355,6 +425,9 @@ def router(settings: Settings) -> APIRouter:
             request = await parse_body(http_request, ScatteringSortRequest)
             options = merge_options(request, query)
             model.check_options(options.version, options.saliency_label)
+            if options.raw is not None:
+                raise InvalidInput("shape and dtype describe headerless raw files; a JSON body carries arrays, whose "
+                                   "shape and type are their own: leave them out")  # fmt: skip
             items = await anyio.to_thread.run_sync(decode_json, request, budget)
             del request  # the nested lists: the arrays are in items now
         elif kind == "multipart/form-data":
@@ -363,14 +436,14 @@ def router(settings: Settings) -> APIRouter:
             model.check_options(options.version, options.saliency_label)
             files, masks = form.named(without=MASK_PART), form.named(only=MASK_PART)
             del form
-            items = await anyio.to_thread.run_sync(decode_multipart, files, masks, budget)
+            items = await anyio.to_thread.run_sync(decode_multipart, files, masks, budget, options.raw)
             del files, masks
         else:
             options = options_from(query, "query parameter")
             model.check_options(options.version, options.saliency_label)
             body = await http_request.body()
             name = body_filename(http_request)
-            items = await anyio.to_thread.run_sync(decode_body, kind, body, budget, name)
+            items = await anyio.to_thread.run_sync(decode_body, kind, body, budget, name, options.raw)
             del body
         check_saliency(options, len(items.items))
         run = functools.partial(model.sort, items.items, version=options.version, saliency=options.saliency,

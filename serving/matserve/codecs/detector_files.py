@@ -2,14 +2,14 @@
 
 :func:`read_frames` decodes the bytes of one upload (the format is recognised from the bytes, never from the
 name or the declared content type) into :class:`Frame` objects: the image as the detector wrote it (int32
-for Pilatus CBF, uint16/uint32 for Eiger, float32 for reduced EDF, ...), an optional bad-pixel mask and a label
-naming the frame in messages and results. What counts as an invalid pixel is decided later, by
-:func:`matserve.codecs.scattering.invalid_pixels`.
+for Pilatus CBF, uint16/uint32 for Eiger, float32 for reduced EDF, ...), an optional bad-pixel mask, a label
+naming the frame in messages and results, and the measurement setup the file records. What counts as an invalid
+pixel is decided later, by :func:`matserve.codecs.scattering.invalid_pixels`.
 
 Formats
 -------
-* **TIFF** (``II*``/``MM*``, also BigTIFF): every page is a frame (reduced-resolution thumbnail pages are
-  skipped); greyscale only.
+* **TIFF** (``II*``/``MM*``, also BigTIFF; MarCCD/Rayonix ``.mccd`` files are TIFFs): every page is a frame
+  (reduced-resolution thumbnail pages are skipped); greyscale only.
 * **CBF** (``###CBF`` or a CIF ``_array_data`` block; Pilatus/Dectris), read by fabio; -1/-2 gap and bad
   pixels stay as they are.
 * **EDF** (ESRF, a ``{`` header with ``EDF_`` or ``HeaderID`` keys), read by fabio; every frame.
@@ -22,26 +22,44 @@ Formats
   refused (stacks go in multi-frame TIFF, EDF or HDF5 files).
 * **PNG** (``\\x89PNG``): greyscale, 8-bit (uint8) or 16-bit (kept as uint16); colour images are refused (a
   colour map cannot be undone).
+* **gzip / bzip2** (magic bytes): any of the above compressed once (``.tif.gz``, ``.cbf.bz2``), inflated in
+  chunks within :data:`INFLATED_BYTES_PER_PIXEL` bytes per pixel the request may still decode (a bigger output is
+  refused with :class:`TooManyFrames` before it is allocated; see :mod:`matserve.codecs.compressed`).
+* **Headerless raw** pixels, when the bytes are in no format above: with the request's ``shape`` and ``dtype``,
+  or of exactly one frame of a known detector (see :mod:`matserve.codecs.raw_frames`).
 
 Sizes are bounded before the pixels are decoded (:class:`FrameBudget`: frames and pixels per request, from the
-TIFF pages, PNG header, NPY header, CBF/EDF headers and HDF5 dataset shapes), so a small compressed file cannot
-expand into gigabytes. An HDF5 file must be self-contained (no external storage, virtual datasets, external or
-user-defined links; see :mod:`matserve.codecs.hdf5_safety`).
+TIFF pages, PNG header, NPY header, CBF/EDF headers, HDF5 dataset shapes and raw byte counts), so a small
+compressed file cannot expand into gigabytes. An HDF5 file must be self-contained (no external storage, virtual
+datasets, external or user-defined links; see :mod:`matserve.codecs.hdf5_safety`).
+
+A frame of a known Pilatus or Eiger shape whose module-gap rows and columns are all exactly 0 (a file converted by
+other software) gets the gaps masked (:mod:`matserve.codecs.detector_layouts`); other shapes never are.
 
 Setup
 -----
 Where a file records the measurement setup, every frame carries it (:attr:`Frame.setup`, see
-:class:`~matserve.codecs.scattering.Setup`), as the sorter's network uses the detector's q span:
+:class:`~matserve.codecs.scattering.Setup`), as the sorter's network uses the detector's q span. Its ``source``
+names, per value, the header field it was read from and the unit (``inferred`` when the file gave none and the
+unit was decided from plausibility; see :mod:`matserve.codecs.detector_setup`):
 
 * CBF: the Pilatus mini-header (``# Detector_distance 0.25 m``, ``# Wavelength 1.0332 A``,
   ``# Pixel_size 172e-6 m x 172e-6 m``);
-* EDF: the ESRF keys ``SampleDistance`` (m), ``WaveLength`` (m) and ``PSize_1``/``PSize_2`` (m);
-* HDF5/NeXus: ``/entry/instrument/detector/distance`` (or Dectris' ``detector_distance``),
-  ``/entry/instrument/beam/incident_wavelength`` and ``/entry/instrument/detector/x_pixel_size``, in the unit
-  of their ``units`` attribute (m, mm, um, nm, angstrom; default m, and Angstrom for the wavelength).
+* TIFF: the same Pilatus text in the ImageDescription tag (Pilatus, NSLS-II); SAXSLAB/Xenocs ``<param>`` XML
+  (``detector_dist``, ``wavelength``, ``det_pixel_size``); the MarCCD frame header (``xtal_to_detector``,
+  ``source_wavelength``, ``pixelsize_x``); see :mod:`matserve.codecs.detector_headers`. A Pilatus header with
+  ``# Beam_xy (0.00, 0.00)`` was never given the geometry: its distance and wavelength (camserver defaults) are
+  not taken;
+* EDF: the ESRF keys ``SampleDistance`` (m), ``WaveLength`` (m) and ``PSize_1``/``PSize_2`` (m), the variants
+  ``Distance``, ``Wavelength``, ``Energy``, ``PixelSize`` (units by plausibility), and a Pilatus text header in
+  ``title``;
+* HDF5/NeXus: the NXdetector ``distance`` / ``detector_distance`` and ``x_pixel_size``; the NXmonochromator
+  ``wavelength`` or ``energy``; ``/entry/instrument/beam/incident_wavelength`` or ``incident_energy``; the
+  source's ``energy`` (only with ``units``); under ``/entry/instrument`` or any group of that NX_class, in the
+  unit of the ``units`` attribute (m, cm, mm, um, nm, angstrom; eV, keV; energies become wavelengths).
 
 A value that is missing, unparsable or outside :data:`~matserve.codecs.scattering.SETUP_LIMITS` (a header's
-distance of 0, say) is left unknown; TIFF, NPY and PNG carry none.
+distance of 0, say) is left unknown; NPY, PNG and raw files carry none.
 """
 
 from __future__ import annotations
@@ -50,48 +68,54 @@ import io
 import math
 import re
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from matserve.codecs.compressed import TooLarge, compression_of, inflate
+from matserve.codecs.detector_headers import setup_from_tiff
+from matserve.codecs.detector_layouts import zero_gap_mask
 from matserve.codecs.detector_setup import (
     PILATUS_HEADER,
     setup_from_edf_header,
     setup_from_nexus,
     setup_from_pilatus_header,
 )
+from matserve.codecs.frame_budget import (  # noqa: F401 - re-exported: the readers' budget and its 413
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    FRAMES_SETTING,
+    PIXELS_SETTING,
+    FrameBudget,
+    TooManyFrames,
+)
 from matserve.codecs.hdf5_safety import Hdf5Refused, check_upload, scrub_server_paths
 from matserve.codecs.npy import NpyError, array_view, read_header
+from matserve.codecs.raw_frames import ACCEPTED_RAW, RawLayout, read_raw
 from matserve.codecs.scattering import ImageError, Setup, check_shape
 
 ACCEPTED_FORMATS = (
-    "TIFF (.tif/.tiff, every page a frame), CBF (.cbf, Pilatus/Dectris), EDF (.edf, every frame), "
-    "HDF5/NeXus (.h5/.hdf5/.nxs: /entry/data/data or the largest 2D/3D dataset, Eiger bitshuffle/LZ4 included), "
-    "NPY (.npy, one 2D array) and PNG (8/16-bit greyscale)"
+    "TIFF (.tif/.tiff incl. MarCCD/Rayonix .mccd, every page a frame), CBF (.cbf, Pilatus/Dectris), EDF (.edf, "
+    "every frame), HDF5/NeXus (.h5/.hdf5/.nxs: /entry/data/data or the largest 2D/3D dataset, Eiger bitshuffle/LZ4 "
+    "included), NPY (.npy, one 2D array), PNG (8/16-bit greyscale), any of them gzip- or bzip2-compressed (.gz, "
+    ".bz2), and " + ACCEPTED_RAW
 )
 """What :func:`read_frames` reads, for error messages."""
-DEFAULT_MAX_FRAMES = 256
-DEFAULT_MAX_PIXELS = 2**27
-"""Default decoded pixels per request (134 M: e.g. 29 Eiger 4M or 54 Pilatus 2M frames; 512 MiB as 32-bit)."""
-FRAMES_SETTING = "MATSERVE_MAX_SCATTERING_FRAMES"
-PIXELS_SETTING = "MATSERVE_MAX_SCATTERING_PIXELS"
-"""The settings of the server's budget, named in the 413 messages."""
 NEXUS_DATA = "/entry/data/data"
 PIXEL_MASK_PATHS = ("/entry/instrument/detector/pixel_mask", "/entry/instrument/detector/detectorSpecific/pixel_mask")
 """Where Eiger/NeXus files keep the detector's bad-pixel mask (nonzero = bad), looked up in this order."""
 _NOT_IMAGES = ("mask", "flatfield", "flat_field", "dark", "countrate", "gain", "pedestal", "background")
 """HDF5 dataset names (substrings, lower case) never taken as the image when searching for the largest one."""
 _SNIFF_BYTES = 4096
+INFLATED_BYTES_PER_PIXEL = 4
+"""A compressed upload may inflate to this many bytes per pixel the request may still decode (32-bit pixels), plus
+:data:`INFLATED_HEADER_BYTES`."""
+INFLATED_HEADER_BYTES = 1 << 20
 
 
 class UnsupportedFormat(ImageError):
     """Bytes that are none of the accepted formats (HTTP 415)."""
-
-
-class TooManyFrames(ImageError):
-    """More frames or decoded pixels than one request may carry (HTTP 413)."""
 
 
 @dataclass(frozen=True)
@@ -117,58 +141,6 @@ class Frame:
     setup: Setup = field(default_factory=Setup)
 
 
-class FrameBudget:
-    """Frames and decoded pixels one request may still carry; checked before pixels are decoded.
-
-    Parameters
-    ----------
-    max_frames : int
-        Most frames per request.
-    max_pixels : int
-        Most decoded pixels (summed over frames) per request.
-    """
-
-    def __init__(self, max_frames: int = DEFAULT_MAX_FRAMES, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.max_frames = max_frames
-        self.max_pixels = max_pixels
-        self.frames = 0
-        self.pixels = 0
-        self._lock = threading.Lock()  # the files of one request may be read on several threads
-
-    def take(self, count: int, shape: tuple[int, ...], where: str) -> None:
-        """Reserve ``count`` frames of ``shape``.
-
-        Raises
-        ------
-        TooManyFrames
-            Over either limit; the message says which (and its setting) and how to split.
-        """
-        with self._lock:
-            self.frames, self.pixels = self._after(count, shape, where)
-
-    def check(self, count: int, shape: tuple[int, ...], where: str, at_least: bool = False) -> None:
-        """Like :meth:`take` without reserving: a header's claim, checked before the decoder allocates
-        (``at_least``: the file may hold more, e.g. TIFF pages counted so far)."""
-        with self._lock:
-            self._after(count, shape, where, "at least " if at_least else "")
-
-    def _after(self, count: int, shape: tuple[int, ...], where: str, at_least: str = "") -> tuple[int, int]:
-        frames = self.frames + count
-        if frames > self.max_frames:
-            raise TooManyFrames(
-                f"{where}: too many frames: at most {self.max_frames} per request ({FRAMES_SETTING}; this one would "
-                f"have {at_least}{frames}); send fewer frames or files per request"
-            )
-        pixels = self.pixels + count * math.prod(int(s) for s in shape)
-        if pixels > self.max_pixels:
-            raise TooManyFrames(
-                f"{where}: too many pixels: at most {self.max_pixels} decoded pixels per request ({PIXELS_SETTING}; "
-                f"this one would have {at_least}{pixels}, {count} frame(s) of {' x '.join(str(s) for s in shape)}); "
-                "send fewer or smaller frames per request"
-            )
-        return frames, pixels
-
-
 def sniff_format(data: bytes) -> str | None:
     """``"tiff"``, ``"cbf"``, ``"edf"``, ``"hdf5"``, ``"npy"`` or ``"png"`` from the first bytes, else ``None``."""
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -192,6 +164,7 @@ def read_frames(
     filename: str | None = None,
     budget: FrameBudget | None = None,
     declared: str | None = None,
+    raw: RawLayout | None = None,
 ) -> list[Frame]:
     """Every frame of one uploaded file.
 
@@ -206,6 +179,8 @@ def read_frames(
         :data:`DEFAULT_MAX_FRAMES` and :data:`DEFAULT_MAX_PIXELS` for this file alone.
     declared : str, optional
         The declared content type (only used in messages).
+    raw : RawLayout, optional
+        ``shape`` and ``dtype`` for headerless raw bytes (used only when the bytes are in no other format).
 
     Returns
     -------
@@ -217,28 +192,76 @@ def read_frames(
     UnsupportedFormat
         None of the accepted formats (the message lists them).
     TooManyFrames
-        Over the budget.
+        Over the budget (also: a compressed file that would inflate beyond it).
     ImageError
         A file of a known format that is corrupt, truncated, colour, or holds no usable 2D image.
     """
     name = filename or "body"
     budget = budget or FrameBudget()
     kind = sniff_format(data)
+    compression = compression_of(data) if kind is None else None
+    if compression is not None:
+        data = _inflated(data, compression, name, budget)
+        kind = sniff_format(data)
     if kind is None:
+        frames = _read_raw(data, name, budget, raw)
+        if frames is not None:
+            return frames
         declared_text = f" (declared {declared})" if declared else ""
-        found = "it is empty" if not data else f"it starts with {data[:16]!r}"
+        inside = f" inside the {compression} compression" if compression else ""
+        found = "it is empty" if not data else f"it starts with {data[:16]!r}{inside}"
         raise UnsupportedFormat(f"{name}{declared_text} is not a detector image file in an accepted format ({found}); "
                                 f"accepted: {ACCEPTED_FORMATS}")  # fmt: skip
     reader = {"tiff": _read_tiff, "cbf": _read_cbf, "edf": _read_edf, "hdf5": _read_hdf5, "npy": _read_npy,
               "png": _read_png}[kind]  # fmt: skip
     try:
-        return reader(data, name, budget)
+        return _with_gap_masks(reader(data, name, budget))
     except ImageError:
         raise
     except Exception as error:  # decoders raise many types on corrupt files
         detail = f"{type(error).__name__}: {scrub_server_paths(str(error))}" if str(error) else type(error).__name__
-        raise ImageError(f"{name} cannot be read as {kind.upper()} ({detail}); "
+        what = f"{kind.upper()} ({compression}-compressed)" if compression else kind.upper()
+        raise ImageError(f"{name} cannot be read as {what} ({detail}); "
                          f"is the file complete? Accepted: {ACCEPTED_FORMATS}") from None  # fmt: skip
+
+
+def _inflated(data: bytes, compression: str, name: str, budget: FrameBudget) -> bytes:
+    """The bytes of a gzip/bzip2 upload, bounded by what the budget may still decode (one level only)."""
+    bound = budget.pixels_left() * INFLATED_BYTES_PER_PIXEL + INFLATED_HEADER_BYTES
+    try:
+        inflated = inflate(data, compression, bound, name)
+    except TooLarge as error:
+        raise TooManyFrames(f"{error} ({PIXELS_SETTING}: at most {budget.max_pixels} decoded pixels per "
+                            "request)") from None  # fmt: skip
+    inner = compression_of(inflated) if sniff_format(inflated) is None else None
+    if inner is not None:
+        raise ImageError(f"{name} is {compression}-compressed and holds {inner}-compressed data; one level of "
+                         "compression is read: decompress the file once before sending it")  # fmt: skip
+    return inflated
+
+
+def _read_raw(data: bytes, name: str, budget: FrameBudget, raw: RawLayout | None) -> list[Frame] | None:
+    """Frames of headerless raw bytes (the request's layout, or a known detector's frame size), else ``None``."""
+    read = read_raw(data, name, budget, raw)
+    if read is None:
+        return None
+    arrays, _ = read
+    return _with_gap_masks([Frame(array, None, label) for array, label in zip(arrays, _labels(name, len(arrays)),
+                                                                                strict=True)])  # fmt: skip
+
+
+def _with_gap_masks(frames: list[Frame]) -> list[Frame]:
+    """Frames of a known detector's shape whose module gaps are all 0 get them masked (see
+    :mod:`matserve.codecs.detector_layouts`), or'ed into their own mask."""
+    result = []
+    for frame in frames:
+        gaps = zero_gap_mask(frame.image)
+        if gaps is None:
+            result.append(frame)
+            continue
+        mask = gaps if frame.mask is None or frame.mask.shape != gaps.shape else gaps | frame.mask.astype(bool)
+        result.append(Frame(frame.image, mask, frame.label, frame.setup))
+    return result
 
 
 def _labels(name: str, count: int) -> list[str]:
@@ -281,7 +304,10 @@ def _read_tiff(data: bytes, name: str, budget: FrameBudget) -> list[Frame]:
             raise ImageError(f"{name} (TIFF) has no image pages")
         budget.take(len(pages), tuple(pages[0].shape), name)
         labels = _labels(name, len(pages))
-        return [Frame(np.asarray(page.asarray()), None, label) for page, label in zip(pages, labels, strict=True)]
+        setup = setup_from_tiff(pages[0], data)
+        return [
+            Frame(np.asarray(page.asarray()), None, label, setup) for page, label in zip(pages, labels, strict=True)
+        ]
 
 
 def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: FrameBudget) -> list[Frame]:
@@ -307,11 +333,25 @@ def _fabio_frames(image: Any, name: str, kind: str, data_size: int, budget: Fram
         _check_frame(array.shape, array.dtype, label)
         header = getattr(frame, "header", None) or {}
         if kind == "CBF":
-            setup = setup_from_pilatus_header(str(header.get(PILATUS_HEADER, "")))
+            setup, mask = setup_from_pilatus_header(str(header.get(PILATUS_HEADER, ""))), None
         else:
-            setup = setup_from_edf_header(header)
-        frames.append(Frame(array, None, label, setup))
+            setup, mask = setup_from_edf_header(header), edf_dummy_mask(array, header)
+        frames.append(Frame(array, mask, label, setup))
     return frames
+
+
+def edf_dummy_mask(array: np.ndarray, header: Any) -> np.ndarray | None:
+    """Pixels an EDF header's ``Dummy`` value marks as invalid (``|value - Dummy| <= DDummy``; uint8, 1 = bad), or
+    ``None`` when the header names no dummy (missing, unparsable, or 0: the ESRF convention for "none")."""
+    try:
+        dummy = float(str(header.get("Dummy", "0")).split()[0])
+        tolerance = abs(float(str(header.get("DDummy", "0")).split()[0]))
+    except (ValueError, IndexError):
+        return None
+    if dummy == 0 or not math.isfinite(dummy) or not math.isfinite(tolerance):
+        return None
+    bad = np.abs(array.astype(np.float64, copy=False) - dummy) <= tolerance
+    return bad.astype(np.uint8) if bad.any() else None
 
 
 _CBF_BINARY_START = b"\x0c\x1a\x04\xd5"

@@ -114,7 +114,10 @@ class Setup:
     pixel_size_m : float or None
         Detector pixel size, metres (square pixels; Pilatus 172e-6, Eiger 75e-6).
     source : str
-        Where the values came from: ``"header"``, ``"request"`` or ``"header+request"`` (``""``: nowhere).
+        Where the values came from. Per value, ``name=where`` joined by ``"; "`` in :data:`SETUP_LIMITS` order, e.g.
+        ``distance_m=header:NeXus /entry/instrument/detector/distance (mm, inferred); wavelength_angstrom=header:EDF
+        WaveLength; pixel_size_m=request``; one word (``"request"``, ``"header"``) when every known value came from
+        that one place (``""``: nowhere). See :meth:`sources` and :func:`format_sources`.
     """
 
     distance_m: float | None = None
@@ -133,12 +136,39 @@ class Setup:
         """Whether the distance, wavelength and pixel size are all known."""
         return None not in (self.distance_m, self.wavelength_angstrom, self.pixel_size_m)
 
+    def sources(self) -> dict[str, str]:
+        """Where each known value came from: ``{name: where}`` for the values that are not ``None``.
+
+        A per-value :attr:`source` (``name=where; ...``) is split; a one-word source applies to every known value.
+        """
+        known = [name for name in SETUP_LIMITS if getattr(self, name) is not None]
+        parsed: dict[str, str] = {}
+        if "=" in self.source:
+            for part in self.source.split("; "):
+                name, sep, where = part.partition("=")
+                if sep and name.strip() in SETUP_LIMITS:
+                    parsed[name.strip()] = where.strip()
+            return {name: parsed.get(name, "") for name in known}
+        return {name: self.source for name in known}
+
+    @classmethod
+    def from_sources(cls, values: dict[str, tuple[float, str]]) -> Setup:
+        """A setup of ``{name: (value, where)}`` (units of :data:`SETUP_LIMITS`), its :attr:`source` per value."""
+        return cls(**{name: value for name, (value, _) in values.items()},
+                   source=format_sources({name: where for name, (_, where) in values.items()}))  # fmt: skip
+
     def updated(self, other: Setup) -> Setup:
-        """This setup with every value ``other`` knows replaced by ``other``'s (a request overrides a header)."""
-        values = {name: getattr(other, name) if getattr(other, name) is not None else getattr(self, name)
-                  for name in SETUP_LIMITS}  # fmt: skip
-        sources = [s.source for s in (self, other) if s.source and any(getattr(s, n) is not None for n in SETUP_LIMITS)]
-        return Setup(**values, source="+".join(sources))
+        """This setup with every value ``other`` knows replaced by ``other``'s (a request overrides a header); the
+        :attr:`source` says per value where it came from."""
+        mine, theirs = self.sources(), other.sources()
+        values: dict[str, tuple[float, str]] = {}
+        for name in SETUP_LIMITS:
+            for setup, where in ((other, theirs), (self, mine)):
+                value = getattr(setup, name)
+                if value is not None:
+                    values[name] = (value, where.get(name, ""))
+                    break
+        return Setup.from_sources(values)
 
     def q_span_inv_angstrom(self, shape: tuple[int, int]) -> float | None:
         """The detector's q span (see the module docstring), 1/Angstrom, or ``None`` if the setup is incomplete.
@@ -152,6 +182,16 @@ class Setup:
             return None
         diagonal_m = math.hypot(*shape) * self.pixel_size_m  # type: ignore[operator]
         return q_span_inv_angstrom(diagonal_m, self.distance_m, self.wavelength_angstrom)  # type: ignore[arg-type]
+
+
+def format_sources(sources: dict[str, str]) -> str:
+    """:attr:`Setup.source` of per-value sources ``{name: where}``: ``name=where`` joined by ``"; "`` (in
+    :data:`SETUP_LIMITS` order), or the one word when every value came from one plain place (``"request"``)."""
+    shown = {name: sources[name] for name in SETUP_LIMITS if name in sources}
+    places = set(shown.values())
+    if len(places) == 1 and not any(c in next(iter(places)) for c in ":=; "):
+        return next(iter(places))
+    return "; ".join(f"{name}={where}" for name, where in shown.items())
 
 
 def q_span_inv_angstrom(diagonal_m: float, distance_m: float, wavelength_angstrom: float) -> float:

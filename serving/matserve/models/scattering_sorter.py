@@ -32,7 +32,7 @@ detector's pixels that were valid).
 and pixel size: the file's header (:mod:`matserve.codecs.detector_files`), with any value the request gives
 overriding it. ``q_span_inv_angstrom`` reports what the network was given (``null``: the setup was incomplete,
 the image was sorted from its pixels alone, and accuracy is lower; see the card's ``metrics_without_setup``),
-``setup_source`` where it came from (``header``, ``request``, ``header+request``).
+``setup_source`` where each value came from (e.g. ``distance_m=request; wavelength_angstrom=header:CBF Wavelength (A); ...``).
 
 With saliency asked for (:class:`ScatteringOptions`), ``saliency_png_base64`` is an RGB PNG of the image as the
 network saw it (normalised log intensity, grey) cropped to the detector's area of the letterboxed

@@ -288,6 +288,8 @@ def run_scattering(
     model_version = served.check_options(None, opts.saliency_label)  # type: ignore[attr-defined]
     budget = FrameBudget(settings.max_scattering_frames, settings.max_scattering_pixels)
     if source == "images":
+        if opts.raw is not None:
+            raise InvalidInput("options.shape and options.dtype describe headerless raw files: send them as 'files'")
         if inputs.get("mask") is not None and np.asarray(inputs["mask"]).ndim != 2:
             raise InvalidInput("mask: one 2D mask (rows x cols, nonzero = bad pixel) for every image")
         images = np.asarray(inputs["images"])
@@ -298,10 +300,10 @@ def run_scattering(
             raise InvalidInput("mask: goes with 'images'; a detector file brings its own mask")
         if len(files) == 1:  # as the HTTP API's file body: frames named after the file (else 'body')
             kind = content_type or "application/octet-stream"
-            items = scattering_api.decode_body(kind, files[0], budget, names[0] if names else None)
+            items = scattering_api.decode_body(kind, files[0], budget, names[0] if names else None, opts.raw)
         else:  # as a multipart upload of several files
             names = names or [f"file{i}" for i in range(len(files))]
-            items = scattering_api.decode_multipart(list(zip(names, files, strict=True)), [], budget)
+            items = scattering_api.decode_multipart(list(zip(names, files, strict=True)), [], budget, opts.raw)
     scattering_api.check_saliency(opts, len(items.items))
     prediction = served.sort(  # type: ignore[attr-defined]
         items.items,
