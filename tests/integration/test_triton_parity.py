@@ -365,6 +365,12 @@ HOSTILE: dict[str, tuple[str, dict[str, np.ndarray], str]] = {
                   "no image of the request can be sorted"),
     "too many images": ("scattering_sorter_images", {"images": np.ones((257, 32, 32), np.float32)},
                         "too many images: at most 256"),
+    "raw shape with images": ("scattering_sorter_images", {"images": IMAGE, "options": _json({"shape": "64x64",
+                              "dtype": "int32"})}, "headerless raw files"),
+    "raw bytes not whole frames": ("scattering_sorter_images", {"files": _json(b"\x01" * 6401),
+                                   "options": _json({"shape": "40x40", "dtype": "int32"})}, "raw|frames|bytes"),
+    "raw dtype unknown": ("scattering_sorter_images", {"files": _json(b"\x01" * 6400),
+                          "options": _json({"shape": "40x40", "dtype": "complex128"})}, "dtype"),
     "file in no known format": ("scattering_sorter_images", {"files": _json(b"hello, not an image")},
                                 "no accepted format|not .* accepted|accepted"),
     "EBSD patterns and files": ("ebsd_indexer_patterns", {"patterns": EBSD, "files": _json(b"x")},
@@ -422,7 +428,10 @@ def test_typed_outputs_match_results_json(triton: TritonEndpoints) -> None:
         requests = {
             "xrd_phase_patterns": ({"two_theta_deg": GRID, "intensity": PATTERN}, ["probability", "coverage"]),
             "ebsd_indexer_patterns": ({"patterns": np.repeat(EBSD, 2, axis=0)}, ["quaternion", "confidence"]),
-            "scattering_sorter_images": ({"images": IMAGE}, ["valid_fraction", "q_span_inv_angstrom"]),
+            "scattering_sorter_images": (
+                {"images": IMAGE},
+                ["valid_fraction", "q_span_inv_angstrom", "feature_distance"],
+            ),
         }
         for model, (inputs, typed) in requests.items():
             answer, _ = transport.infer(model, inputs, ["results_json", *typed])
@@ -460,4 +469,15 @@ def test_scattering_file_parity(tmp_path: Path, clients: dict[str, Any]) -> None
     answers = {name: client.sort_scattering(path, distance_m=1.5) for name, client in clients.items()}
     reference = answers.pop("bentoml-http")
     assert [r.source for r in reference] == [f"{path}[frame 0]", f"{path}[frame 1]"]
+    assert_every_path_agrees(reference, answers)
+
+
+def test_scattering_raw_file_parity(clients: dict[str, Any]) -> None:
+    """A headerless raw frame with shape and dtype: the same answer on every path."""
+    rng = np.random.default_rng(9)
+    frame = (rng.poisson(4.0, (120, 150)) + 60 * (rng.random((120, 150)) < 0.03)).astype(">u2")
+    answers = {name: client.sort_scattering(frame.tobytes(), shape=(120, 150), dtype=">u2")
+               for name, client in clients.items()}  # fmt: skip
+    reference = answers.pop("bentoml-http")
+    assert reference[0].ok and reference[0].detector_shape == [120, 150]
     assert_every_path_agrees(reference, answers)
