@@ -58,3 +58,24 @@ def test_real_accuracy_and_confident_answers_match_the_card(
 def test_every_real_file_is_read_and_sorted(measured: dict) -> None:
     errors = [(s["file"], s["error"]) for s in measured["images"] if s["error"]]
     assert not errors
+
+
+def test_images_unlike_any_detector_frame_are_flagged_and_never_confident(sorter: ScatteringSorterModel) -> None:
+    """Stripes, a checkerboard and a grey-level gradient are no scattering image: the network still puts most of
+    its probability on one technique, but feature_distance flags them and they are not confident."""
+    import numpy as np
+
+    from matserve.codecs.detector_files import Frame
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:512, 0:512]
+    aliens = {
+        "stripes": ((np.sin(x / 5) + 1) * 500).astype(np.int32),
+        "checkerboard": (((x // 32) + (y // 32)) % 2 * 1000 + rng.poisson(5, (512, 512))).astype(np.int32),
+        "gradient": (x + y).astype(np.int32),
+    }
+    results = sorter.sort([Frame(image, None, name) for name, image in aliens.items()]).results
+    threshold = sorter.card()["feature_distance"]["threshold"]
+    for name, result in zip(aliens, results, strict=True):
+        assert result["feature_distance"] > threshold, name
+        assert result["out_of_distribution"] is True and result["technique_confident"] is False, name

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("pyFAI")
 
 from matserve.codecs.scattering import encode_image, invalid_pixels
+from training.scattering import realism
 from training.scattering import simulate as sim
 from training.scattering.labels import FEATURES, TECHNIQUES
 
@@ -94,8 +95,11 @@ def test_grazing_scenes_put_the_horizon_on_the_detector(technique: str) -> None:
 
 
 def test_wide_angle_scenes_always_show_a_reflection_or_halo() -> None:
+    """Except the featureless variants drawn on purpose (a bare wafer in grazing incidence, since simulator 1.4)."""
     for i in range(24):
         _, scene = sim.simulate(np.random.SeedSequence([13, i]), ["waxs", "giwaxs"][i % 2], full_resolution=False)
+        if realism.is_featureless(scene.variant):
+            continue
         assert scene.features & {"rings", "arcs", "bragg_peaks", "diffuse_halo"}, scene
 
 
@@ -106,3 +110,84 @@ def test_solid_angle_and_polarisation_weaken_wide_angles_along_the_polarisation(
     centre, right, up = factor[521, 490], factor[521, 960], factor[60, 490]
     assert centre == pytest.approx(1.0, abs=1e-3)
     assert right < up < 0.9  # ~36 deg off axis: cos^3 and, along the horizontal polarisation, cos^2 2theta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Simulator 1.4: scene variants and detector effects (training.scattering.realism)
+
+VARIANT_CASES = [(technique, name) for technique, names in realism.SCENE_VARIANTS.items() for name in names]
+
+
+def test_every_variant_and_effect_is_drawn_with_its_probability() -> None:
+    rng = np.random.default_rng(0)
+    for technique, options in realism.SCENE_VARIANTS.items():
+        drawn = [realism.draw_variant(rng, technique) for _ in range(4000)]
+        assert drawn.count("") / len(drawn) > 0.75  # the 1.3 scene stays dominant
+        for name, p in options.items():
+            assert abs(drawn.count(name) / len(drawn) - p) < 0.02, (technique, name)
+    effects = [realism.draw_effects(rng) for _ in range(4000)]
+    for name, p in realism.DETECTOR_EFFECTS.items():
+        assert abs(np.mean([name in e for e in effects]) - p) < 0.02, name
+
+
+@pytest.mark.parametrize("full_resolution", [False, True])
+@pytest.mark.parametrize(("technique", "variant"), VARIANT_CASES)
+def test_variants_render_finite_images_of_the_detector_shape(
+    technique: str, variant: str, full_resolution: bool
+) -> None:
+    effects = set(realism.DETECTOR_EFFECTS)
+    image, scene = sim.simulate(
+        np.random.SeedSequence([17, len(variant)]), technique, full_resolution=full_resolution, variant=variant,
+        effects=effects,
+    )  # fmt: skip
+    shape, _, _ = sim.detector(scene.detector, scene.binning)
+    assert scene.variant == variant and scene.effects == effects and scene.technique == technique
+    assert sorted(image.shape) == sorted(shape)
+    assert (full_resolution and scene.binning == 1) or (not full_resolution and max(shape) <= sim.SIM_LONG_SIDE_PX)
+    encoded = encode_image(image)
+    assert encoded.tensor.shape == (128, 128, 2) and np.isfinite(encoded.tensor).all()
+    if realism.is_featureless(variant):
+        assert not scene.features
+    else:
+        assert scene.features, scene
+
+
+def test_offside_giwaxs_has_no_horizon_on_the_detector() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        scene = sim.draw_scene(rng, "giwaxs", {"Pilatus1M": 1.0, "Pilatus300k": 1.0}, full_resolution=False)
+        realism.adjust_scene(scene, "offside", set(), rng)
+        _, alpha_f, _ = sim._grazing_angles(scene, sim.pixel_geometry(scene))
+        assert (alpha_f > 0).all(), scene
+
+
+def test_narrow_edge_saxs_sees_q_1_to_1_8_with_the_beam_off_a_narrow_detector() -> None:
+    for i in range(8):
+        _, scene = sim.simulate(np.random.SeedSequence([19, i]), "saxs", full_resolution=False, variant="narrow_edge")
+        rows, cols = scene.shape
+        assert max(rows, cols) >= 2 * min(rows, cols)
+        assert not (0 < scene.beam_row < rows and 0 < scene.beam_col < cols) or min(
+            scene.beam_row, rows - scene.beam_row, scene.beam_col, cols - scene.beam_col) < 0.35 * min(rows, cols)  # fmt: skip
+        q_max = float(sim.pixel_geometry(scene).q.max())
+        assert 0.95 < q_max < 1.9 and scene.technique == "saxs"
+
+
+def test_circular_ccd_writes_zero_outside_its_disc_and_uint16() -> None:
+    image, scene = sim.simulate(np.random.SeedSequence([23, 1]), "gisaxs", {"Rayonix133": 1.0}, full_resolution=False,
+                                variant="", effects=set())  # fmt: skip
+    _, _, outside = sim.detector("Rayonix133", scene.binning)
+    assert image.dtype == np.uint16 and outside.mean() > 0.15
+    corners = [image[0, 0], image[0, -1], image[-1, 0], image[-1, -1]]
+    assert all(c == 0 for c in corners)
+
+
+def test_ccd_pedestal_and_lab_source() -> None:
+    pedestals, energies = [], []
+    for i in range(12):
+        image, scene = sim.simulate(np.random.SeedSequence([29, i]), "waxs", {"CCD1042": 1.0}, full_resolution=False,
+                                    effects={"lab_source"})  # fmt: skip
+        assert image.dtype == np.uint16 and image.shape == sim.detector("CCD1042", scene.binning)[0]
+        pedestals.append(np.percentile(image, 1))
+        energies.append(scene.energy_kev)
+    assert max(pedestals) > 50  # some images carry a dark pedestal
+    assert set(np.round(energies, 2)) <= {round(e, 2) for e in realism.LAB_ENERGIES_KEV.values()}

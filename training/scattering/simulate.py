@@ -42,6 +42,11 @@ written as the detector writes them (-1 for Pilatus int32, the dtype maximum for
 15 % of images, as files converted by other software often are), calibrant-like parasitic rings, random
 90-degree rotations and flips (detectors are mounted and files written in every orientation).
 
+Simulator 1.4 adds scene variants (WAXS calibrants, SAXS on a narrow detector with the beam off an edge, empty
+cells, GIWAXS with the horizon off the detector, bare-wafer grazing blanks) and detector/source effects (laboratory
+sources, window shadows, large masked regions, CCDs with a pedestal or a circular active area), each with a small
+probability: see :mod:`training.scattering.realism`.
+
 Reproducible: image ``i`` of split ``s`` is drawn from ``SeedSequence([seed, SPLIT_IDS[s], i])``, whatever the
 chunking or number of worker processes.
 """
@@ -71,7 +76,12 @@ from matserve.codecs.scattering import (
     q_span_inv_angstrom,
     setup_features,
 )
+from training.scattering import realism
 from training.scattering.labels import FEATURES, GEOMETRIES, GEOMETRY_OF_TECHNIQUE, TECHNIQUES
+
+SIMULATOR_VERSION = "1.4"
+"""1.4: the scene variants and detector effects of :mod:`training.scattering.realism`, and three more training
+detectors (Pilatus 900k, a Rayonix/MarCCD with a circular active area, a gapless 1042 x 1042 CCD)."""
 
 HC_KEV_ANGSTROM = 12.398419843
 RUNS = Path(__file__).resolve().parent / "runs"
@@ -86,6 +96,10 @@ TRAIN_DETECTORS = {
     "Eiger500k": 1,
     "Eiger1M": 2,
     "Eiger4M": 0.5,
+    # Since simulator 1.4: the SMI WAXS module shape, a circular-area MarCCD/Rayonix, a gapless square CCD.
+    "Pilatus900k": 0.8,
+    "Rayonix133": 0.6,
+    "CCD1042": 0.6,
 }
 UNSEEN_DETECTORS = {"Pilatus200k": 1, "Pilatus300kw": 1, "Eiger2_1M": 1, "Eiger2_4M": 0.5, "Pilatus6M": 0.3}
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_unseen_detectors": 3, "test_harsh": 4}
@@ -106,19 +120,27 @@ def detector(name: str, binning: int = 1) -> tuple[tuple[int, int], float, np.nd
     Binned by ``binning`` x ``binning``: a binned pixel is a gap when at least half of its pixels are, so the gap
     fraction the codec sees in each of its blocks is preserved on average.
     """
-    import pyFAI
+    if name in realism.SYNTHETIC_DETECTORS:
+        full_shape, pixel1 = realism.SYNTHETIC_DETECTORS[name]
+        mask = np.zeros(full_shape, dtype=bool)
+    else:
+        import pyFAI
 
-    det = pyFAI.detector_factory(name)
-    mask = det.mask
-    if mask is None:
-        mask = np.zeros(det.shape, dtype=bool)
-    mask = np.asarray(mask, dtype=bool)
+        det = pyFAI.detector_factory(name)
+        pixel1 = float(det.pixel1)
+        mask = det.mask
+        if mask is None:
+            mask = np.zeros(det.shape, dtype=bool)
+        mask = np.asarray(mask, dtype=bool)
     if binning > 1:
         rows, cols = -(-mask.shape[0] // binning), -(-mask.shape[1] // binning)
-        padded = np.zeros((rows * binning, cols * binning), dtype=np.float32)
+        # Beyond the last full block: outside the detector; counted as gap only for the CCDs (a circular active
+        # area must stay 0 up to the binned image's edge), as in simulator 1.3 for the others.
+        pad = 1.0 if name in realism.CCD_DETECTORS else 0.0
+        padded = np.full((rows * binning, cols * binning), pad, dtype=np.float32)
         padded[: mask.shape[0], : mask.shape[1]] = mask
         mask = padded.reshape(rows, binning, cols, binning).mean(axis=(1, 3)) >= 0.5
-    return tuple(mask.shape), float(det.pixel1) * binning, mask
+    return tuple(mask.shape), pixel1 * binning, mask
 
 
 def sim_binning(name: str, full_resolution: bool) -> int:
@@ -130,6 +152,8 @@ def sim_binning(name: str, full_resolution: bool) -> int:
 
 
 def _dtype_of(name: str, rng: np.random.Generator) -> np.dtype:
+    if name in realism.CCD_DETECTORS:
+        return np.dtype(np.uint16)
     if name.startswith("Pilatus"):
         return np.dtype(np.int32) if rng.random() < 0.85 else np.dtype(np.float32)
     return np.dtype([np.uint32, np.uint16, np.int32, np.float32][rng.choice(4, p=[0.45, 0.35, 0.1, 0.1])])
@@ -152,6 +176,9 @@ class Scene:
     critical_deg: float = 0.0
     features: set[str] = field(default_factory=set)
     sample: str = ""
+    variant: str = ""
+    effects: set[str] = field(default_factory=set)
+    """Scene variant and detector/source effects of :mod:`training.scattering.realism` (simulator 1.4)."""
 
     @property
     def wavelength_a(self) -> float:
@@ -675,7 +702,7 @@ def _render_gisaxs(
 # Detector effects
 
 
-def solid_angle_and_polarization(g: PixelGeometry, rng: np.random.Generator) -> np.ndarray:
+def solid_angle_and_polarization(g: PixelGeometry, rng: np.random.Generator, laboratory: bool = False) -> np.ndarray:
     """Per-pixel factor of a flat detector's solid angle (``cos^3 2theta``) and the beam's polarisation.
 
     A synchrotron beam is linearly polarised in the horizontal plane (degree ``p`` 0.9-0.99, 75 % of images), a
@@ -684,6 +711,8 @@ def solid_angle_and_polarization(g: PixelGeometry, rng: np.random.Generator) -> 
     for a polarised beam, along the horizontal).
     """
     p = rng.uniform(0.9, 0.99) if rng.random() < 0.75 else 0.5
+    if laboratory:
+        p = 0.5
     return (g.fz**3 * (p * (1 - g.fx**2) + (1 - p) * (1 - g.fy**2))).astype(np.float32)
 
 
@@ -718,6 +747,7 @@ def count(scene: Scene, expected: np.ndarray, rng: np.random.Generator, harsh: b
     shape, _, gaps = detector(scene.detector, scene.binning)
     level = float(np.median(expected[::5, ::5])) or float(expected.mean()) or 1.0
     counts_scale = float(np.exp(rng.uniform(np.log(0.05), np.log(2000)))) / max(level, 1e-12)
+    counts_scale *= realism.count_scale_factor(scene, rng)
     if harsh:
         counts_scale *= rng.uniform(0.05, 0.5)
     area = scene.binning**2  # a binned pixel collects the counts of binning^2 detector pixels
@@ -725,6 +755,9 @@ def count(scene: Scene, expected: np.ndarray, rng: np.random.Generator, harsh: b
     lam += rng.uniform(0.0, 0.5 if not harsh else 3.0) * area  # dark current / fluorescence background
     image = rng.poisson(np.clip(lam, 0, 1e9)).astype(np.float64)
     dtype = _dtype_of(scene.detector, rng)
+    ccd = scene.detector in realism.CCD_DETECTORS
+    if ccd:
+        image = realism.ccd_readout(image, rng, area)
     if dtype.kind == "f":
         image += rng.normal(0, rng.uniform(0.1, 2.0), image.shape)
     n_hot = int(rng.integers(0, 40 if harsh else 12))
@@ -751,6 +784,10 @@ def count(scene: Scene, expected: np.ndarray, rng: np.random.Generator, harsh: b
         gap_value = np.iinfo(dtype).max
     else:
         gap_value = -1 if rng.random() < 0.5 else np.nan
+    if ccd and realism.CCD_DETECTORS[scene.detector]:
+        gap_value = 0  # outside the circular active area of a MarCCD/Rayonix
+    if "masked_block" in scene.effects:  # a large region masked by the acquisition software
+        gaps = gaps | realism.masked_block(shape, rng)
     image[gaps] = gap_value
     return image.astype(dtype), gaps
 
@@ -769,23 +806,38 @@ def simulate(
     detectors: dict | None = None,
     harsh: bool = False,
     full_resolution: bool = True,
+    variant: str | None = None,
+    effects: set[str] | None = None,
 ) -> tuple[np.ndarray, Scene]:
     """One raw detector image and its scene (technique, features, geometry).
 
     ``full_resolution=False`` simulates on the binned detector (:func:`sim_binning`): what the codec makes of it
     matches the full-resolution image on average (block means of Poisson counts), at a fraction of the cost.
+    ``variant`` and ``effects`` force a :mod:`~training.scattering.realism` scene variant (``""``: none) and a set
+    of detector effects (tests); by default they are drawn.
     """
     rng = np.random.default_rng(seed_sequence)
     technique = technique or TECHNIQUES[rng.integers(len(TECHNIQUES))]
+    drawn_variant = realism.draw_variant(rng, technique)
+    drawn_effects = realism.draw_effects(rng)
+    variant = drawn_variant if variant is None else variant
+    effects = drawn_effects if effects is None else effects
+    detectors = detectors or TRAIN_DETECTORS
+    if variant == "narrow_edge":
+        detectors = realism.narrow_detectors(detectors, lambda name: detector(name)[0])
     # Wide-angle scenes are drawn again until a reflection or halo is on the detector: a WAXS/GIWAXS frame that
     # shows only air scattering carries no sign of its technique (nobody sorts an empty frame by technique).
     for _ in range(MAX_SCENE_DRAWS):
-        scene = draw_scene(rng, technique, detectors or TRAIN_DETECTORS, full_resolution)
+        scene = draw_scene(rng, technique, detectors, full_resolution)
+        realism.adjust_scene(scene, variant, effects, rng)
         geometry = pixel_geometry(scene)
-        expected = render(scene, rng, geometry)
-        if scene.features or technique in ("saxs", "gisaxs"):
+        expected = realism.render_variant(scene, geometry, rng)
+        if expected is None:
+            expected = render(scene, rng, geometry)
+        if scene.features or technique in ("saxs", "gisaxs") or realism.is_featureless(variant):
             break
-    expected *= solid_angle_and_polarization(geometry, rng)
+    expected = realism.apply_effects(scene, geometry, expected, rng)
+    expected *= solid_angle_and_polarization(geometry, rng, laboratory="lab_source" in scene.effects)
     expected *= beamstop(scene, geometry, rng)
     image, _ = count(scene, expected, rng, harsh)
     # Orientation: only for a fraction of images, so the common "horizon at the bottom" layout dominates.

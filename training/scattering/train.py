@@ -58,6 +58,7 @@ from training.scattering import networks
 from training.scattering.labels import FEATURES, GEOMETRIES, TECHNIQUES
 from training.scattering.simulate import (
     RUNS,
+    SIMULATOR_VERSION,
     SPLIT_IDS,
     TRAIN_DETECTORS,
     UNSEEN_DETECTORS,
@@ -485,8 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.baselines_from:
         seed_lenet = {
             **json.loads(args.baselines_from.read_text())["baselines"]["seed_lenet"],
-            "source": f"{args.baselines_from}: trained and scored on the same images (only the setup arrays were "
-            "added to the splits since; the image tensors are byte-identical)",
+            "source": f"{args.baselines_from}: copied, not re-run; trained and scored on the splits of the version "
+            "it comes from (identical images up to simulator 1.3; from 1.4 on the splits differ, so it is a reference, "
+            "not a comparison on the same images)",
         }
         lenet_metrics, lenet_parity = seed_lenet["metrics"], 0.0
     else:
@@ -513,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
             "source": "simulated with training.scattering.simulate (pyFAI detector masks, pymatgen reflections via "
             "the XRD cache, analytic SAXS/GISAXS models); no downloaded data",
             "command": "python -m training.scattering.simulate",
+            "simulator_version": SIMULATOR_VERSION,
+            "folder": args.data.name,
             "fingerprint_sha256": {name: meta["sha256"] for name, meta in manifest.items()},
             "train_detectors": TRAIN_DETECTORS,
             "unseen_detectors": UNSEEN_DETECTORS,
