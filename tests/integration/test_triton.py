@@ -251,8 +251,8 @@ def test_ebsd_indexer_answers_the_same_on_triton(
 def test_scattering_sorter_answers_the_same_on_triton(
     repository: Path, triton: TritonEndpoints, api_on_triton: str, server_url: str
 ) -> None:
-    """The sorter's four outputs (Grad-CAM maps included) on Triton HTTP and gRPC against in-process ONNX Runtime,
-    within 1e-5; and the API's sort endpoint through Triton against the in-process API."""
+    """The sorter's outputs (Grad-CAM maps and feature_distance included) on Triton HTTP and gRPC against in-process
+    ONNX Runtime, within 1e-5; and the API's sort endpoint through Triton against the in-process API."""
     from matserve.codecs.scattering import Setup, encode_image, setup_features
 
     config = parse_config(repository / "scattering_sorter" / "config.pbtxt")
@@ -261,7 +261,7 @@ def test_scattering_sorter_answers_the_same_on_triton(
     assert [(i.name, list(i.dims)) for i in older.input] == [("images", [128, 128, 2])]
     assert [(o.name, list(o.dims)) for o in config.output] == [
         ("technique_probabilities", [4]), ("geometry_probabilities", [2]), ("feature_probabilities", [5]),
-        ("class_activation_maps", [16, 16, 11])]  # fmt: skip
+        ("class_activation_maps", [16, 16, 11]), ("feature_distance", [1])]  # fmt: skip
     rng = np.random.default_rng(6)
     images = [(rng.poisson(5.0, (195, 487)) + 50 * (rng.random((195, 487)) < 0.01)).astype(np.int32) for _ in range(3)]
     q_spans = [Setup(0.25, 1.0, 172e-6).q_span_inv_angstrom(image.shape) for image in images[:2]] + [None]
