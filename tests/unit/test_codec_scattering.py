@@ -607,6 +607,7 @@ def test_card_outputs_are_read_from_the_graph_for_triton() -> None:
     outputs = {spec["name"]: (spec["dtype"], spec["shape"]) for spec in version.tensor_specs("outputs")}
     assert outputs == {"technique_probabilities": ("float32", [-1, 4]), "geometry_probabilities": ("float32", [-1, 2]),
                        "feature_probabilities": ("float32", [-1, 5]),
-                       "class_activation_maps": ("float32", [-1, 16, 16, 11])}  # fmt: skip
+                       "class_activation_maps": ("float32", [-1, 16, 16, 11]),
+                       "feature_distance": ("float32", [-1])}  # fmt: skip
     inputs = [(spec["name"], spec["dtype"], spec["shape"]) for spec in version.tensor_specs("inputs")]
     assert inputs == [("images", "float32", [-1, 128, 128, 2]), ("setup", "float32", [-1, 2])]
