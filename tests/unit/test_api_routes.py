@@ -8,9 +8,7 @@ same answers as the lifecycle they call.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import numpy as np
@@ -20,36 +18,8 @@ from pydantic import BaseModel
 from matserve.api.context import ServingContext
 from matserve.codecs.xrd import MODEL_GRID_DEG
 from matserve.service import build_app
-from matserve.settings import Settings
 from matserve_client import wire
-from tests.conftest import MODELS_DIR
-
-
-def _settings(**changes: object) -> Settings:
-    base = Settings()
-    return dataclasses.replace(base, models_dir=MODELS_DIR, rate_limit_per_minute=0, embedded_workers=1,
-                               redis_url=None, triton_url=None, ebsd_preload=False, **changes)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def context() -> Iterator[ServingContext]:
-    """One set of loaded models for every app of this module (loading them is the slow part)."""
-    started = ServingContext.start(_settings(), warm_up=False)
-    yield started
-    started.stop()
-
-
-async def _client(context: ServingContext, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(settings)
-    app.state.context = dataclasses.replace(context, settings=settings)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://matserve") as client:
-        yield client
-
-
-@pytest.fixture
-async def client(context: ServingContext) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(context, context.settings):
-        yield c
+from tests.unit.conftest import asgi_client, settings_for
 
 
 def _pattern(seed: int) -> dict[str, list[float]]:
@@ -83,14 +53,14 @@ def _fields(schema: type[BaseModel]) -> set[str]:
 async def test_settings_are_read_when_the_app_is_built(context: ServingContext) -> None:
     """Two apps in one process, two formula limits: each app's route, error message and OpenAPI say its own."""
     formulas = ["NaCl", "KCl", "LiF", "MgO"]
-    async for small in _client(context, _settings(max_formulas=3)):
+    async for small in asgi_client(context, settings_for(max_formulas=3)):
         refused = await small.post("/formation-enthalpy", json={"formulas": formulas})
         assert refused.status_code == 413
         assert "at most 3 per request" in refused.json()["error"]["message"]
         schema = (await small.get("/openapi.json")).json()
         body = schema["paths"]["/formation-enthalpy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["properties"]["formulas"]["maxItems"] == 3
-    async for large in _client(context, _settings(max_formulas=1000)):
+    async for large in asgi_client(context, settings_for(max_formulas=1000)):
         answered = await large.post("/formation-enthalpy", json={"formulas": formulas})
         assert answered.status_code == 200 and len(answered.json()["results"]) == 4
 
@@ -253,7 +223,7 @@ async def test_hostile_xrd_multipart_uploads(
 ) -> None:
     """Files that are not two-column text, hold NaN or NUL bytes, too many files (a server allowing 4 patterns),
     bad options: a 4xx in the envelope naming the file or option, and the server keeps serving."""
-    async for client in _client(context, _settings(max_patterns=4)):
+    async for client in asgi_client(context, settings_for(max_patterns=4)):
         response = await client.post("/xrd/phase" + query, files=files)
         assert response.status_code == status, response.text
         assert says in response.json()["error"]["message"]

@@ -5,10 +5,8 @@ input (wrong byte count, bad dtype, huge shape, a gzip bomb, truncated bzip2), a
 from __future__ import annotations
 
 import bz2
-import dataclasses
 import gzip
 import io
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -16,39 +14,11 @@ import numpy as np
 import pytest
 
 from matserve.api.context import ServingContext
-from matserve.service import build_app
-from matserve.settings import Settings
 from matserve_client import AsyncClient, Client
-from tests.conftest import MODELS_DIR
+from tests.unit.conftest import asgi_client, settings_for
 
 PILATUS_TEXT = ("# Pixel_size 172e-6 m x 172e-6 m\r\n# Wavelength 1.0000 A\r\n# Detector_distance 0.25000 m\r\n"
                 "# Beam_xy (250.00, 100.00) pixels\r\n")  # fmt: skip
-
-
-def _settings(**changes: object) -> Settings:
-    base = Settings()
-    return dataclasses.replace(base, models_dir=MODELS_DIR, rate_limit_per_minute=0, embedded_workers=1,
-                               redis_url=None, triton_url=None, ebsd_preload=False, **changes)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def context() -> Iterator[ServingContext]:
-    started = ServingContext.start(_settings(), warm_up=False)
-    yield started
-    started.stop()
-
-
-async def _client(context: ServingContext, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(settings)
-    app.state.context = dataclasses.replace(context, settings=settings)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://matserve") as client:
-        yield client
-
-
-@pytest.fixture
-async def client(context: ServingContext) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(context, context.settings):
-        yield c
 
 
 def rings(shape: tuple[int, int], dtype: type = np.int32, seed: int = 0) -> np.ndarray:
@@ -129,7 +99,7 @@ async def test_json_bodies_refuse_raw_options(client: httpx.AsyncClient) -> None
 
 async def test_a_gzip_bomb_is_refused_within_the_pixel_budget(context: ServingContext) -> None:
     bomb = gzip.compress(bytes(128 << 20), compresslevel=9)
-    async for small in _client(context, _settings(max_scattering_pixels=1 << 20)):
+    async for small in asgi_client(context, settings_for(max_scattering_pixels=1 << 20)):
         answer = await small.post("/scattering/sort", content=bomb, headers={"content-type": "application/gzip"})
         assert answer.status_code == 413, answer.text
         assert "inflates to more than" in answer.json()["error"]["message"]
