@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
-from typing import Any
 
 import httpx
 import numpy as np
@@ -16,24 +14,10 @@ import pytest
 from matserve.api.context import ServingContext
 from matserve_client import AsyncClient, Client
 from tests.unit.conftest import asgi_client, settings_for
+from tests.unit.test_detector_readers import rings, tiff_bytes
 
 PILATUS_TEXT = ("# Pixel_size 172e-6 m x 172e-6 m\r\n# Wavelength 1.0000 A\r\n# Detector_distance 0.25000 m\r\n"
                 "# Beam_xy (250.00, 100.00) pixels\r\n")  # fmt: skip
-
-
-def rings(shape: tuple[int, int], dtype: type = np.int32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows, cols = np.indices(shape)
-    radius = np.hypot(rows - shape[0] / 2, cols - shape[1] / 2)
-    return (rng.poisson(5.0, shape) + 200 * np.exp(-0.5 * ((radius - min(shape) / 4) / 3) ** 2)).astype(dtype)
-
-
-def tiff_bytes(image: np.ndarray, **kwargs: Any) -> bytes:
-    import tifffile
-
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, image, **kwargs)
-    return buffer.getvalue()
 
 
 OCTET = {"content-type": "application/octet-stream"}
