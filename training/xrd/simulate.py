@@ -167,7 +167,8 @@ class PeakTable:
 @cache
 def peak_table(name: str) -> PeakTable:
     """The cached reference peak table of a structure type by class name."""
-    entry = load_cache()["phases"][name]
+    cache = load_cache()
+    entry = cache["phases"][name] if name in cache["phases"] else cache["impostor_phases"][name]
     members = [np.asarray(m, dtype=np.int64) for m in entry["members"]]
     member_average = np.zeros((sum(len(m) for m in members), len(members)))
     start = 0
@@ -293,11 +294,16 @@ def march_dollase(table: PeakTable, params: dict[str, np.ndarray]) -> np.ndarray
 
 
 def peak_positions_deg(
-    table: PeakTable, phase_params: dict[str, np.ndarray], measurement: dict[str, np.ndarray]
+    table: PeakTable,
+    phase_params: dict[str, np.ndarray],
+    measurement: dict[str, np.ndarray],
+    wavelength_angstrom: float = CU_KA_WAVELENGTH_A,
 ) -> np.ndarray:
     """Observed 2θ (degrees) of every reflection, NaN where Bragg's law has no solution.
 
     2θ = 2 asin(λ / 2d(1 + strain)) + zero offset − (2 s cos θ / R) (sample displacement s in mm).
+    ``wavelength_angstrom`` (Å) defaults to the weighted Cu Kα 1.54184 Å (``realism.py`` passes the
+    Kα1, Kα2, Kβ and W Lα1 lines).
 
     Returns
     -------
@@ -307,7 +313,7 @@ def peak_positions_deg(
     d = d_spacing_angstrom(
         table.hkl, phase_params["a_angstrom"][:, None], phase_params["c_angstrom"][:, None], table.phase.crystal_system
     ) * (1.0 + phase_params["strain"][:, None])
-    sin_theta = CU_KA_WAVELENGTH_A / (2.0 * d)
+    sin_theta = wavelength_angstrom / (2.0 * d)
     theta = np.arcsin(np.where(sin_theta < 1.0, sin_theta, np.nan))
     displacement_deg = np.rad2deg(-2.0 * measurement["displacement_mm"][:, None] * np.cos(theta) / GONIOMETER_RADIUS_MM)
     return np.rad2deg(2.0 * theta) + measurement["zero_offset_deg"][:, None] + displacement_deg
@@ -360,19 +366,58 @@ def render_peaks(
     two_theta_deg: np.ndarray = TWO_THETA_DEG,
 ) -> np.ndarray:
     """Sum of area-normalised pseudo-Voigt peaks (N, P) on the grid, each pattern scaled to a maximum of 1."""
+    out = pseudo_voigt_sum(position_deg, intensity, fwhm_deg, eta, two_theta_deg)
+    return out / np.maximum(out.max(axis=1, keepdims=True), 1e-30)
+
+
+def pseudo_voigt_sum(
+    position_deg: np.ndarray,
+    intensity: np.ndarray,
+    fwhm_deg: np.ndarray,
+    eta: np.ndarray,
+    two_theta_deg: np.ndarray = TWO_THETA_DEG,
+    fwhm_left_deg: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sum of area-normalised pseudo-Voigt peaks (not rescaled).
+
+    Parameters
+    ----------
+    position_deg, intensity, fwhm_deg : numpy.ndarray
+        (N, P) peak maxima (2θ, degrees), integrated intensities and FWHM (degrees).
+    eta : numpy.ndarray
+        (N,) Lorentzian fraction.
+    two_theta_deg : numpy.ndarray
+        The grid (degrees).
+    fwhm_left_deg : numpy.ndarray, optional
+        (N, P) FWHM (degrees) of the low-angle side: a split pseudo-Voigt whose left half has this
+        width and right half ``fwhm_deg``, continuous at the maximum and normalised to unit area
+        by the mean width. None: symmetric peaks.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (N, len(two_theta_deg)).
+    """
     eta = eta[:, None, None].astype(np.float32)
     grid = np.asarray(two_theta_deg, dtype=np.float32)
     out = np.empty((len(position_deg), len(grid)), dtype=np.float32)
-    chunk = max(1, 2_000_000 // (len(grid) * position_deg.shape[1]))
+    chunk = max(1, 2_000_000 // (len(grid) * max(position_deg.shape[1], 1)))
     for start in range(0, len(position_deg), chunk):
         s = slice(start, start + chunk)
         h = fwhm_deg[s, :, None].astype(np.float32)
-        u = ((grid[None, None, :] - position_deg[s, :, None].astype(np.float32)) / h) ** 2
+        delta = grid[None, None, :] - position_deg[s, :, None].astype(np.float32)
+        if fwhm_left_deg is None:
+            u = (delta / h) ** 2
+            norm = h
+        else:
+            left = fwhm_left_deg[s, :, None].astype(np.float32)
+            u = (delta / np.where(delta < 0, left, h)) ** 2
+            norm = np.float32(0.5) * (left + h)
         gauss = np.float32(np.sqrt(4.0 * np.log(2.0) / np.pi)) * np.exp(np.float32(-4.0 * np.log(2.0)) * u)
         lorentz = np.float32(2.0 / np.pi) / (1.0 + 4.0 * u)
-        profile = (eta[s] * lorentz + (1.0 - eta[s]) * gauss) / h
+        profile = (eta[s] * lorentz + (1.0 - eta[s]) * gauss) / norm
         out[s] = np.einsum("npg,np->ng", profile, intensity[s].astype(np.float32))
-    return out / np.maximum(out.max(axis=1, keepdims=True), 1e-30)
+    return out
 
 
 RANDOM_PEAKS_RANGE = (3, 25)

@@ -224,7 +224,102 @@ NOVEL_PHASES: tuple[PhaseType, ...] = (
     ),
 )
 
-ALL_PHASES: tuple[PhaseType, ...] = KNOWN_PHASES + NOVEL_PHASES
+
+def _cubic_impostor(
+    name: str, space_group: str, prototypes: tuple[Prototype, ...], a_range: tuple[float, float]
+) -> PhaseType:
+    """A novel cubic structure type (impostor) with the cubic texture directions."""
+    return PhaseType(name, space_group, "cubic", prototypes, a_range, (1.0, 1.0), _CUBIC_DIRECTIONS, False)
+
+
+def _binary(names: list[tuple[str, str, str, float]], coords: tuple[tuple[float, float, float], ...]) -> tuple:
+    """Cubic AB prototypes (name, A, B, a in Å) sharing one asymmetric unit."""
+    return tuple(Prototype(name, (a_el, b_el), coords, a, a) for name, a_el, b_el, a in names)
+
+
+_ORIGIN_AND_BODY_CENTRE = ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))
+
+#: Novel "impostor" structure types (never used in training): each shares a known family's space
+#: group, Bravais lattice or main peak positions. They are kept apart from ``NOVEL_PHASES`` (the four
+#: types the served models were trained and evaluated against) and cached under the
+#: ``impostor_phases`` key of ``reference_peaks.json``. Room-temperature lattice parameters (Å):
+#: MgO 4.212, NiO 4.177, MnO 4.445, NaCl 5.640; GaAs 5.653, ZnS 5.409, InP 5.869; Si 5.431,
+#: Ge 5.658 (origin choice 1 of Fd-3m, pymatgen's default: atom at 0,0,0); NiAl 2.887, FeAl 2.909,
+#: CsCl 4.123; Cu3Au 3.749, Ni3Al 3.572; NiAs 3.619/5.034, FeS (NiAs-type subcell of troilite)
+#: 3.446/5.877; Cr3Si 4.56, Nb3Sn 5.29.
+IMPOSTOR_PHASES: tuple[PhaseType, ...] = (
+    _cubic_impostor(
+        "rocksalt_Fm-3m",
+        "Fm-3m",
+        _binary(
+            [
+                ("MgO", "Mg", "O", 4.212),
+                ("NiO", "Ni", "O", 4.177),
+                ("MnO", "Mn", "O", 4.445),
+                ("NaCl", "Na", "Cl", 5.640),
+            ],
+            _ORIGIN_AND_BODY_CENTRE,
+        ),
+        (4.15, 5.70),
+    ),
+    _cubic_impostor(
+        "zincblende_F-43m",
+        "F-43m",
+        _binary(
+            [("GaAs", "Ga", "As", 5.653), ("ZnS", "Zn", "S", 5.409), ("InP", "In", "P", 5.869)],
+            ((0.0, 0.0, 0.0), (0.25, 0.25, 0.25)),
+        ),
+        (5.38, 5.90),
+    ),
+    _cubic_impostor(
+        "diamond_Fd-3m",
+        "Fd-3m",
+        _elements([("Si", 5.431, 5.431), ("Ge", 5.658, 5.658)], ((0.0, 0.0, 0.0),)),
+        (5.40, 5.70),
+    ),
+    _cubic_impostor(
+        "b2_Pm-3m",
+        "Pm-3m",
+        _binary(
+            [("NiAl", "Ni", "Al", 2.887), ("FeAl", "Fe", "Al", 2.909), ("CsCl", "Cs", "Cl", 4.123)],
+            _ORIGIN_AND_BODY_CENTRE,
+        ),
+        (2.85, 4.15),
+    ),
+    _cubic_impostor(
+        "l12_Pm-3m",
+        "Pm-3m",
+        _binary([("Cu3Au", "Au", "Cu", 3.749), ("Ni3Al", "Al", "Ni", 3.572)], ((0.0, 0.0, 0.0), (0.0, 0.5, 0.5))),
+        (3.55, 3.77),
+    ),
+    PhaseType(
+        "nias_P6_3-mmc",
+        "P6_3/mmc",
+        "hexagonal",
+        (
+            Prototype("NiAs", ("Ni", "As"), ((0.0, 0.0, 0.0), (1 / 3, 2 / 3, 0.25)), 3.619, 5.034),
+            Prototype("FeS", ("Fe", "S"), ((0.0, 0.0, 0.0), (1 / 3, 2 / 3, 0.25)), 3.446, 5.877),
+        ),
+        (3.40, 3.65),
+        (1.38, 1.72),
+        _HEX_DIRECTIONS,
+        False,
+    ),
+    _cubic_impostor(
+        "a15_Pm-3n",
+        "Pm-3n",
+        (
+            Prototype("Cr3Si", ("Si", "Cr"), ((0.0, 0.0, 0.0), (0.25, 0.0, 0.5)), 4.56, 4.56),
+            Prototype("Nb3Sn", ("Sn", "Nb"), ((0.0, 0.0, 0.0), (0.25, 0.0, 0.5)), 5.29, 5.29),
+        ),
+        (4.50, 5.35),
+    ),
+)
+
+#: Every novel type: the original four and the impostors.
+ALL_NOVEL_PHASES: tuple[PhaseType, ...] = NOVEL_PHASES + IMPOSTOR_PHASES
+
+ALL_PHASES: tuple[PhaseType, ...] = KNOWN_PHASES + NOVEL_PHASES + IMPOSTOR_PHASES
 
 
 def metric_key(hkl: np.ndarray, crystal_system: str) -> np.ndarray:
@@ -385,11 +480,15 @@ def phase_definitions_sha256() -> str:
 
 
 def write_cache(path: Path = CACHE_PATH) -> dict:
-    """Compute every reference table with pymatgen and write the JSON cache."""
+    """Compute every reference table with pymatgen and write the JSON cache.
+
+    Known and original novel types go under ``phases``, the impostor types under ``impostor_phases``.
+    """
     cache = {
         "wavelength_angstrom": CU_KA_WAVELENGTH_A,
         "phase_definitions_sha256": phase_definitions_sha256(),
-        "phases": {phase.name: reference_table(phase) for phase in ALL_PHASES},
+        "phases": {phase.name: reference_table(phase) for phase in KNOWN_PHASES + NOVEL_PHASES},
+        "impostor_phases": {phase.name: reference_table(phase) for phase in IMPOSTOR_PHASES},
     }
     path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
     return cache
@@ -416,7 +515,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=CACHE_PATH)
     args = parser.parse_args()
     cache = write_cache(args.out)
-    for name, table in cache["phases"].items():
+    for name, table in {**cache["phases"], **cache["impostor_phases"]}.items():
         print(f"{name}: {len(table['hkl'])} reflections")
 
 
