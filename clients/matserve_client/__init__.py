@@ -36,6 +36,7 @@ from .models import (
     ScatteringFileResult,
     ScatteringResult,
     XrdNoveltyResult,
+    XrdPhaseComponent,
     XrdPhaseResult,
 )
 from .xrd_files import PatternFileError, XrdPattern, read_pattern
@@ -72,6 +73,7 @@ __all__ = [
     "UnexpectedResponseError",
     "XrdNoveltyResult",
     "XrdPattern",
+    "XrdPhaseComponent",
     "XrdPhaseResult",
     "__version__",
     "read_pattern",

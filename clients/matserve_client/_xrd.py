@@ -392,13 +392,17 @@ class XrdMethods(_XrdFlows, SyncDriver):
         Returns
         -------
         list of XrdPhaseResult
-            One per pattern, in input order; ``source`` names the file for patterns given as paths.
+            One per pattern, in input order; ``source`` names the file for patterns given as paths. Versions with
+            the physics fit abstain on a pattern that is none of the known phases nor a mixture of them
+            (``abstained``, ``phase`` ``None``, ``reason``, ``probability_unknown``) and name up to 3 phases of a
+            mixture (``phases``, with signal fractions and lattice parameters); see ``result.summary()``.
 
         Raises
         ------
         InvalidInputError
             A pattern cannot be used (422); the message names each failing pattern (``patterns[3]: ...``) and why
-            (2θ range covered, lengths, NaN, negative or constant intensity, too few points).
+            (2θ range covered: at least a 35° span inside 20-90° is needed; lengths, NaN, negative or constant
+            intensity, too few points).
         PayloadTooLargeError, NotFoundError, ServiceUnavailableError, MatserveConnectionError
             As for :meth:`formation_enthalpy`.
         PatternFileError
@@ -438,13 +442,16 @@ class XrdMethods(_XrdFlows, SyncDriver):
         Returns
         -------
         list of XrdNoveltyResult
-            One per pattern, in input order; ``source`` names the file for patterns given as paths.
+            One per pattern, in input order; ``source`` names the file for patterns given as paths. Versions with
+            the physics fit add a calibrated ``novelty_score`` (``is_novel`` is it above the card's threshold),
+            ``physics_residual`` and ``best_fit_phase``.
 
         Raises
         ------
         InvalidInputError
             A pattern cannot be used (422); the message names each failing pattern (``patterns[3]: ...``) and why
-            (2θ range covered, lengths, NaN, negative or constant intensity, too few points).
+            (2θ range covered: at least a 35° span inside 20-90° is needed; lengths, NaN, negative or constant
+            intensity, too few points).
         PayloadTooLargeError, NotFoundError, ServiceUnavailableError, MatserveConnectionError
             As for :meth:`formation_enthalpy`.
         PatternFileError

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import wire
+
 __all__ = [
     "TERMINAL_JOB_STATES",
     "EbsdIndexResult",
@@ -24,6 +26,7 @@ __all__ = [
     "ScatteringFileResult",
     "ScatteringResult",
     "XrdNoveltyResult",
+    "XrdPhaseComponent",
     "XrdPhaseResult",
 ]
 
@@ -69,22 +72,75 @@ class FormationEnthalpyResult(BaseModel):
         return self.error is None and self.formation_enthalpy_ev_per_atom is not None
 
 
-class XrdPhaseResult(BaseModel):
-    """Phase classification of one diffraction pattern.
+class XrdPhaseComponent(wire.XrdPhaseComponent):
+    """One identified known phase of a diffraction pattern (a mixture has up to 3, major first).
 
     Attributes
     ----------
     phase : str
-        The most probable known phase (structure type), e.g. ``"fcc_Fm-3m"``.
+        The known phase (structure type), e.g. ``"fcc_Fm-3m"``.
     space_group : str
         Its space group (Hermann-Mauguin), e.g. ``"Fm-3m"``.
-    probability : float
-        Its probability.
+    weight_fraction : float
+        Its share (0-1) of the diffracted signal, each phase's pattern normalised to its strongest peak, i.e. the
+        weight fraction with all reference intensity ratios equal to 1 (real weight fractions need the phases'
+        RIRs).
+    confidence : float
+        Probability (0-1) that this phase is really present.
+    lattice_a_angstrom : float
+        Refined lattice parameter a, Å.
+    lattice_c_angstrom : float or None
+        Refined lattice parameter c, Å (hexagonal phases only).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    def describe(self) -> str:
+        """One line: ``"hcp_P6_3/mmc 30.0 % (confidence 0.80, a = 2.507 Å, c = 4.070 Å)"``."""
+        lattice = f"a = {self.lattice_a_angstrom:.3f} Å"
+        if self.lattice_c_angstrom is not None:
+            lattice += f", c = {self.lattice_c_angstrom:.3f} Å"
+        return f"{self.phase} {self.weight_fraction:.1%} (confidence {self.confidence:.2f}, {lattice})"
+
+
+class XrdPhaseResult(BaseModel):
+    """Phase classification of one diffraction pattern.
+
+    Versions with the physics fit may abstain (:attr:`abstained`) on a pattern that is none of the known phases
+    nor a mixture of them, and name up to 3 phases of a mixture (:attr:`phases`); older versions leave those
+    fields at their defaults (``False``, ``None``, ``[]``).
+
+    Attributes
+    ----------
+    phase : str or None
+        The most probable known phase (structure type), e.g. ``"fcc_Fm-3m"``; ``None`` when the answer abstained.
+    space_group : str or None
+        Its space group (Hermann-Mauguin), e.g. ``"Fm-3m"``; ``None`` when abstained.
+    probability : float or None
+        Its probability (0-1); ``None`` when abstained.
     probabilities : dict of str to float
-        Every known phase's probability (they sum to 1). A pattern of a phase the model never saw still gets
-        probabilities over the known ones: ask :meth:`Client.xrd_novelty` whether it is novel.
+        Every known phase's probability; they sum to ``1 - probability_unknown`` (to 1 for versions without it).
+    abstained : bool
+        ``True`` when the pattern is not one of the known phases nor a mixture of them: no phase is named.
+    reason : str or None
+        Why the answer abstained (human-readable); ``None`` otherwise.
+    probability_unknown : float or None
+        Calibrated probability (0-1) that the pattern is none of the known phases nor a mixture of them; ``None``
+        for versions that do not estimate it.
+    best_fit_phase : str or None
+        The known phase whose physics fit explains the pattern best (also when abstained).
+    best_fit_residual : float or None
+        Fraction (0-1) of the pattern's peak signal that best fit leaves unexplained.
+    phases : list of XrdPhaseComponent
+        Up to 3 identified known phases, major first (one for a single phase); empty when abstained or for
+        versions without the physics fit.
+    unexplained_fraction : float or None
+        Fraction (0-1) of the peak signal that no identified phase explains.
     coverage : float
         Fraction of 20-90° 2θ (Cu Kα scale) the pattern covered.
+    measured_range_deg : list of float or None
+        ``[low, high]`` 2θ, degrees (Cu Kα scale), the pattern covers inside 20-90°; ``None`` from servers that
+        do not report it.
     source : str or None
         The file the pattern was read from, when the SDK read it.
     model, version : str
@@ -93,14 +149,54 @@ class XrdPhaseResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    phase: str
-    space_group: str
-    probability: float
+    phase: str | None = None
+    space_group: str | None = None
+    probability: float | None = None
     probabilities: dict[str, float]
+    abstained: bool = False
+    reason: str | None = None
+    probability_unknown: float | None = None
+    best_fit_phase: str | None = None
+    best_fit_residual: float | None = None
+    phases: list[XrdPhaseComponent] = Field(default_factory=list)
+    unexplained_fraction: float | None = None
     coverage: float
+    measured_range_deg: list[float] | None = None
     source: str | None = None
     model: str
     version: str
+
+    @property
+    def phase_or_unknown(self) -> str:
+        """:attr:`phase`, or ``"unknown"`` when the answer abstained (or named no phase)."""
+        return "unknown" if self.abstained or self.phase is None else self.phase
+
+    @property
+    def is_mixture(self) -> bool:
+        """``True`` when more than one known phase was identified."""
+        return len(self.phases) > 1
+
+    def summary(self) -> str:
+        """One line for people: the phase or ``unknown (abstained: reason)`` with the best fit and its residual,
+        or the mixture's phases with their signal fractions and confidences and the unexplained fraction; then
+        ``P(unknown)`` when the version estimates it."""
+        if self.abstained or self.phase is None:
+            text = f"unknown (abstained: {self.reason})" if self.reason else "unknown (abstained)"
+            if self.best_fit_phase is not None:
+                text += f"; best fit {self.best_fit_phase}"
+                if self.best_fit_residual is not None:
+                    text += f", residual {self.best_fit_residual:.1%}"
+        elif self.is_mixture:
+            text = "mixture: " + ", ".join(
+                f"{c.phase} {c.weight_fraction:.1%} (confidence {c.confidence:.2f})" for c in self.phases
+            )
+        else:
+            text = self.phase if self.probability is None else f"{self.phase} (p {self.probability:.3f})"
+        if self.phases and self.unexplained_fraction is not None and not self.abstained:
+            text += f"; unexplained {self.unexplained_fraction:.1%}"
+        if self.probability_unknown is not None:
+            text += f"; P(unknown) {self.probability_unknown:.3f}"
+        return text
 
 
 class XrdNoveltyResult(BaseModel):
@@ -129,8 +225,17 @@ class XrdNoveltyResult(BaseModel):
         Majority phase of the 15 nearest known patterns in latent space.
     nearest_known_phase_share : float
         Share of those 15 that have that phase.
+    novelty_score : float or None
+        Calibrated probability (0-1) that the pattern is novel (not a known phase nor a mixture of them);
+        :attr:`is_novel` is this score above the card's threshold. ``None`` for versions without it.
+    physics_residual : float or None
+        Fraction (0-1) of the pattern's peak signal that the best single-phase physics fit leaves unexplained.
+    best_fit_phase : str or None
+        The known phase of that best fit.
     coverage : float
         Fraction of 20-90° 2θ covered.
+    measured_range_deg : list of float or None
+        ``[low, high]`` 2θ, degrees (Cu Kα scale), the pattern covers inside 20-90°.
     reconstruction_png, latent_map_png : bytes or None
         PNG images, when requested with ``plots=True``.
     source : str or None
@@ -150,7 +255,11 @@ class XrdNoveltyResult(BaseModel):
     latent_map: list[float]
     nearest_known_phase: str
     nearest_known_phase_share: float
+    novelty_score: float | None = None
+    physics_residual: float | None = None
+    best_fit_phase: str | None = None
     coverage: float
+    measured_range_deg: list[float] | None = None
     reconstruction_png: bytes | None = None
     latent_map_png: bytes | None = None
     source: str | None = None

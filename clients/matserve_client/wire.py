@@ -33,14 +33,79 @@ class FormationEnthalpyResponse(BaseModel):
     results: list[FormationEnthalpyResult]
 
 
-class XrdPhaseResult(BaseModel):
-    """One pattern's phase: the most probable known structure type and every class probability."""
+_MEASURED_RANGE = (
+    "[low, high] 2θ, degrees (Cu Kα scale), that the pattern covers inside 20-90°; the models see the pattern's "
+    "background level outside it; null for versions that do not report it"
+)
+_BEST_FIT_PHASE = (
+    "the known phase (structure type) whose physics fit (peak positions and intensities, refined lattice) "
+    "explains the pattern best; null for versions without the fit"
+)
+_FIT_RESIDUAL = (
+    "fraction (0-1) of the pattern's peak signal that the best single-phase physics fit leaves unexplained; null "
+    "for versions without the fit"
+)
 
-    phase: str
-    space_group: str
-    probability: float
-    probabilities: dict[str, float]
+
+class XrdPhaseComponent(BaseModel):
+    """One identified known phase of a pattern (a mixture has several, major first)."""
+
+    phase: str = Field(description="known phase (structure type), e.g. 'fcc_Fm-3m'")
+    space_group: str = Field(description="its space group (Hermann-Mauguin), e.g. 'Fm-3m'")
+    weight_fraction: float = Field(
+        description="its share (0-1) of the diffracted signal, each phase's pattern normalised to its strongest "
+        "peak, i.e. the weight fraction with all reference intensity ratios (RIR) equal to 1; the components' "
+        "shares and unexplained_fraction describe the peak signal"
+    )
+    confidence: float = Field(description="probability (0-1) that this phase is really present")
+    lattice_a_angstrom: float = Field(description="refined lattice parameter a, Angstrom")
+    lattice_c_angstrom: float | None = Field(
+        default=None, description="refined lattice parameter c, Angstrom (hexagonal phases only, else null)"
+    )
+
+
+class XrdPhaseResult(BaseModel):
+    """One pattern's phase: the most probable known structure type and every class probability.
+
+    From the physics-fit versions on, the answer may abstain (``abstained``: the pattern is none of the known
+    phases nor a mixture of them; ``phase``, ``space_group`` and ``probability`` are then null), and ``phases``
+    names up to 3 known phases of a mixture. Versions before leave the new fields at their defaults.
+    """
+
+    phase: str | None = Field(description="the most probable known phase (structure type); null when abstained")
+    space_group: str | None = Field(description="its space group (Hermann-Mauguin); null when abstained")
+    probability: float | None = Field(description="its probability (0-1); null when abstained")
+    probabilities: dict[str, float] = Field(
+        description="probability (0-1) of every known phase; they sum to 1 - probability_unknown (to 1 when that "
+        "is null)"
+    )
+    abstained: bool = Field(
+        default=False,
+        description="true when the pattern is not one of the known phases nor a mixture of them: no phase is named",
+    )
+    reason: str | None = Field(default=None, description="why the answer abstained (human-readable); null otherwise")
+    probability_unknown: float | None = Field(
+        default=None,
+        description="calibrated probability (0-1) that the pattern is none of the known phases nor a mixture of "
+        "them; null for versions that do not estimate it",
+    )
+    best_fit_phase: str | None = Field(default=None, description=_BEST_FIT_PHASE)
+    best_fit_residual: float | None = Field(default=None, description=_FIT_RESIDUAL)
+    phases: list[XrdPhaseComponent] = Field(
+        default_factory=list,
+        max_length=3,
+        description="up to 3 identified known phases, major first (one for a single-phase pattern); empty when "
+        "abstained or for versions without the physics fit",
+    )
+    unexplained_fraction: float | None = Field(
+        default=None,
+        description="fraction (0-1) of the pattern's peak signal that no identified phase explains; null for "
+        "versions without the physics fit",
+    )
     coverage: float = Field(description="fraction of 20-90° 2θ (Cu Kα) the pattern covered")
+    measured_range_deg: list[float] | None = Field(
+        default=None, min_length=2, max_length=2, description=_MEASURED_RANGE
+    )
     source: str | None = Field(default=None, description="file name of a multipart upload")
     error: str | None = Field(
         default=None, description="always null here: a pattern that cannot be used fails the request"
@@ -62,7 +127,11 @@ class XrdPlots(BaseModel):
 
 class XrdNoveltyResult(BaseModel):
     """One pattern's novelty: VAE reconstruction error, its percentile among known-phase validation patterns,
-    the verdict at the card's threshold percentile, latent coordinates and the nearest known phase there."""
+    the verdict at the card's threshold percentile, latent coordinates and the nearest known phase there.
+
+    Physics-fit versions add a calibrated ``novelty_score`` (``is_novel`` is then that score above the card's
+    threshold), the fit's ``physics_residual`` and ``best_fit_phase``; versions before leave them null.
+    """
 
     reconstruction_error: float
     outlier_probability: float | None = Field(
@@ -76,7 +145,17 @@ class XrdNoveltyResult(BaseModel):
     latent_map: list[float] = Field(description="2-d map coordinates: PCA projection of the latent space")
     nearest_known_phase: str
     nearest_known_phase_share: float = Field(description="share of the 15 nearest known patterns of that phase")
-    coverage: float
+    novelty_score: float | None = Field(
+        default=None,
+        description="calibrated probability (0-1) that the pattern is novel (not a known phase nor a mixture of "
+        "them); is_novel is this above the card's threshold; null for versions without it",
+    )
+    physics_residual: float | None = Field(default=None, description=_FIT_RESIDUAL)
+    best_fit_phase: str | None = Field(default=None, description=_BEST_FIT_PHASE)
+    coverage: float = Field(description="fraction of 20-90° 2θ (Cu Kα) the pattern covered")
+    measured_range_deg: list[float] | None = Field(
+        default=None, min_length=2, max_length=2, description=_MEASURED_RANGE
+    )
     plots: XrdPlots | None = None
     source: str | None = Field(default=None, description="file name of a multipart upload")
     error: str | None = Field(

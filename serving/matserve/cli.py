@@ -16,6 +16,9 @@
     matserve worker                                           # run batch jobs (needs REDIS_URL)
     matserve jobs submit FILE [--model M] [--wait]            # one input per line ('-': stdin)
     matserve jobs status | wait | results | cancel JOB_ID      # follow, read, cancel a job
+
+(Over 500 lines: every command's handler and its human-readable printing live next to the one parser that wires
+them, so that ``matserve --help`` and what each command prints stay in step.)
 """
 
 from __future__ import annotations
@@ -77,12 +80,51 @@ def _predict_xrd(args: argparse.Namespace) -> int:
                  "latent_map_png", "source"}), "file": p.source} for p, n in zip(phases, novelty, strict=True)]  # fmt: skip
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"# {phases[0].model} {phases[0].version}, {novelty[0].model} {novelty[0].version}")
-    print(f"{'file':<32} {'phase':<14} {'p':>6} {'novelty pct':>11} {'novel':>6}  nearest known")
-    for p, n in zip(phases, novelty, strict=True):
-        print(f"{Path(p.source or '').name:<32} {p.phase:<14} {p.probability:6.3f} {n.novelty_percentile:11.1f} "
-              f"{'yes' if n.is_novel else 'no':>6}  {n.nearest_known_phase}")  # fmt: skip
+    _print_xrd_table(phases, novelty)
     return 0
+
+
+def _number(value: float | None, spec: str, width: int) -> str:
+    """``value`` formatted with ``spec``, or ``-`` (a field the answering version does not fill), right-aligned."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
+def _xrd_details(phase: Any, novelty: Any) -> list[str]:
+    """The lines under a pattern's row: why it abstained (with the best fit), the phases it was fitted with,
+    and a partial measured range; none for answers of versions without the physics fit and a full range."""
+    lines: list[str] = []
+    if phase.abstained or phase.phase is None:
+        text = f"unknown (abstained: {phase.reason})" if phase.reason else "unknown (abstained)"
+        fit_phase = phase.best_fit_phase or novelty.best_fit_phase
+        residual = phase.best_fit_residual if phase.best_fit_residual is not None else novelty.physics_residual
+        if fit_phase is not None:
+            text += f"; best fit {fit_phase}" + ("" if residual is None else f", residual {residual:.1%} of the signal")
+        lines.append(text)
+    elif phase.phases:
+        kind = "mixture of" if len(phase.phases) > 1 else "fitted"
+        lines.append(f"{kind} {len(phase.phases)} phase{'s' if len(phase.phases) > 1 else ''} (signal fraction):")
+        lines += [f"  {component.describe()}" for component in phase.phases]
+        if phase.unexplained_fraction is not None:
+            lines.append(f"  unexplained {phase.unexplained_fraction:.1%} of the signal")
+    measured = phase.measured_range_deg or novelty.measured_range_deg
+    if measured is not None and phase.coverage < 1.0:
+        lines.append(f"measured {measured[0]:.2f}-{measured[1]:.2f}° 2θ (Cu Kα) of 20-90°")
+    return ["    " + line for line in lines]
+
+
+def _print_xrd_table(phases: Sequence[Any], novelty: Sequence[Any]) -> None:
+    """One row per pattern (phase or ``unknown``, its probability, P(unknown), the novelty percentile and score,
+    the verdict, the nearest known phase), then indented detail lines (:func:`_xrd_details`); ``-`` marks a
+    value the answering version does not give."""
+    print(f"# {phases[0].model} {phases[0].version}, {novelty[0].model} {novelty[0].version}")
+    print(f"{'file':<32} {'phase':<14} {'p':>6} {'p_unk':>6} {'novelty pct':>11} {'score':>6} {'novel':>6}  "
+          "nearest known")  # fmt: skip
+    for p, n in zip(phases, novelty, strict=True):
+        print(f"{Path(p.source or '').name:<32} {p.phase_or_unknown:<14} {_number(p.probability, '.3f', 6)} "
+              f"{_number(p.probability_unknown, '.3f', 6)} {n.novelty_percentile:11.1f} "
+              f"{_number(n.novelty_score, '.3f', 6)} {'yes' if n.is_novel else 'no':>6}  {n.nearest_known_phase}")  # fmt: skip
+        for line in _xrd_details(p, n):
+            print(line)
 
 
 def _pc_argument(text: str) -> list[float]:

@@ -135,7 +135,7 @@ def _bad_cases() -> list[tuple[str, object, int, str]]:
     spiky = np.abs(np.sin(MODEL_GRID_DEG)).tolist()
     return [
         ("short range", {"pattern": {"two_theta_deg": np.linspace(20, 40, 500).tolist(), "intensity": spiky[:500]}},
-         422, "at least 80% is needed"),
+         422, "a span of at least 35°"),
         ("lengths", {"pattern": {"two_theta_deg": grid, "intensity": ones[:-1]}}, 422, "they must match"),
         ("not increasing", {"pattern": {"two_theta_deg": grid[::-1], "intensity": spiky}}, 422, "strictly increasing"),
         ("nan", {"pattern": {"two_theta_deg": grid, "intensity": [float("nan"), *spiky[1:]]}}, 422, "NaN"),

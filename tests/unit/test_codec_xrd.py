@@ -7,9 +7,11 @@ import pytest
 
 from matserve.codecs.xrd import (
     CU_KA_ANGSTROM,
+    MIN_SPAN_DEG,
     MODEL_GRID_DEG,
     N_POINTS,
     PatternError,
+    encode_batch,
     encode_pattern,
     to_cu_ka_deg,
 )
@@ -51,13 +53,84 @@ def test_another_wavelength_is_mapped_to_the_cu_ka_scale() -> None:
     assert to_cu_ka_deg(np.array([43.3]), CU_KA_ANGSTROM)[0] == pytest.approx(43.3)
 
 
-def test_partial_coverage_is_filled_with_background_down_to_the_limit() -> None:
+def test_partial_coverage_is_filled_with_background() -> None:
     grid = np.linspace(30, 90, 3000)  # 86 % of 20-90°
     encoded = encode_pattern(grid, peak(grid, 50.0))
     assert encoded.coverage == pytest.approx(60 / 70)
+    assert encoded.measured_range_deg == pytest.approx((30.0, 90.0))
     assert np.all(encoded.intensity[MODEL_GRID_DEG < 29.9] == 0)
-    with pytest.raises(PatternError, match=r"covers 40\.00-90\.00° .* at least 80%"):
-        encode_pattern(np.linspace(40, 90, 3000), peak(np.linspace(40, 90, 3000), 50.0))
+
+
+@pytest.mark.parametrize(("low", "high"), [(35.0, 90.0), (30.0, 70.0), (40.0, 80.0), (55.0, 90.0), (20.0, 55.0)])
+def test_a_span_of_35_degrees_anywhere_in_20_90_is_accepted_with_its_range(low: float, high: float) -> None:
+    grid = np.linspace(low, high, 3000)
+    encoded = encode_pattern(grid, peak(grid, (low + high) / 2))
+    assert encoded.measured_range_deg == pytest.approx((low, high))
+    assert encoded.coverage == pytest.approx((high - low) / 70)
+    outside = (MODEL_GRID_DEG < low - 0.1) | (MODEL_GRID_DEG > high + 0.1)
+    assert np.all(encoded.intensity[outside] == 0)  # the background fill
+    assert abs(MODEL_GRID_DEG[np.argmax(encoded.intensity)] - (low + high) / 2) < 0.05
+
+
+def test_the_measured_range_is_clipped_to_20_90() -> None:
+    grid = np.linspace(10, 100, 5000)
+    assert encode_pattern(grid, peak(grid, 50.0)).measured_range_deg == (20.0, 90.0)
+    grid = np.linspace(45, 120, 5000)  # 45-90° inside: a 45° span
+    assert encode_pattern(grid, peak(grid, 50.0)).measured_range_deg == (45.0, 90.0)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "shown"),
+    [
+        (60.0, 90.0, r"covers 60\.00-90\.00° 2θ \(Cu Kα scale\), a span of 30\.00°"),
+        (30.0, 60.0, r"covers 30\.00-60\.00° .*a span of 30\.00°"),
+        (70.0, 120.0, r"covers 70\.00-120\.00° .*a span of 20\.00° inside the 20-90°"),
+        (100.0, 130.0, r"covers 100\.00-130\.00° .*a span of 0\.00°"),
+    ],
+)
+def test_a_span_under_35_degrees_is_refused_saying_what_is_needed(low: float, high: float, shown: str) -> None:
+    grid = np.linspace(low, high, 3000)
+    with pytest.raises(PatternError, match=shown) as refused:
+        encode_pattern(grid, peak(grid, (low + high) / 2))
+    assert f"a span of at least {MIN_SPAN_DEG:g}° inside 20-90° is needed (e.g. 55-90°" in str(refused.value)
+
+
+def test_a_span_just_over_the_limit_is_accepted_and_just_under_refused() -> None:
+    grid = np.linspace(55.0 - 1e-6, 90, 3000)
+    assert encode_pattern(grid, peak(grid, 70.0)).measured_range_deg[0] == pytest.approx(55.0)
+    grid = np.linspace(55.01, 90, 3000)
+    with pytest.raises(PatternError, match=r"span of 34\.99°"):
+        encode_pattern(grid, peak(grid, 70.0))
+
+
+def test_the_on_grid_fast_path_and_the_per_item_path_give_identical_ranges() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.random((3, N_POINTS)) * 100
+    on_grid = [{"two_theta_deg": MODEL_GRID_DEG.tolist(), "intensity": row.tolist()} for row in rows]
+    fast = encode_batch(on_grid)
+    # one item off the grid sends the whole batch through the per-item path
+    off = np.linspace(35, 90, 1500)
+    slow = encode_batch([*on_grid, {"two_theta_deg": off.tolist(), "intensity": peak(off, 50.0).tolist()}])
+    assert fast.measured_range_deg.dtype == np.float32 and fast.measured_range_deg.shape == (3, 2)
+    np.testing.assert_array_equal(fast.measured_range_deg, slow.measured_range_deg[:3])
+    np.testing.assert_array_equal(fast.measured_range_deg, np.tile(np.float32([20, 90]), (3, 1)))
+    assert [r["measured_range_deg"] for r in fast.results] == [r["measured_range_deg"] for r in slow.results[:3]]
+    assert fast.results[0] == {"coverage": 1.0, "measured_range_deg": [20.0, 90.0], "error": None}
+    assert slow.results[3]["measured_range_deg"] == [35.0, 90.0]
+    np.testing.assert_array_equal(slow.measured_range_deg[3], np.float32([35, 90]))
+    np.testing.assert_array_equal(fast.patterns, slow.patterns[:3])
+
+
+def test_a_refused_item_has_no_range_and_no_row() -> None:
+    short = np.linspace(60, 90, 500)
+    good = np.linspace(30, 90, 500)
+    batch = encode_batch([{"two_theta_deg": short.tolist(), "intensity": peak(short, 70).tolist()},
+                          {"two_theta_deg": good.tolist(), "intensity": peak(good, 70).tolist()}])  # fmt: skip
+    assert batch.rows == [1] and batch.measured_range_deg.shape == (1, 2)
+    assert batch.results[0]["measured_range_deg"] is None and "at least 35°" in batch.results[0]["error"]
+    assert batch.results[1]["measured_range_deg"] == [30.0, 90.0]
+    empty = encode_batch([])
+    assert empty.measured_range_deg.shape == (0, 2) and empty.patterns.shape == (0, N_POINTS)
 
 
 GRID = np.linspace(20, 90, 1000)

@@ -10,7 +10,10 @@ scaled to [0, 1]. This codec is shared by training and serving:
   so a finer input grid is averaged, not aliased, and a coarser one is interpolated); a pattern already
   on the model grid (to 1e-6 of a step) is taken as it is, point for point, like the simulated training data;
 * parts of 20–90° the measurement does not cover are set to the pattern's minimum (its background level);
-  at least :data:`MIN_COVERAGE` of the range must be covered;
+  the measured span inside 20–90° must be at least :data:`MIN_SPAN_DEG` (35°) of 2θ, anywhere in the range
+  (lab scans that start at 30-40° are fine: 35-90°, 30-70° and 40-80° are accepted, 60-90° is not). The
+  measured part, ``[low, high]`` 2θ degrees (Cu Kα scale) clipped to 20–90°, is reported as
+  ``measured_range_deg`` next to ``coverage`` (``(high - low) / 70°``);
 * intensities are min-max scaled to [0, 1] (a constant pattern is refused).
 
 Every refusal raises :class:`PatternError` with a message that says what is wrong and what is accepted.
@@ -32,7 +35,8 @@ N_POINTS = 2048
 MODEL_GRID_DEG = np.linspace(TWO_THETA_MIN_DEG, TWO_THETA_MAX_DEG, N_POINTS)
 MIN_POINTS = 100
 MAX_POINTS = 100_000
-MIN_COVERAGE = 0.8
+MIN_SPAN_DEG = 35.0
+"""Least measured 2θ span inside 20-90° (Cu Kα scale), degrees, of an accepted pattern."""
 WAVELENGTH_RANGE_ANGSTROM = (0.1, 3.0)
 
 
@@ -50,10 +54,14 @@ class EncodedPattern:
         float32 (2048,) on :data:`MODEL_GRID_DEG`, scaled to [0, 1].
     coverage : float
         Fraction of 20–90° 2θ (Cu Kα scale) the measurement covered.
+    measured_range_deg : tuple of float
+        ``(low, high)``: the 2θ the measurement covers inside 20–90°, degrees (Cu Kα scale); ``(20.0, 90.0)``
+        for a full pattern. Outside it the intensity is the pattern's background (minimum) fill.
     """
 
     intensity: np.ndarray
     coverage: float
+    measured_range_deg: tuple[float, float]
 
 
 def _cell_edges(grid: np.ndarray) -> np.ndarray:
@@ -111,7 +119,8 @@ def encode_pattern(
     ------
     PatternError
         Saying what is wrong: lengths, too few/many points, NaN or infinite values, non-increasing 2θ,
-        negative intensities, too little of 20–90° covered, a constant pattern, a wavelength out of range.
+        negative intensities, a measured span inside 20–90° under :data:`MIN_SPAN_DEG`, a constant pattern, a
+        wavelength out of range.
     """
     try:
         x = np.asarray(two_theta_deg, dtype=np.float64)
@@ -150,12 +159,14 @@ def encode_pattern(
         x, y = x[keep], y[keep]
         if len(x) < 2:
             raise PatternError("no point of the pattern maps into the Cu Kα 2θ range")
-    covered = max(0.0, min(x[-1], TWO_THETA_MAX_DEG) - max(x[0], TWO_THETA_MIN_DEG))
+    low_deg, high_deg = max(float(x[0]), TWO_THETA_MIN_DEG), min(float(x[-1]), TWO_THETA_MAX_DEG)
+    covered = max(0.0, high_deg - low_deg)
     coverage = covered / (TWO_THETA_MAX_DEG - TWO_THETA_MIN_DEG)
-    if coverage < MIN_COVERAGE:
+    if covered < MIN_SPAN_DEG:
         raise PatternError(
-            f"the pattern covers {x[0]:.2f}-{x[-1]:.2f}° 2θ (Cu Kα scale), {coverage:.0%} of the 20-90° the models "
-            f"use; at least {MIN_COVERAGE:.0%} is needed"
+            f"the pattern covers {x[0]:.2f}-{x[-1]:.2f}° 2θ (Cu Kα scale), a span of {covered:.2f}° inside the "
+            f"20-90° the models use; a span of at least {MIN_SPAN_DEG:g}° inside 20-90° is needed (e.g. "
+            f"{TWO_THETA_MAX_DEG - MIN_SPAN_DEG:g}-{TWO_THETA_MAX_DEG:g}°, 30-70° or 20-90°)"
         )
     if _is_model_grid(x):  # already on the model grid (e.g. simulated, or resampled by the client): use as is
         means = y
@@ -171,7 +182,8 @@ def encode_pattern(
     span = means.max() - floor
     if span <= 1e-9 * max(abs(floor), 1.0):  # constant up to rounding
         raise PatternError("the pattern is constant over 20-90° 2θ; there is nothing to classify")
-    return EncodedPattern(intensity=((means - floor) / span).astype(np.float32), coverage=float(coverage))
+    return EncodedPattern(intensity=((means - floor) / span).astype(np.float32), coverage=float(coverage),
+                          measured_range_deg=(low_deg, high_deg))  # fmt: skip
 
 
 class PatternInput(TypedDict):
@@ -201,17 +213,22 @@ class EncodedBatch:
     Attributes
     ----------
     results : list of dict
-        One result per input item: ``coverage`` (fraction of 20-90° measured) and ``error`` (``None``, or why
-        the pattern was refused); models add their outputs.
+        One result per input item: ``coverage`` (fraction of 20-90° measured), ``measured_range_deg``
+        (``[low, high]`` 2θ degrees, Cu Kα scale, measured inside 20-90°, rounded to 4 decimals) and ``error``
+        (``None``, or why the pattern was refused; the other two are then ``None``); models add their outputs.
     rows : list of int
         Positions in ``results`` of the patterns in ``patterns``.
     patterns : numpy.ndarray
         float32 (len(rows), 2048) on :data:`MODEL_GRID_DEG`, in [0, 1].
+    measured_range_deg : numpy.ndarray
+        float32 (len(rows), 2): each pattern's ``[low, high]`` 2θ degrees measured inside 20-90° (as in its
+        result); outside it the pattern holds its background fill. ``[20, 90]`` for patterns on the model grid.
     """
 
     results: list[dict[str, Any]]
     rows: list[int]
     patterns: np.ndarray
+    measured_range_deg: np.ndarray
 
 
 def _encode_on_grid_batch(items: list[Any]) -> EncodedBatch | None:
@@ -237,8 +254,10 @@ def _encode_on_grid_batch(items: list[Any]) -> EncodedBatch | None:
     if (span <= 1e-9 * np.maximum(np.abs(low), 1.0)).any():
         return None
     patterns = ((y - low[:, None]) / span[:, None]).astype(np.float32)
-    results = [{"coverage": 1.0, "error": None} for _ in items]
-    return EncodedBatch(results=results, rows=list(range(len(items))), patterns=patterns)
+    full = [TWO_THETA_MIN_DEG, TWO_THETA_MAX_DEG]
+    results = [{"coverage": 1.0, "measured_range_deg": list(full), "error": None} for _ in items]
+    ranges = np.tile(np.asarray(full, dtype=np.float32), (len(items), 1))
+    return EncodedBatch(results=results, rows=list(range(len(items))), patterns=patterns, measured_range_deg=ranges)
 
 
 def encode_batch(items: list[Any]) -> EncodedBatch:
@@ -250,8 +269,9 @@ def encode_batch(items: list[Any]) -> EncodedBatch:
     results: list[dict[str, Any]] = []
     rows: list[int] = []
     encoded: list[np.ndarray] = []
+    ranges: list[list[float]] = []
     for i, item in enumerate(items):
-        result: dict[str, Any] = {"coverage": None, "error": None}
+        result: dict[str, Any] = {"coverage": None, "measured_range_deg": None, "error": None}
         try:
             if not isinstance(item, dict) or "two_theta_deg" not in item or "intensity" not in item:
                 raise PatternError('a pattern is an object {"two_theta_deg": [...], "intensity": [...]}')
@@ -263,8 +283,11 @@ def encode_batch(items: list[Any]) -> EncodedBatch:
             result["error"] = str(error)
         else:
             result["coverage"] = round(pattern.coverage, 6)
+            result["measured_range_deg"] = [round(value, 4) for value in pattern.measured_range_deg]
             rows.append(i)
             encoded.append(pattern.intensity)
+            ranges.append(result["measured_range_deg"])
         results.append(result)
     patterns = np.stack(encoded) if encoded else np.zeros((0, N_POINTS), dtype=np.float32)
-    return EncodedBatch(results=results, rows=rows, patterns=patterns)
+    range_array = np.asarray(ranges, dtype=np.float32).reshape(len(rows), 2)
+    return EncodedBatch(results=results, rows=rows, patterns=patterns, measured_range_deg=range_array)
