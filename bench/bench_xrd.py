@@ -5,7 +5,9 @@ In-process, patterns/s at batch 1 and 256, for each model:
 * ``tensor``: ONNX Runtime on patterns already on the model grid (the floor of the serving cost);
 * ``grid``: the served lifecycle (codec checks + min-max, model, postprocess) on patterns on the model grid;
 * ``resampled``: the same on patterns measured on another grid (0.01° steps over 10-100°, 9,000 points), so
-  the codec resamples them.
+  the codec resamples them;
+* ``grid_b*_v1.0.0``: the served lifecycle of version 1.0.0 (no physics fit) in the same rounds, and the active
+  version's rate as a ratio of it.
 
 Baseline in the same rounds: the card's k-nearest-neighbour classifier on raw patterns (scikit-learn, brute
 force) against 15,000 simulated reference patterns, the size of the training set.
@@ -49,6 +51,8 @@ FINE_GRID_DEG = np.arange(10.0, 100.0, 0.01)
 BATCHES = (1, 256)
 JSON = {"content-type": "application/json"}
 NO_CACHE_ENV = {"MATSERVE_CACHE": "0"}
+BASELINE_VERSION = "1.0.0"
+"""Served side by side with the active version: the last version without the physics fit (issue 21)."""
 
 
 def main() -> None:
@@ -79,8 +83,8 @@ def main() -> None:
     def tensor(name: str, n: int) -> Callable[[], object]:
         return lambda: runtime.run(versions[name], {"pattern": patterns[:n]})
 
-    def served(name: str, items: list[dict], n: int) -> Callable[[], object]:
-        return lambda: models[name](items[:n])
+    def served(name: str, items: list[dict], n: int, version: str | None = None) -> Callable[[], object]:
+        return lambda: models[name](items[:n], version)
 
     rounds: list[dict] = []
     for _ in range(args.rounds):
@@ -92,6 +96,13 @@ def main() -> None:
                 row[f"{name}_grid_b{n}"] = best_rate(served(name, on_grid, n), n, args.seconds)
                 row[f"{name}_resampled_b{n}"] = best_rate(served(name, off_grid, n), n, args.seconds)
                 row[f"{name}_grid_b{n}_vs_knn"] = row[f"{name}_grid_b{n}"] / row[f"knn_baseline_b{n}"]
+                if versions[name].version != BASELINE_VERSION:  # the version before the physics fit, same rounds
+                    row[f"{name}_grid_b{n}_v{BASELINE_VERSION}"] = best_rate(
+                        served(name, on_grid, n, BASELINE_VERSION), n, args.seconds
+                    )
+                    row[f"{name}_grid_b{n}_vs_v{BASELINE_VERSION}"] = (
+                        row[f"{name}_grid_b{n}"] / row[f"{name}_grid_b{n}_v{BASELINE_VERSION}"]
+                    )
         rounds.append(row)
     in_process = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 

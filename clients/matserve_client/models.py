@@ -97,7 +97,7 @@ class XrdPhaseComponent(wire.XrdPhaseComponent):
 
     def describe(self) -> str:
         """One line: ``"hcp_P6_3/mmc 30.0 % (confidence 0.80, a = 2.507 Å, c = 4.070 Å)"``."""
-        lattice = f"a = {self.lattice_a_angstrom:.3f} Å"
+        lattice = "no lattice fitted" if self.lattice_a_angstrom is None else f"a = {self.lattice_a_angstrom:.3f} Å"
         if self.lattice_c_angstrom is not None:
             lattice += f", c = {self.lattice_c_angstrom:.3f} Å"
         return f"{self.phase} {self.weight_fraction:.1%} (confidence {self.confidence:.2f}, {lattice})"

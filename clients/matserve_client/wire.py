@@ -42,8 +42,8 @@ _BEST_FIT_PHASE = (
     "explains the pattern best; null for versions without the fit"
 )
 _FIT_RESIDUAL = (
-    "fraction (0-1) of the pattern's peak signal that the best single-phase physics fit leaves unexplained; null "
-    "for versions without the fit"
+    "residual (0-1, clipped) of the best single-family physics fit: the fraction of the pattern's peak signal it "
+    "leaves unexplained plus half its intensity misfit (0 = explained perfectly); null for versions without the fit"
 )
 
 
@@ -58,7 +58,9 @@ class XrdPhaseComponent(BaseModel):
         "shares and unexplained_fraction describe the peak signal"
     )
     confidence: float = Field(description="probability (0-1) that this phase is really present")
-    lattice_a_angstrom: float = Field(description="refined lattice parameter a, Angstrom")
+    lattice_a_angstrom: float | None = Field(
+        default=None, description="refined lattice parameter a, Angstrom (null when the fit found no lattice)"
+    )
     lattice_c_angstrom: float | None = Field(
         default=None, description="refined lattice parameter c, Angstrom (hexagonal phases only, else null)"
     )

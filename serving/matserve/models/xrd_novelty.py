@@ -8,6 +8,15 @@ own percentile among the validation scores, and ``is_novel`` is true above the c
 validation latents), and the nearest known phase in latent space (majority of the 15 nearest validation
 patterns in ``latent_reference.npz``).
 
+Versions with a ``physics`` card section (1.1.0 on, issue 21) score differently: the reconstruction error is taken
+over the measured 2θ range only (partial lab scans), the pattern is fitted to the known families
+(:mod:`matserve.models.xrd_fit`, the latent-space nearest phase first), and ``novelty_score`` is a logistic
+regression on the fit's residuals and the two learned percentiles, calibrated on validation
+(:mod:`matserve.models.xrd_trust`); ``is_novel`` is ``novelty_score`` above the card's threshold (its false-alarm
+rate on known validation patterns is in the card), and ``physics_residual`` / ``best_fit_phase`` say how well the
+best single family explains the pattern. A mixture of known phases counts as novel here (not one known phase);
+``/v1/xrd/phase`` names its phases.
+
 With :class:`NoveltyOptions` ``reconstructions=True`` (:meth:`XrdNoveltyModel.with_reconstructions`), a call also
 answers each scored pattern's encoded curve and its reconstruction (``Prediction.extras["curves"]``), for the
 pictures of :func:`matserve.plots.add_xrd_novelty_plots`. Not cached.
@@ -21,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from matserve.codecs.xrd import EncodedBatch, PatternInput, encode_batch
+from matserve.models import xrd_trust
 from matserve.models.base import Prediction, ServedModel
+from matserve.models.xrd_trust import Trust
 from matserve.registry import ModelVersion
 
 INPUT = "pattern"
@@ -36,6 +47,18 @@ REFERENCE_FILE = "latent_reference.npz"
 def percentile_among(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Percentile (0-100) of each value among a reference set given by its quantiles at 0, 0.1, ..., 100 %."""
     return np.interp(values, quantiles, np.linspace(0.0, 100.0, len(quantiles)))
+
+
+def masked_reconstruction_error(
+    patterns: np.ndarray, reconstruction: np.ndarray, measured_range_deg: np.ndarray
+) -> np.ndarray:
+    """Mean squared reconstruction error over each pattern's measured 2θ range (all of it: the graph's own error)."""
+    from matserve.codecs.xrd import MODEL_GRID_DEG
+
+    grid = MODEL_GRID_DEG[None, :]
+    inside = (grid >= measured_range_deg[:, :1] - 1e-6) & (grid <= measured_range_deg[:, 1:] + 1e-6)
+    squared = (reconstruction.astype(np.float64) - patterns) ** 2
+    return (squared * inside).sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
 
 
 def novelty_score(
@@ -167,6 +190,7 @@ class PreparedNovelty:
 
     batch: EncodedBatch
     calibration: Calibration
+    trust: Trust | None = None
 
 
 class XrdNoveltyModel(ServedModel[PreparedNovelty, NoveltyOptions]):
@@ -181,10 +205,11 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty, NoveltyOptions]):
         batch = encode_batch(items)
         empty = {"reconstruction_error": None, "outlier_probability": None, "novelty_percentile": None, "is_novel": None,
                  "threshold_percentile": None, "latent": None, "latent_map": None, "nearest_known_phase": None,
-                 "nearest_known_phase_share": None}  # fmt: skip
+                 "nearest_known_phase_share": None, "novelty_score": None, "physics_residual": None,
+                 "best_fit_phase": None}  # fmt: skip
         for result in batch.results:
             result.update(empty)
-        return PreparedNovelty(batch, calibration(model))
+        return PreparedNovelty(batch, calibration(model), xrd_trust.trust(model))
 
     def predict(self, prepared: PreparedNovelty, model: ModelVersion) -> dict[str, np.ndarray]:
         if not prepared.batch.rows:
@@ -201,22 +226,50 @@ class XrdNoveltyModel(ServedModel[PreparedNovelty, NoveltyOptions]):
         errors = outputs[ERROR].reshape(-1).astype(np.float64)
         outlier = outputs[OUTLIER].reshape(-1).astype(np.float64) if OUTLIER in outputs else None
         latent = outputs[LATENT]
-        score = cal.score(errors, outlier)
-        percentiles = cal.percentile(score)
         phase, share = cal.nearest_phase(latent)
+        physics: dict[str, np.ndarray] = {}
+        if prepared.trust is None:
+            score = cal.score(errors, outlier)
+            novel = score > cal.threshold_score
+        else:
+            batch = prepared.batch
+            partial = (batch.measured_range_deg[:, 1] - batch.measured_range_deg[:, 0]) < 69.99
+            if partial.any():
+                masked = masked_reconstruction_error(batch.patterns, outputs[RECONSTRUCTION], batch.measured_range_deg)
+                errors = np.where(partial, masked, errors)
+            score = cal.score(errors, outlier)
+            outlier_pct = None if outlier is None else percentile_among(outlier, cal.outlier_quantiles)
+            report, named = xrd_trust.novelty_evidence(
+                prepared.trust.families, batch.patterns, batch.measured_range_deg, phase,
+                percentile_among(errors, cal.error_quantiles), outlier_pct,
+            )  # fmt: skip
+            probability = prepared.trust.score.probability(named)
+            threshold = prepared.trust.score.threshold
+            novel = probability > threshold
+            labels = [f.label for f in prepared.trust.families]
+            physics = {"novelty_score": probability, "physics_residual": np.minimum(report.best_residual, 1.0),
+                       "best_fit_phase": np.array([labels[int(f)] if n else None
+                                                   for f, n in zip(report.best_family, report.n_peaks, strict=True)])}  # fmt: skip
+        percentiles = cal.percentile(score)
         latent_map = cal.to_map(latent)
         for k, row in enumerate(prepared.batch.rows):
             results[row].update({
                 "reconstruction_error": float(errors[k]),
                 "outlier_probability": None if outlier is None else round(float(outlier[k]), 6),
                 "novelty_percentile": round(float(percentiles[k]), 3),
-                "is_novel": bool(score[k] > cal.threshold_score),
+                "is_novel": bool(novel[k]),
                 "threshold_percentile": cal.threshold_percentile,
                 "latent": [round(float(v), 6) for v in latent[k]],
                 "latent_map": [round(float(v), 6) for v in latent_map[k]],
                 "nearest_known_phase": cal.class_names[int(phase[k])],
                 "nearest_known_phase_share": round(float(share[k]), 4),
             })  # fmt: skip
+            if physics:
+                results[row].update({
+                    "novelty_score": round(float(physics["novelty_score"][k]), 6),
+                    "physics_residual": round(float(physics["physics_residual"][k]), 4),
+                    "best_fit_phase": physics["best_fit_phase"][k],
+                })  # fmt: skip
         return results
 
     def extras(

@@ -129,14 +129,14 @@ DOMAIN_MODELS: dict[str, DomainModel] = {
         suffix="_patterns",
         inputs=_XRD_INPUTS,
         handler="xrd",
-        typed_outputs=(("probability", 0), ("coverage", 0)),
+        typed_outputs=(("probability", 0), ("coverage", 0), ("probability_unknown", 0)),
     ),
     "xrd_novelty": DomainModel(
         served_model="matserve.models.xrd_novelty:XrdNoveltyModel",
         suffix="_patterns",
         inputs=_XRD_INPUTS,
         handler="xrd",
-        typed_outputs=(("reconstruction_error", 0), ("novelty_percentile", 0), ("coverage", 0)),
+        typed_outputs=(("reconstruction_error", 0), ("novelty_percentile", 0), ("coverage", 0), ("novelty_score", 0)),
     ),
     "ebsd_indexer": DomainModel(
         served_model="matserve.models.ebsd_indexer:EbsdIndexerModel",
