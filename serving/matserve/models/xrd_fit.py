@@ -1,12 +1,12 @@
 """Physics fit of powder patterns to the known structure families: what a known phase explains, and what it does not.
 
-Shared by the XRD phase classifier and the novelty scorer (issue 21). Vectorised over a batch of patterns on the
-model grid (:data:`matserve.codecs.xrd.MODEL_GRID_DEG`, Cu Kα 1.54184 Å, 20-90° 2θ, [0, 1]); no per-pattern Python
-loop. The steps:
+Shared by the XRD phase classifier and the novelty scorer (issue 21); the families are
+:mod:`matserve.models.xrd_families`, the calibrated scores on top :mod:`matserve.models.xrd_trust`. Vectorised
+over a batch of patterns on the model grid (:data:`matserve.codecs.xrd.MODEL_GRID_DEG`, Cu Kα 1.54184 Å, 20-90° 2θ,
+[0, 1]); no per-pattern Python loop (the decomposition runs only on patterns one family leaves > 4 % unexplained).
+The steps:
 
-1. **Peaks.** Background: a morphological opening (2.5° window) smoothed by a running mean; peaks are local maxima of the
-   smoothed net signal (the highest within ±0.14°) above 2.5 % of the strongest and 5 noise σ (σ from the median
-   absolute first difference), inside the measured range. Position: parabolic vertex; height: smoothed net height.
+1. **Peaks** (:mod:`matserve.models.xrd_peaks`): position and net height of each peak inside the measured range.
 2. **Lattice candidates per family.** Cubic: each of the 5 strongest peaks taken as each of the first 4
    reflections gives ``a``. Hexagonal: each pair of the 4 strongest peaks taken as a pair of the first 5
    reflections gives ``(a, c)`` (2×2 solve in 1/a², 1/c²). Candidates outside the family's lattice window are dropped.
@@ -22,7 +22,8 @@ loop. The steps:
 5. **Residuals.** ``unexplained_fraction``: the share of the peak height (Σ heights) that no reflection of the
    family is near. ``intensity_misfit``: Σ|observed − fitted| / Σ(observed + fitted) over the family's reflections
    inside the measured range, so missing strong reflections and wrong intensity ratios (rock salt as an fcc metal,
-   wurtzite as hcp) count. ``residual`` = unexplained + misfit / 2.
+   wurtzite as hcp) count. ``residual`` = unexplained + misfit / 2. With ``first_guess`` (the classifier's answer, or
+   the latent-space nearest phase) only that family is fitted unless its residual exceeds :data:`REFIT_ABOVE`.
 6. **Mixtures** (:func:`decompose`): the best family is fitted, the height it explains is taken away, and the other
    families are fitted to what is left, up to 3 phases. Each phase's signal fraction is its fitted strongest
    height over the sum of them (the simulator's convention: every phase normalised to its strongest peak, i.e.
@@ -440,7 +441,9 @@ def analyse(
     if len(several):
         sub = _peaks_rows(peaks, several)
         sub_single = [_fit_rows_view(fit, several) for fit in single]
-        tries = [decompose(families, sub, sub_single, np.full(len(several), f)) for f in range(len(families))]
+        # the first phase: each family in turn (best single fit first), the best decomposition kept
+        order = np.argsort(residual[several], axis=1)
+        tries = [decompose(families, sub, sub_single, order[:, rank]) for rank in range(len(families))]
         cost = np.stack([_cost(parts, sub_left) for parts, sub_left, _ in tries], axis=1)
         pick = cost.argmin(axis=1)
         for j, i in enumerate(several):
@@ -492,11 +495,20 @@ def _fit_rows_view(fit: FamilyFit, rows: np.ndarray) -> FamilyFit:
     return FamilyFit(**{name: getattr(fit, name)[rows] for name in fit.__dataclass_fields__})
 
 
-def _fit_rows(family: Family, peaks: Peaks, rows: np.ndarray, into: FamilyFit, fitted: np.ndarray) -> None:
+def _fit_rows(
+    family: Family,
+    peaks: Peaks,
+    rows: np.ndarray,
+    into: FamilyFit,
+    fitted: np.ndarray,
+    heights: np.ndarray | None = None,
+    hidden: np.ndarray | None = None,
+) -> None:
     """Fit ``family`` to the patterns ``rows`` and write the results into ``into`` (and mark them fitted)."""
     if not len(rows):
         return
-    part = fit_family(family, _peaks_rows(peaks, rows))
+    part = fit_family(family, _peaks_rows(peaks, rows), None if heights is None else heights[rows],
+                      None if hidden is None else hidden[rows])  # fmt: skip
     for name in into.__dataclass_fields__:
         getattr(into, name)[rows] = getattr(part, name)
     fitted[rows] = True
@@ -532,7 +544,10 @@ def decompose(
     remaining = _take_away(heights, first, active)
     hidden |= first.explained & active[:, None]
     for _ in range(MAX_PHASES - 1):
-        fits = [fit_family(f, peaks, remaining, hidden) for f in families]
+        fits = [_empty_fit(n, heights.shape[1]) for _ in families]
+        for f, family in enumerate(families):  # only where the family is not in the mix yet
+            wanted = np.nonzero(~used[:, f] & chosen[-1][1])[0]
+            _fit_rows(family, peaks, wanted, fits[f], np.zeros(n, dtype=bool), remaining, hidden)
         share = np.stack([(np.where(fit.explained, remaining, 0.0)).sum(axis=1) / total for fit in fits], axis=1)
         misfit = np.stack([fit.intensity_misfit for fit in fits], axis=1)
         matched = np.stack([fit.matched_reflections for fit in fits], axis=1)

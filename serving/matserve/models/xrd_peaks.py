@@ -24,6 +24,7 @@ MIN_RELATIVE_HEIGHT = 0.025
 MIN_NOISE_SIGMAS = 5.0
 MAX_PEAKS = 32
 RASTER_STEP_DEG = 0.05
+DECIMATE = 4
 
 
 @dataclass
@@ -66,17 +67,18 @@ def find_peaks(patterns: np.ndarray, measured_range_deg: np.ndarray | None = Non
     window = round(BACKGROUND_WINDOW_DEG / STEP_DEG) | 1
     smooth_x = uniform_filter1d(x, SMOOTH_POINTS, axis=1, mode="nearest")
     # morphological opening (running minimum, then running maximum) follows sloped backgrounds; then smoothed
-    opened = maximum_filter1d(
-        minimum_filter1d(smooth_x, window, axis=1, mode="nearest"), window, axis=1, mode="nearest"
-    )
-    background = uniform_filter1d(opened, window, axis=1, mode="nearest")
+    # on blocks of 4 points (0.14°) for speed, then back to the grid and smoothed
+    blocks = smooth_x.reshape(n, -1, DECIMATE).min(axis=2)
+    size = window // DECIMATE | 1
+    opened = maximum_filter1d(minimum_filter1d(blocks, size, axis=1, mode="nearest"), size, axis=1, mode="nearest")
+    background = uniform_filter1d(np.repeat(opened, DECIMATE, axis=1), window, axis=1, mode="nearest")
     smooth = np.clip(smooth_x - background, 0.0, None)
     # counting noise grows with the level (Poisson: variance ∝ intensity): σ² = gain × level, the gain from the
     # median of squared first differences (χ²₁ median 0.455) inside the measured range, on every other point for
     # speed. The running minimum sits about 2.5 σ below the smoothed noise, hence the threshold counts from there.
     level = np.maximum(smooth_x, 1e-3)
     diff2 = np.diff(x[:, ::2], axis=1) ** 2 / 2.0 / level[:, ::2][:, 1:]
-    gain = np.nanmedian(np.where(inside[:, ::2][:, 1:] & inside[:, ::2][:, :-1], diff2, np.nan), axis=1) / 0.455
+    gain = _median_where(diff2, inside[:, ::2][:, 1:] & inside[:, ::2][:, :-1]) / 0.455
     sigma = np.sqrt(np.nan_to_num(gain, nan=0.0)[:, None] * level) / np.sqrt(SMOOTH_POINTS)
     threshold = np.maximum(MIN_RELATIVE_HEIGHT * smooth.max(axis=1)[:, None], (2.5 + MIN_NOISE_SIGMAS) * sigma)
     inside &= (index >= first[:, None] + 2) & (index <= last[:, None] - 2)
@@ -103,6 +105,15 @@ def find_peaks(patterns: np.ndarray, measured_range_deg: np.ndarray | None = Non
     return Peaks(position_out, height_out, np.asarray(measured_range_deg, dtype=np.float32))
 
 
+def _median_where(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Row medians of ``values`` over ``keep`` in one vectorised call: the left-out entries become -inf and +inf in
+    equal numbers, which leaves the median where it was (to half a rank for an odd count)."""
+    left_out = ~keep
+    rank = np.cumsum(left_out, axis=1)
+    low = left_out & (rank <= left_out.sum(axis=1, keepdims=True) // 2)
+    return np.median(np.where(low, -np.inf, np.where(left_out, np.inf, values)), axis=1)
+
+
 def _separated(smooth: np.ndarray, sigma: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple:
     """Keep one maximum per hill: neighbouring maxima (same row, ``cols`` sorted) whose valley is not 3 σ below the
     lower of the two are one peak (noise on a broad hump or on a wide peak), represented by the highest."""
@@ -114,7 +125,7 @@ def _separated(smooth: np.ndarray, sigma: np.ndarray, rows: np.ndarray, cols: np
     valley = np.minimum.reduceat(flat, start)[:-1]  # min from each peak up to (not incl.) the next one
     height = flat[start]
     lower = np.minimum(height[1:], height[:-1])
-    joined = same_row & (valley > lower - 3.0 * sigma.ravel()[start[1:]])
+    joined = same_row & (valley >= lower - 3.0 * sigma.ravel()[start[1:]])
     group = np.concatenate([[0], np.cumsum(~joined)])
     order = np.lexsort((-height, group))
     first = np.concatenate([[True], group[order][1:] != group[order][:-1]])

@@ -13,9 +13,11 @@ Versions with a ``physics`` card section (1.1.0 on, issue 21) also fit every pat
 * scale the classifier's ``probabilities`` by ``1 - probability_unknown`` (so they no longer read 0.99 outside the
   known families);
 * name up to 3 phases (``phases``: family, signal fraction, confidence, fitted lattice; components under
-  :data:`MIN_CONFIDENCE` are left out) and the ``unexplained_fraction`` of the peak signal. ``phase`` is always the
-  classifier's answer (99.7-100 % on known test patterns, better than the fit alone); when the decomposition does
-  not contain it, ``phases`` is that family's own fit, alone, with confidence ``1 - probability_unknown``.
+  :data:`MIN_CONFIDENCE` are left out) and the ``unexplained_fraction`` of the peak signal. ``phase`` is the
+  classifier's answer (99.7-100 % on known test patterns, better than the fit alone), except for a mixture of
+  confident components that does not contain it (:data:`MIXTURE_CONFIDENCE`): then the major component. When the
+  decomposition does not contain the answer otherwise, ``phases`` is that family's own fit, alone, with
+  confidence ``1 - probability_unknown``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ from matserve.registry import ModelVersion
 INPUT = "pattern"
 OUTPUT = "phase_probabilities"
 MIN_CONFIDENCE = 0.05
-"""Mixture components below this confidence are not listed (a pattern with none left abstains)."""
+"""Mixture components below this confidence are not listed."""
+MIXTURE_CONFIDENCE = 0.5
+"""With two components at least this confident that do not include the classifier's answer (the classifier was
+trained on single phases only), ``phase`` is the major component of the mixture."""
 
 
 @dataclass
@@ -109,8 +114,12 @@ class XrdPhaseModel(ServedModel[PreparedPhase, None]):
             abstain = bool(unknown[k] > threshold)
             j = int(probabilities[k].argmax())  # the classifier's answer: the phase, unless the answer abstains
             kept = [(p, c) for p, c in zip(report.components[k], confidences[k], strict=True) if c >= MIN_CONFIDENCE]
-            if j not in {p.family for p, _ in kept}:  # the fit disagrees with the classifier: its fit of that family
-                kept = [(xrd_fit.single_component(report, trust.families, j, k), 1.0 - float(unknown[k]))]
+            families = {p.family for p, _ in kept}
+            if j not in families:
+                if sum(c >= MIXTURE_CONFIDENCE for _, c in kept) >= 2:  # a mixture, which the classifier never saw
+                    j = kept[0][0].family
+                else:  # the fit disagrees with the classifier on one phase: the classifier's family, as fitted
+                    kept = [(xrd_fit.single_component(report, trust.families, j, k), 1.0 - float(unknown[k]))]
             best_family = int(report.best_family[k])
             phases = [{
                 "phase": labels[p.family], "space_group": groups[p.family], "weight_fraction": round(p.fraction, 4),

@@ -242,5 +242,10 @@ def reason(report: PhysicsReport, families: tuple[Family, ...], i: int) -> str:
         at = ", ".join(f"{x:g}°" for x in lost)
         return (f"peaks at {at} 2θ (Cu Kα) fit no known phase; {report.unexplained_fraction[i]:.0%} of the peak signal "
                 f"is unexplained by any mix of known phases (closest alone: {best})")  # fmt: skip
-    return (f"the peak positions fit {best}, but not its intensities (misfit {report.best_misfit[i]:.2f}): "
-            "a different structure on a similar lattice")  # fmt: skip
+    parts = report.components[i]
+    worst = max(parts, key=lambda p: p.misfit) if parts else None
+    label = families[worst.family].label if worst else best
+    misfit = worst.misfit if worst else float(report.best_misfit[i])
+    return (f"the peak positions fit {label}, but not its intensities (misfit {misfit:.2f}, "
+            f"{report.unexplained_fraction[i]:.0%} of the peak signal unexplained): a different structure on a "
+            "similar lattice, or a pattern unlike the known ones")  # fmt: skip
