@@ -1,5 +1,8 @@
 """Physically based powder XRD pattern simulator and dataset writer (issue 4, seed 002).
 
+(Over 500 lines: the sampling ranges, the vectorised renderer and the deterministic writer are one pipeline;
+lab realism is in :mod:`training.xrd.realism`.)
+
 Setup of the seed: Cu Kα (λ = 1.54184 Å), 2θ 20-90°, 2048 points. Peak positions come from the
 sampled lattice (Bragg's law on analytic d-spacings), integrated intensities from the cached
 pymatgen structure factors (see ``structures.py``) times the Lorentz-polarisation factor at the new

@@ -1,5 +1,7 @@
 """Crystal structures and reference peak tables for the XRD simulator (issue 4, seed 002).
 
+(Over 500 lines because most of it is data: the phase tables of the known, novel and impostor types.)
+
 Structures are built from space group + lattice + asymmetric unit with pymatgen's
 ``Structure.from_spacegroup`` (no CIF downloads). Building a structure costs 1-3 s and importing
 pymatgen ~10 s, so each prototype is built once, its peaks are computed once with

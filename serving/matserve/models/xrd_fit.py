@@ -1,5 +1,8 @@
 """Physics fit of powder patterns to the known structure families: what a known phase explains, and what it does not.
 
+(About 600 lines: the one-family fit and the mixture decomposition share :class:`FamilyFit` and its row helpers;
+the peaks and the families live in their own modules.)
+
 Shared by the XRD phase classifier and the novelty scorer (issue 21); the families are
 :mod:`matserve.models.xrd_families`, the calibrated scores on top :mod:`matserve.models.xrd_trust`. Vectorised
 over a batch of patterns on the model grid (:data:`matserve.codecs.xrd.MODEL_GRID_DEG`, Cu Kα 1.54184 Å, 20-90° 2θ,
