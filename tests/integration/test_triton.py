@@ -192,9 +192,12 @@ def test_xrd_models_answer_the_same_on_triton(triton: TritonEndpoints, api_on_tr
         for a, b in zip(via_triton.json()["results"], in_process.json()["results"], strict=True):
             for key in ("phase", "nearest_known_phase", "is_novel"):
                 assert a.get(key) == b.get(key)
-            for key in ("probability", "reconstruction_error"):
+            for key in ("probability", "reconstruction_error", "probability_unknown", "novelty_score"):
                 if key in a:
-                    assert abs(a[key] - b[key]) < 1e-5
+                    assert (a[key] is None) == (b[key] is None), key  # null when the phase answer abstains
+                    if a[key] is not None:
+                        assert abs(a[key] - b[key]) < 1e-5
+            assert a.get("abstained") == b.get("abstained") and a.get("phases") == b.get("phases")
 
 
 def test_ebsd_indexer_versions_with_other_tensors_are_their_own_triton_models(repository: Path) -> None:

@@ -58,7 +58,8 @@ def test_phase_classifies_known_phases_and_names_the_version(server_url: str) ->
     predicted = [KNOWN.index(r["phase"]) for r in body["results"]]
     assert np.mean(np.array(predicted) == y) >= 0.95
     first = body["results"][0]
-    assert set(first["probabilities"]) == set(KNOWN) and abs(sum(first["probabilities"].values()) - 1) < 1e-4
+    known_mass = 1 - (first.get("probability_unknown") or 0.0)  # 1.1.0 scales them by 1 - probability_unknown
+    assert set(first["probabilities"]) == set(KNOWN) and abs(sum(first["probabilities"].values()) - known_mass) < 1e-4
     assert first["space_group"] in ("Fm-3m", "Im-3m", "P6_3/mmc") and first["coverage"] > 0.99
 
 
