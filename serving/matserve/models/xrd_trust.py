@@ -34,9 +34,7 @@ from matserve.registry import ModelVersion
 EPSILON = 0.01
 
 
-def features(
-    report: PhysicsReport, learned: dict[str, np.ndarray] | None = None, coverage: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
+def features(report: PhysicsReport, learned: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Named per-pattern features of a physics report (plus learned scores, e.g. VAE percentiles, if given).
 
     Returns
@@ -44,32 +42,18 @@ def features(
     dict
         Name -> (B,) float64: ``log_unexplained_single`` and ``log_misfit_single`` (the best family alone),
         ``log_unexplained_left`` (after the decomposition), ``log_component_misfit`` (the worst misfit of a
-        component explaining at least 10 % of the peak height), ``n_components``, ``log_peaks``,
-        ``texture_extremity`` (|ln r| of the best single fit), ``coverage``, and every ``learned`` entry.
+        component explaining at least 10 % of the peak height), and every ``learned`` entry.
     """
-    n = len(report.best_family)
-    single = report.single
-    rows = np.arange(n)
-    texture_r = np.stack([fit.texture_r for fit in single], axis=1)[rows, report.best_family]
     worst = np.array([max([p.misfit for p in parts if p.share >= 0.1] or [1.0]) for parts in report.components])
     out = {
         "log_unexplained_single": np.log(EPSILON + report.best_unexplained),
         "log_misfit_single": np.log(EPSILON + report.best_misfit),
         "log_unexplained_left": np.log(EPSILON + report.unexplained_fraction),
         "log_component_misfit": np.log(EPSILON + worst),
-        "n_components": np.array([len(parts) for parts in report.components], dtype=np.float64),
-        "log_peaks": np.log1p(report.n_peaks.astype(np.float64)),
-        "texture_extremity": np.abs(np.log(texture_r)),
-        "coverage": np.ones(n) if coverage is None else np.asarray(coverage, dtype=np.float64),
     }
     for name, values in (learned or {}).items():
         out[name] = np.asarray(values, dtype=np.float64)
     return out
-
-
-def coverage_of(measured_range_deg: np.ndarray) -> np.ndarray:
-    """Fraction of 20-90° each pattern covers, from its measured range (B, 2) in degrees."""
-    return (measured_range_deg[:, 1] - measured_range_deg[:, 0]) / 70.0
 
 
 def phase_evidence(
@@ -80,7 +64,7 @@ def phase_evidence(
     The classifier's answer (``probabilities`` argmax; labels in the families' order) is the family fitted first.
     """
     report = xrd_fit.analyse(families, patterns, measured_range_deg, first_guess=probabilities.argmax(axis=1))
-    return report, features(report, coverage=coverage_of(measured_range_deg))
+    return report, features(report)
 
 
 def novelty_evidence(
@@ -100,7 +84,7 @@ def novelty_evidence(
     learned = {"reconstruction_percentile": reconstruction_percentile / 100.0}
     if outlier_percentile is not None:
         learned["outlier_percentile"] = outlier_percentile / 100.0
-    return report, features(report, learned, coverage=coverage_of(measured_range_deg))
+    return report, features(report, learned)
 
 
 def component_features(component: xrd_fit.Component) -> dict[str, float]:
