@@ -15,7 +15,8 @@ Versions with a ``physics`` card section (1.1.0 on, issue 21) also fit every pat
 * name up to 3 phases (``phases``: family, signal fraction, confidence, fitted lattice; components under
   :data:`MIN_CONFIDENCE` are left out) and the ``unexplained_fraction`` of the peak signal. ``phase`` is the
   classifier's answer (99.7-100 % on known test patterns, better than the fit alone), except for a mixture of
-  confident components that does not contain it (:data:`MIXTURE_CONFIDENCE`): then the major component. When the
+  confident components that does not contain it (:data:`MIXTURE_CONFIDENCE`): then the major component, with its
+  confidence (times ``1 - probability_unknown``) as ``probability``. When the
   decomposition does not contain the answer otherwise, ``phases`` is that family's own fit, alone, with
   confidence ``1 - probability_unknown``.
 """
@@ -113,13 +114,13 @@ class XrdPhaseModel(ServedModel[PreparedPhase, None]):
             known = 1.0 - float(unknown[k])
             abstain = bool(unknown[k] > threshold)
             j = int(probabilities[k].argmax())  # the classifier's answer: the phase, unless the answer abstains
+            probability = float(probabilities[k, j]) * known
             kept = [(p, c) for p, c in zip(report.components[k], confidences[k], strict=True) if c >= MIN_CONFIDENCE]
-            families = {p.family for p, _ in kept}
-            if j not in families:
+            if j not in {p.family for p, _ in kept}:
                 if sum(c >= MIXTURE_CONFIDENCE for _, c in kept) >= 2:  # a mixture, which the classifier never saw
-                    j = kept[0][0].family
+                    j, probability = kept[0][0].family, float(kept[0][1]) * known  # its major phase and confidence
                 else:  # the fit disagrees with the classifier on one phase: the classifier's family, as fitted
-                    kept = [(xrd_fit.single_component(report, trust.families, j, k), 1.0 - float(unknown[k]))]
+                    kept = [(xrd_fit.single_component(report, trust.families, j, k), known)]
             best_family = int(report.best_family[k])
             phases = [{
                 "phase": labels[p.family], "space_group": groups[p.family], "weight_fraction": round(p.fraction, 4),
@@ -130,7 +131,7 @@ class XrdPhaseModel(ServedModel[PreparedPhase, None]):
             results.update({
                 "phase": None if abstain else labels[j],
                 "space_group": None if abstain else groups[j],
-                "probability": None if abstain else round(float(probabilities[k, j]) * known, 6),
+                "probability": None if abstain else round(probability, 6),
                 "probabilities": {label: round(float(p) * known, 6) for label, p in zip(labels, probabilities[k], strict=True)},
                 "abstained": abstain,
                 "reason": xrd_trust.reason(report, trust.families, k) if abstain else None,
