@@ -43,7 +43,7 @@ from matserve.models.xrd_families import REFERENCE_FILE, family_from_json, refer
 from matserve.registry import Registry, write_card
 from training.xrd.realism import CALIBRATION_IMPOSTORS, HELD_OUT_IMPOSTORS
 from training.xrd.structures import KNOWN_PHASES, load_cache
-from training.xrd.trust_eval import evaluate
+from training.xrd.trust_eval import evaluate, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNS = Path(__file__).resolve().parent / "runs"
@@ -78,20 +78,6 @@ def physics_reference(labels: list[str]) -> dict[str, Any]:
         entries.append(reference_entry(label, phase.space_group.replace("/", ""), phase.crystal_system, cache[label],
                                        [list(d) for d in phase.texture_directions], a_window, q_window))  # fmt: skip
     return {"wavelength_angstrom": 1.54184, "families": entries}
-
-
-def _load(path: Path, limit: int | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        out = {k: data[k] for k in data.files if not k.startswith("param_")}
-    n = len(out["x"])
-    if "measured_range_deg" not in out:
-        out["measured_range_deg"] = np.tile(np.array([20.0, 90.0], dtype=np.float32), (n, 1))
-    if limit is not None and n > limit and rng is not None:
-        keep = np.sort(rng.choice(n, limit, replace=False))
-        out = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v) for k, v in out.items()}
-    out["x"] = out["x"].astype(np.float32)
-    out["measured_range_deg"] = out["measured_range_deg"].astype(np.float32)
-    return out
 
 
 def _mask_outside(x: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -230,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "impostors_lab": args.calibration / "impostors_lab.npz",
         "impostors_clean": args.calibration / "impostors_clean.npz",
     }
-    sets = {name: _load(path, args.per_set * (4 if name.startswith("impostors") else 1), rng)
+    sets = {name: load(path, args.per_set * (4 if name.startswith("impostors") else 1), rng)
             for name, path in paths.items()}  # fmt: skip
     for name in ("impostors_lab", "impostors_clean"):  # calibration impostor types only
         data = sets[name]

@@ -51,15 +51,24 @@ def items_of(x: np.ndarray, measured: np.ndarray) -> list[dict[str, Any]]:
     return items
 
 
-def load(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+def load(path: Path, limit: int | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """A simulated set without its generation parameters: ``x`` float32, ``measured_range_deg`` (all of 20-90° where
+    the file has none), a seeded subsample of ``limit`` patterns (default rng: seed 1), and a binary-mixture set of
+    the original simulator (``y_a``, ``y_b``, ``fraction_a``) given the ``components``/``fractions`` of realism's."""
     with np.load(path) as data:
         out = {k: data[k] for k in data.files if not k.startswith("param_")}
     n = len(out["x"])
     if "measured_range_deg" not in out:
         out["measured_range_deg"] = np.tile(np.array([20.0, 90.0]), (n, 1))
+    if "y_a" in out and "components" not in out:
+        out["components"] = np.stack([out["y_a"], out["y_b"], np.full(n, -1)], axis=1)
+        out["fractions"] = np.stack([out["fraction_a"], 1.0 - out["fraction_a"], np.zeros(n)], axis=1)
     if limit is not None and n > limit:
-        keep = np.sort(np.random.default_rng(1).choice(n, limit, replace=False))
+        rng = np.random.default_rng(1) if rng is None else rng
+        keep = np.sort(rng.choice(n, limit, replace=False))
         out = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v) for k, v in out.items()}
+    out["x"] = out["x"].astype(np.float32)
+    out["measured_range_deg"] = out["measured_range_deg"].astype(np.float32)
     return out
 
 
@@ -132,6 +141,7 @@ def evaluate(models_dir: Path, evaluation: Path = RUNS / "eval_seed1", clean: Pa
         "novel_seed0": load(clean / "novel.npz", 1600),
         "mixtures2_lab": load(evaluation / "mixtures2_lab.npz"),
         "mixtures3_lab": load(evaluation / "mixtures3_lab.npz"),
+        "mixtures_seed0": load(clean / "mixtures.npz", 1500),
     }
     answers = {v: {name: served.answer(data, v) for name, data in sets.items()} for v in (NEW, BASE)}
     metrics: dict[str, Any] = {"sets": {name: len(d["x"]) for name, d in sets.items()}}
@@ -179,7 +189,7 @@ def evaluate(models_dir: Path, evaluation: Path = RUNS / "eval_seed1", clean: Pa
             if held is not None:
                 held_sel = np.isin(data["y"], np.nonzero(held)[0])
                 out[name]["novelty_auroc_held_out_types"] = round(auroc(known_n, all_s[held_sel]), 4)
-        for name in ("mixtures2_lab", "mixtures3_lab"):
+        for name in ("mixtures2_lab", "mixtures3_lab", "mixtures_seed0"):
             phase, novelty = a[name]
             known_n = np.array([novelty_value(r) for r in a["known_lab"][1]])
             out[name] = {**mixture_stats(phase, sets[name], labels),
